@@ -1,3 +1,383 @@
+//! `rlft`: the command line. Each subcommand is a thin layer over the engine; training runs
+//! report through engine events, which the headless printer turns into lines on stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use rlft::engine::config::RunConfig;
+use rlft::engine::device::DeviceChoice;
+use rlft::engine::events::{Event, LogLevel};
+use rlft::engine::model::{self, Heads, hf};
+use rlft::engine::sample::{self, SamplingParams};
+use rlft::engine::session::{self, LaunchOptions};
+use rlft::engine::tokenizer::ChatMessage;
+
+/// The config `rlft` runs when given no subcommand.
+const DEFAULT_CONFIG: &str = "configs/sft.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "rlft",
+    version,
+    about = "A terminal workbench for fine-tuning language models with RL and preferences",
+    after_help = "Examples:
+  rlft                                   run the default SFT job on the shipped base model
+  rlft train configs/sft.toml --headless --max-steps 20
+  rlft generate --model assets/base --prompt '12+35='
+  rlft generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt 'Hi!'
+  rlft pretrain configs/pretrain.toml
+  rlft convert models/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-hf
+  rlft bench --model assets/base"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a model folder or .gguf file.
+    #[command(
+        after_help = "Example:\n  rlft generate --model assets/base --prompt 'ROMEO:' --temperature 0.8"
+    )]
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt as a user message in the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+    /// Train from a TOML config (see configs/).
+    #[command(after_help = "Example:\n  rlft train configs/sft.toml --headless --max-steps 50")]
+    Train {
+        config: PathBuf,
+        /// Print progress lines instead of opening the workbench.
+        #[arg(long)]
+        headless: bool,
+        /// Run folder (default: runs/<name>, made unique).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        #[arg(long)]
+        max_steps: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+    /// Train rlft's tokenizer and a base model from scratch (configs/pretrain.toml).
+    Pretrain {
+        config: PathBuf,
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        #[arg(long)]
+        max_steps: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+    /// Convert a GGUF file into a Hugging Face model folder.
+    Convert { gguf: PathBuf, out_dir: PathBuf },
+    /// Measure train, rollout and scoring throughput and peak memory.
+    #[command(after_help = "Example:\n  rlft bench --model assets/base --batch 8 --seq 128 --json")]
+    Bench {
+        #[arg(long, default_value = "assets/base")]
+        model: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+}
+
 fn main() {
-    println!("{}", rlft::engine::probe());
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => {
+            eprintln!("rlft: running the default job ({DEFAULT_CONFIG}) headless");
+            train(PathBuf::from(DEFAULT_CONFIG), None, None, DeviceChoice::Cpu)
+        }
+        Some(Cmd::Generate {
+            model,
+            prompt,
+            chat,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            device,
+        }) => generate(
+            &model,
+            &prompt,
+            chat,
+            SamplingParams {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                stop_strings: Vec::new(),
+                seed,
+            },
+            device,
+        ),
+        Some(Cmd::Train {
+            config,
+            headless: _,
+            run_dir,
+            max_steps,
+            device,
+        }) => train(config, run_dir, max_steps, device),
+        Some(Cmd::Pretrain {
+            config,
+            run_dir,
+            max_steps,
+            device,
+        }) => train(config, run_dir, max_steps, device),
+        Some(Cmd::Convert { gguf, out_dir }) => convert(&gguf, &out_dir),
+        Some(Cmd::Bench {
+            model,
+            batch,
+            seq,
+            iters,
+            json,
+            device,
+        }) => bench(&model, batch, seq, iters.max(1), json, device),
+    }
+}
+
+fn generate(
+    path: &std::path::Path,
+    prompt: &str,
+    chat: bool,
+    params: SamplingParams,
+    device: DeviceChoice,
+) -> Result<()> {
+    let device = device.init().map_err(anyhow::Error::msg)?;
+    let loaded = model::load(path, &device, Heads::Lm)?;
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .with_context(|| format!("{}: no tokenizer.json in the model folder", path.display()))?;
+    let text = if chat {
+        tokenizer.apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: prompt.into(),
+            }],
+            true,
+        )?
+    } else {
+        prompt.to_string()
+    };
+    let ids = tokenizer.encode(&text, !chat)?;
+    let mut eos = tokenizer.eos_ids().to_vec();
+    eos.extend(loaded.config.eos_ids());
+    let pad = tokenizer.pad_id().or(eos.first().copied()).unwrap_or(0);
+    let started = std::time::Instant::now();
+    let out = sample::generate(
+        &loaded.model,
+        &[ids],
+        &params,
+        &eos,
+        pad,
+        Some(tokenizer),
+        loaded.config.max_position_embeddings,
+    );
+    let g = &out[0];
+    let completion = tokenizer.decode(&g.tokens, true)?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{prompt}{completion}")?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}]",
+        g.tokens.len(),
+        g.tokens.len() as f64 / secs,
+        g.finish
+    );
+    Ok(())
+}
+
+fn train(
+    config: PathBuf,
+    run_dir: Option<PathBuf>,
+    max_steps: Option<usize>,
+    device: DeviceChoice,
+) -> Result<()> {
+    let cfg = RunConfig::from_file(&config)?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        run_dir,
+        device,
+        max_steps,
+        ..LaunchOptions::default()
+    };
+    let handle = session::launch(cfg, &opts, tx)
+        .with_context(|| format!("starting the run for {}", config.display()))?;
+    println!("run {} -> {}", handle.id, handle.dir.display());
+    let mut failed = None;
+    for event in rx.iter() {
+        if let Some(line) = headless_line(&event) {
+            println!("{line}");
+        }
+        match event {
+            Event::Finished { .. } => break,
+            Event::Failed { error, step, .. } => {
+                failed = Some(match step {
+                    Some(s) => format!("step {s}: {error}"),
+                    None => error,
+                });
+                break;
+            }
+            _ => {}
+        }
+    }
+    let _ = handle.thread.join();
+    match failed {
+        Some(e) => bail!("run {} failed: {e}", handle.id),
+        None => Ok(()),
+    }
+}
+
+/// One progress line per event, as a headless run prints it.
+fn headless_line(event: &Event) -> Option<String> {
+    match event {
+        Event::Started {
+            method,
+            total_steps,
+            ..
+        } => Some(format!("started {method}: {total_steps} steps")),
+        Event::Metrics {
+            step,
+            wall_time,
+            values,
+            ..
+        } => {
+            // The metrics users watch first, then the rest in name order.
+            const FIRST: [&str; 5] = ["loss", "eval_loss", "reward", "kl", "mean_token_accuracy"];
+            let mut parts: Vec<String> = FIRST
+                .iter()
+                .filter_map(|k| values.get(*k).map(|v| format!("{k}={}", fmt_value(*v))))
+                .collect();
+            parts.extend(
+                values
+                    .iter()
+                    .filter(|(k, _)| !FIRST.contains(&k.as_str()))
+                    .map(|(k, v)| format!("{k}={}", fmt_value(*v))),
+            );
+            Some(format!("step {step} [{wall_time:.1}s] {}", parts.join(" ")))
+        }
+        Event::Samples { step, samples, .. } => Some(
+            samples
+                .iter()
+                .map(|s| format!("sample@{step} {:?} -> {:?}", s.prompt, s.completion))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        Event::Log { level, message, .. } => Some(match level {
+            LogLevel::Info => format!("info: {message}"),
+            LogLevel::Warn => format!("warning: {message}"),
+            LogLevel::Error => format!("error: {message}"),
+        }),
+        Event::Checkpoint { step, path, .. } => {
+            Some(format!("checkpoint at step {step}: {}", path.display()))
+        }
+        Event::Finished { step, status, .. } => Some(format!("{status:?} at step {step}")),
+        Event::Failed { error, .. } => Some(format!("FAILED: {error}")),
+        Event::Status { .. } => None,
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+fn convert(gguf: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let ckpt = hf::Checkpoint::from_gguf(gguf)?;
+    let device = DeviceChoice::Cpu.init().map_err(anyhow::Error::msg)?;
+    let generation_config = ckpt.generation_config.clone();
+    let loaded = ckpt.build(&device, Heads::Lm)?;
+    hf::save_dir(
+        out,
+        &loaded.config,
+        &loaded.model,
+        loaded.tokenizer.as_ref(),
+        generation_config.as_ref(),
+    )?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn bench(
+    path: &std::path::Path,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+    json: bool,
+    choice: DeviceChoice,
+) -> Result<()> {
+    let device = choice.init().map_err(anyhow::Error::msg)?;
+    let loaded = model::load(path, &device, Heads::Lm)?;
+    let opts = rlft::engine::bench::BenchOptions { batch, seq, iters };
+    let name = path.display().to_string();
+    let r = rlft::engine::bench::run(
+        &name,
+        &loaded.config,
+        loaded.model,
+        &device,
+        &choice.to_string(),
+        &opts,
+    );
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "model            {} ({} parameters) on {}",
+            r.model, r.params, r.device
+        );
+        println!("batch x seq      {} x {}", r.batch, r.seq);
+        println!(
+            "train            {:>10.1} tokens/s  ({:.3} s/step, {:.1} GFLOP/s)",
+            r.train_tokens_per_s, r.train_step_s, r.train_gflops
+        );
+        println!(
+            "rollout          {:>10.1} tokens/s  ({} new tokens per row, KV cache)",
+            r.rollout_tokens_per_s, r.rollout_new_tokens
+        );
+        println!("score (no grad)  {:>10.1} tokens/s", r.score_tokens_per_s);
+        println!("peak RSS         {:>10.1} MB", r.peak_rss_mb);
+    }
+    Ok(())
 }

@@ -1,0 +1,92 @@
+//! Training methods, one file each, and the pieces they share: token log-probabilities,
+//! masked means and batches as tensors.
+
+pub mod lm;
+pub mod pretrain;
+pub mod sft;
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use crate::engine::data::PaddedBatch;
+use crate::engine::events::RunStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] crate::engine::model::ModelError),
+    #[error(transparent)]
+    Data(#[from] crate::engine::data::DataError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::engine::tokenizer::TokenizerError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("non-finite loss ({value}) at step {step}; the last good checkpoint is kept")]
+    NonFinite { step: usize, value: f64 },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How a training loop ended when it did not fail.
+pub type TrainOutcome = Result<RunStatus, TrainError>;
+
+/// `log p(target)` per position: `[B, T, V]` logits and `[B, T]` targets to `[B, T]`.
+pub fn token_logprobs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    log_softmax(logits, 2)
+        .gather(2, targets.unsqueeze_dim::<3>(2))
+        .squeeze_dim::<2>(2)
+}
+
+/// Mean of `values` over positions where `mask` is 1 (`[B, T]` each); 0 when the mask is
+/// empty rather than NaN.
+pub fn masked_mean(values: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let count = mask.clone().sum().clamp_min(1.0);
+    (values * mask).sum() / count
+}
+
+/// A right-padded training batch on a device: ids, attention mask and loss mask.
+pub struct BatchTensors {
+    pub ids: Tensor<2, Int>,
+    pub positions: Tensor<2, Int>,
+    pub valid: Tensor<2, Bool>,
+    pub loss_mask: Tensor<2>,
+    pub real_tokens: usize,
+}
+
+impl BatchTensors {
+    pub fn new(batch: &PaddedBatch, device: &Device) -> Self {
+        let b = batch.input_ids.len();
+        let t = batch.input_ids.first().map_or(0, Vec::len);
+        let ids: Vec<i64> = batch
+            .input_ids
+            .iter()
+            .flatten()
+            .map(|&x| x as i64)
+            .collect();
+        let valid: Vec<bool> = batch.attention_mask.iter().flatten().copied().collect();
+        let loss: Vec<f32> = batch
+            .loss_mask
+            .iter()
+            .flatten()
+            .map(|&m| if m { 1.0 } else { 0.0 })
+            .collect();
+        let real_tokens = valid.iter().filter(|&&v| v).count();
+        // Right padding: every row starts at position 0.
+        let positions: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
+        Self {
+            ids: Tensor::from_data(TensorData::new(ids, [b, t]), device),
+            positions: Tensor::from_data(TensorData::new(positions, [b, t]), device),
+            valid: Tensor::from_data(TensorData::new(valid, [b, t]), device),
+            loss_mask: Tensor::from_data(TensorData::new(loss, [b, t]), device),
+            real_tokens,
+        }
+    }
+}
+
+/// Scalar of a one-element tensor as f64.
+pub fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}

@@ -1,0 +1,288 @@
+//! Run configs: one TOML file per run, with TRL's option names where TRL has them. Unknown keys
+//! are errors, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::optim::OptimConfig;
+use crate::engine::sample::SamplingParams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Supervised fine-tuning on TRL-format text / messages / prompt+completion data.
+    Sft,
+    /// Trains rlft's own tokenizer and a model from scratch on plain text (`rlft pretrain`).
+    Pretrain,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Sft => "sft",
+            Method::Pretrain => "pretrain",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub method: Method,
+    /// Run name; the run folder is named after it. Defaults to the config file's stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub samples: SamplesSection,
+    /// Only for `method = "pretrain"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<PretrainSection>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face model folder or a `.gguf` file.
+    #[serde(default)]
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// TRL-format JSONL.
+    #[serde(default)]
+    pub train: PathBuf,
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    pub max_steps: usize,
+    pub per_device_train_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub max_length: usize,
+    pub packing: bool,
+    pub completion_only_loss: bool,
+    pub assistant_only_loss: bool,
+    /// Evaluate every N steps (0 = never).
+    pub eval_steps: usize,
+    /// Save a checkpoint every N steps (0 = only at the end).
+    pub save_steps: usize,
+    /// Keep the newest N step checkpoints (older ones are deleted; `final` is always kept).
+    pub save_total_limit: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            max_steps: 100,
+            per_device_train_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_length: 256,
+            packing: false,
+            completion_only_loss: true,
+            assistant_only_loss: false,
+            eval_steps: 0,
+            save_steps: 0,
+            save_total_limit: 2,
+        }
+    }
+}
+
+/// Generations recorded during training for the Samples pane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplesSection {
+    /// Every N steps (0 = never).
+    pub every: usize,
+    pub prompts: Vec<String>,
+    /// Wrap prompts in the model's chat template.
+    pub chat: bool,
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+}
+
+impl Default for SamplesSection {
+    fn default() -> Self {
+        Self {
+            every: 0,
+            prompts: Vec::new(),
+            chat: false,
+            sampling: SamplingParams {
+                max_new_tokens: 32,
+                temperature: 0.0,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// `rlft pretrain`: corpus, tokenizer and architecture of a model trained from scratch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSection {
+    /// Plain-text files; each is split into paragraphs.
+    pub corpus: Vec<PathBuf>,
+    /// Generated `a+b=c` lines mixed into the corpus so RL tasks have something to improve.
+    #[serde(default)]
+    pub arithmetic_lines: usize,
+    /// Largest operand of the generated sums.
+    #[serde(default = "default_max_operand")]
+    pub arithmetic_max_operand: u32,
+    pub vocab_size: usize,
+    /// Where the finished model folder is written.
+    pub output: PathBuf,
+    /// Hugging Face `config.json` fields of the new model (`hidden_size`, ...).
+    pub architecture: toml::Table,
+    /// Fraction of the corpus held out for eval loss.
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+}
+
+fn default_max_operand() -> u32 {
+    99
+}
+fn default_eval_fraction() -> f64 {
+    0.02
+}
+
+impl RunConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg = Self::from_toml(&text).map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
+        if cfg.name.is_none() {
+            cfg.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not serialise: {e}\n"))
+    }
+
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.method.name())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        if t.per_device_train_batch_size == 0 || t.gradient_accumulation_steps == 0 {
+            return Err(
+                "[train] batch size and gradient_accumulation_steps must be positive".into(),
+            );
+        }
+        if t.max_length < 2 {
+            return Err("[train] max_length must be at least 2".into());
+        }
+        if !(self.optim.learning_rate > 0.0 && self.optim.learning_rate.is_finite()) {
+            return Err("[optim] learning_rate must be a positive number".into());
+        }
+        match self.method {
+            Method::Sft => {
+                if self.model.path.as_os_str().is_empty() {
+                    return Err("[model] path is required (a model folder or .gguf file)".into());
+                }
+                if self.data.train.as_os_str().is_empty() {
+                    return Err("[data] train is required (a TRL-format JSONL file)".into());
+                }
+            }
+            Method::Pretrain => {
+                if self.pretrain.is_none() {
+                    return Err("method \"pretrain\" needs a [pretrain] section".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Relative paths are taken from the current directory when they exist there (configs
+    /// name `assets/...` from the repository root), else from the config file's folder.
+    fn resolve_paths(&mut self, config_dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.as_os_str().is_empty() || p.is_absolute() || p.exists() {
+                return;
+            }
+            let alt = config_dir.join(&*p);
+            if alt.exists() {
+                *p = alt;
+            }
+        };
+        fix(&mut self.model.path);
+        fix(&mut self.data.train);
+        if let Some(e) = self.data.eval.as_mut() {
+            fix(e);
+        }
+        if let Some(p) = self.pretrain.as_mut() {
+            p.corpus.iter_mut().for_each(fix);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = RunConfig::from_toml(
+            "method = \"sft\"\n[model]\npath = \"m\"\n[data]\ntrain = \"d.jsonl\"\n[train]\nmax_step = 3\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_step"), "{err}");
+    }
+
+    #[test]
+    fn sft_config_parses_with_defaults() {
+        let cfg = RunConfig::from_toml(
+            "method = \"sft\"\n[model]\npath = \"m\"\n[data]\ntrain = \"d.jsonl\"\n[optim]\nlearning_rate = 1e-3\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.train.max_steps, 100);
+        assert_eq!(cfg.optim.learning_rate, 1e-3);
+        assert!(cfg.train.completion_only_loss);
+    }
+
+    #[test]
+    fn missing_data_is_a_clear_error() {
+        let err = RunConfig::from_toml("method = \"sft\"\n[model]\npath = \"m\"\n").unwrap_err();
+        assert!(err.contains("[data] train"), "{err}");
+    }
+}

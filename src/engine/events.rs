@@ -1,0 +1,116 @@
+//! The only way the engine and its users (the terminal UI, the headless printer, tests) talk:
+//! the engine sends `Event`s out and obeys `Command`s sent in. Both channels are unbounded, so
+//! a trainer never waits on a slow reader.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Runs are named by their folder name (unique under the runs folder).
+pub type RunId = String;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Starting,
+    Running,
+    Paused,
+    Finished,
+    Stopped,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+/// One generation shown in the Samples pane and appended to `samples.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub step: usize,
+    pub prompt: String,
+    pub completion: String,
+    /// Reward per source (empty for methods without rewards).
+    #[serde(default)]
+    pub rewards: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advantage: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Started {
+        run: RunId,
+        method: String,
+        run_dir: PathBuf,
+        total_steps: usize,
+    },
+    /// TRL-named scalars for one optimisation step.
+    Metrics {
+        run: RunId,
+        step: usize,
+        /// Seconds since the run (or its first resume) started.
+        wall_time: f64,
+        values: BTreeMap<String, f64>,
+    },
+    Samples {
+        run: RunId,
+        step: usize,
+        samples: Vec<SampleRecord>,
+    },
+    Log {
+        run: RunId,
+        level: LogLevel,
+        message: String,
+    },
+    Status {
+        run: RunId,
+        status: RunStatus,
+    },
+    Checkpoint {
+        run: RunId,
+        step: usize,
+        path: PathBuf,
+    },
+    Finished {
+        run: RunId,
+        step: usize,
+        /// Why it ended: max steps reached, or stopped by the user.
+        status: RunStatus,
+    },
+    Failed {
+        run: RunId,
+        step: Option<usize>,
+        error: String,
+    },
+}
+
+impl Event {
+    pub fn run(&self) -> &str {
+        match self {
+            Event::Started { run, .. }
+            | Event::Metrics { run, .. }
+            | Event::Samples { run, .. }
+            | Event::Log { run, .. }
+            | Event::Status { run, .. }
+            | Event::Checkpoint { run, .. }
+            | Event::Finished { run, .. }
+            | Event::Failed { run, .. } => run,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    /// Finish the current step, save a checkpoint and end.
+    Stop,
+    /// Save a checkpoint after the current step.
+    Save,
+}

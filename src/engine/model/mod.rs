@@ -1,0 +1,309 @@
+//! Language models: the Llama-family decoder, its config, Hugging Face folders and GGUF files
+//! in and out, and the KV cache used by sampling.
+
+pub mod config;
+pub mod hf;
+pub mod llama;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::prelude::*;
+
+pub use config::LlamaConfig;
+pub use llama::Llama;
+
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::weights::{HostTensor, NamedTensors};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("tensor `{name}` is missing from the checkpoint")]
+    MissingTensor { name: String },
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error(transparent)]
+    Gguf(#[from] crate::engine::gguf::GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::engine::tokenizer::TokenizerError),
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Hands out checkpoint tensors by Hugging Face name, checking shapes and converting Linear
+/// weights to Burn's layout. Remembers which names were used so leftovers can be reported.
+pub struct WeightReader {
+    tensors: NamedTensors,
+    used: BTreeSet<String>,
+    device: Device,
+}
+
+impl WeightReader {
+    pub fn new(tensors: NamedTensors, device: &Device) -> Self {
+        Self {
+            tensors,
+            used: BTreeSet::new(),
+            device: device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor, ModelError> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+        if t.shape != expected {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                found: t.shape,
+                expected: expected.to_vec(),
+            });
+        }
+        self.used.insert(name.to_string());
+        Ok(t)
+    }
+
+    /// A `[out, in]` Hugging Face Linear weight, returned as `[in, out]`.
+    pub fn linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Param<Tensor<2>>, ModelError> {
+        let t = self.take(name, &[d_out, d_in])?;
+        let data = transpose(&t.data, d_out, d_in);
+        Ok(Param::from_tensor(Tensor::from_data(
+            TensorData::new(data, [d_in, d_out]),
+            &self.device,
+        )))
+    }
+
+    pub fn matrix(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Param<Tensor<2>>, ModelError> {
+        let t = self.take(name, &shape)?;
+        Ok(Param::from_tensor(Tensor::from_data(
+            TensorData::new(t.data, shape),
+            &self.device,
+        )))
+    }
+
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<1>>, ModelError> {
+        let t = self.take(name, &[len])?;
+        Ok(Param::from_tensor(Tensor::from_data(
+            TensorData::new(t.data, [len]),
+            &self.device,
+        )))
+    }
+
+    /// Adds a freshly initialised tensor under `name` unless the checkpoint has one: a reward
+    /// or value head on a plain language model starts from N(0, std^2), as transformers does.
+    pub fn init_if_missing(&mut self, name: &str, shape: Vec<usize>, std: f32, seed: u64) {
+        if self.tensors.contains_key(name) {
+            return;
+        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                // Box-Muller: rand 0.9 has no normal distribution without rand_distr.
+                let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+                let u2: f32 = rng.random();
+                std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+            })
+            .collect();
+        self.tensors
+            .insert(name.to_string(), HostTensor::new(shape, data));
+    }
+
+    /// Names present in the checkpoint that no parameter took (e.g. `rotary_emb.inv_freq`).
+    pub fn unused(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
+
+/// Collects a model's parameters back into Hugging Face names and layouts.
+#[derive(Default)]
+pub struct WeightWriter {
+    pub tensors: NamedTensors,
+}
+
+impl WeightWriter {
+    fn host<const D: usize>(param: &Param<Tensor<D>>) -> (Vec<usize>, Vec<f32>) {
+        let value = param.val();
+        let shape = value.dims().to_vec();
+        (shape, host_f32(value))
+    }
+
+    /// Burn `[in, out]` back to Hugging Face `[out, in]`.
+    pub fn linear(&mut self, name: &str, param: &Param<Tensor<2>>) {
+        let (shape, data) = Self::host(param);
+        let (d_in, d_out) = (shape[0], shape[1]);
+        let data = transpose(&data, d_in, d_out);
+        self.tensors
+            .insert(name.into(), HostTensor::new(vec![d_out, d_in], data));
+    }
+
+    pub fn matrix(&mut self, name: &str, param: &Param<Tensor<2>>) {
+        let (shape, data) = Self::host(param);
+        self.tensors
+            .insert(name.into(), HostTensor::new(shape, data));
+    }
+
+    pub fn vector(&mut self, name: &str, param: &Param<Tensor<1>>) {
+        let (shape, data) = Self::host(param);
+        self.tensors
+            .insert(name.into(), HostTensor::new(shape, data));
+    }
+}
+
+/// Copies a float tensor to the host as f32 (whatever its stored float type).
+pub fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("float data converts to f32")
+}
+
+/// Row-major `[rows, cols]` to `[cols, rows]`.
+pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Keys and values of one layer for all positions seen so far, `[B, kv_heads, S, head_dim]`.
+#[derive(Clone, Debug, Default)]
+pub struct LayerCache {
+    keys: Option<Tensor<4>>,
+    values: Option<Tensor<4>>,
+}
+
+impl LayerCache {
+    /// Appends new keys/values and returns the full sequences to attend over.
+    pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let k = match self.keys.take() {
+            Some(past) => Tensor::cat(vec![past, k], 2),
+            None => k,
+        };
+        let v = match self.values.take() {
+            Some(past) => Tensor::cat(vec![past, v], 2),
+            None => v,
+        };
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        (k, v)
+    }
+}
+
+/// A per-layer KV cache for incremental decoding.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+            len: 0,
+        }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}
+
+/// What `load` reads: the network, its config, its tokenizer and generation defaults.
+pub struct LoadedModel {
+    pub config: LlamaConfig,
+    pub model: Llama,
+    pub tokenizer: Option<Tokenizer>,
+    pub generation_config: Option<serde_json::Value>,
+}
+
+/// Which heads to build on the decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heads {
+    /// Next-token logits (policies, references).
+    Lm,
+    /// A scalar per position (value and reward models); created fresh when the checkpoint has
+    /// none.
+    Score,
+    Both,
+}
+
+/// Loads a Hugging Face model folder or a `.gguf` file onto `device`.
+pub fn load(path: &Path, device: &Device, heads: Heads) -> Result<LoadedModel, ModelError> {
+    let checkpoint = if path.is_dir() {
+        hf::read_dir(path)?
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        hf::Checkpoint::from_gguf(path)?
+    } else if !path.exists() {
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such model folder or .gguf file",
+            ),
+        ));
+    } else {
+        return Err(ModelError::Format {
+            path: path.into(),
+            message: "expected a Hugging Face model folder (config.json, model.safetensors, \
+                      tokenizer.json) or a .gguf file"
+                .into(),
+        });
+    };
+    checkpoint.build(device, heads)
+}

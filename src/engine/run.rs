@@ -1,0 +1,311 @@
+//! A run is a folder: `config.toml` (as resolved), `metrics.jsonl`, `samples.jsonl`,
+//! `checkpoints/`. Each metrics or samples line is flushed as it is written, so a crash or a
+//! kill loses at most the line being written; readers skip a torn last line.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::events::{Command, Event, LogLevel, RunId, RunStatus, SampleRecord};
+
+/// One line of `metrics.jsonl`: step, wall time and TRL-named values side by side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub step: usize,
+    pub wall_time: f64,
+    #[serde(flatten)]
+    pub values: BTreeMap<String, f64>,
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+    metrics: File,
+    samples: File,
+}
+
+impl RunDir {
+    /// Creates `root/name`, or `root/name-2`, `-3`, ... when taken.
+    pub fn create_unique(root: &Path, name: &str) -> std::io::Result<Self> {
+        fs::create_dir_all(root)?;
+        let mut path = root.join(name);
+        let mut n = 2;
+        while path.exists() {
+            path = root.join(format!("{name}-{n}"));
+            n += 1;
+        }
+        Self::open(&path)
+    }
+
+    /// Opens (creating if needed) a run folder for appending.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        fs::create_dir_all(path.join("checkpoints"))?;
+        let append = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path.join(name))
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            metrics: append("metrics.jsonl")?,
+            samples: append("samples.jsonl")?,
+        })
+    }
+
+    pub fn id(&self) -> RunId {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into())
+    }
+
+    pub fn write_config(&self, toml_text: &str) -> std::io::Result<()> {
+        fs::write(self.path.join("config.toml"), toml_text)
+    }
+
+    pub fn append_metrics(&mut self, row: &MetricsRow) -> std::io::Result<()> {
+        let line = serde_json::to_string(row).map_err(std::io::Error::other)?;
+        writeln!(self.metrics, "{line}")?;
+        self.metrics.flush()
+    }
+
+    pub fn append_samples(&mut self, samples: &[SampleRecord]) -> std::io::Result<()> {
+        for s in samples {
+            let line = serde_json::to_string(s).map_err(std::io::Error::other)?;
+            writeln!(self.samples, "{line}")?;
+        }
+        self.samples.flush()
+    }
+
+    pub fn checkpoint_dir(&self, step: usize) -> PathBuf {
+        self.path
+            .join("checkpoints")
+            .join(format!("step-{step:06}"))
+    }
+
+    pub fn final_dir(&self) -> PathBuf {
+        self.path.join("checkpoints").join("final")
+    }
+
+    /// Deletes all but the newest `keep` `step-*` checkpoints.
+    pub fn prune_checkpoints(&self, keep: usize) -> std::io::Result<()> {
+        let mut steps: Vec<PathBuf> = fs::read_dir(self.path.join("checkpoints"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
+            })
+            .collect();
+        steps.sort();
+        let excess = steps.len().saturating_sub(keep.max(1));
+        for old in &steps[..excess] {
+            fs::remove_dir_all(old)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `metrics.jsonl`, skipping lines that do not parse (a torn last line after a kill).
+pub fn read_metrics(path: &Path) -> std::io::Result<Vec<MetricsRow>> {
+    let file = File::open(path)?;
+    Ok(BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect())
+}
+
+/// What a training loop is told after asking for commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Save a checkpoint now, then continue.
+    Save,
+    Stop,
+}
+
+/// The trainer's side of a run: writes the run folder and sends events, obeys commands.
+/// Sending never blocks (unbounded channel) and a closed receiver is ignored, so a trainer
+/// outlives a UI that quit.
+pub struct RunContext {
+    pub id: RunId,
+    pub dir: RunDir,
+    events: Sender<Event>,
+    commands: Receiver<Command>,
+    started: Instant,
+    /// Wall time already spent before a resume, so the time axis continues.
+    wall_offset: f64,
+    last_step: usize,
+}
+
+impl RunContext {
+    pub fn new(dir: RunDir, events: Sender<Event>, commands: Receiver<Command>) -> Self {
+        Self {
+            id: dir.id(),
+            dir,
+            events,
+            commands,
+            started: Instant::now(),
+            wall_offset: 0.0,
+            last_step: 0,
+        }
+    }
+
+    pub fn set_wall_offset(&mut self, seconds: f64) {
+        self.wall_offset = seconds;
+    }
+
+    /// The last step metrics were reported for.
+    pub fn last_step(&self) -> usize {
+        self.last_step
+    }
+
+    pub fn wall_time(&self) -> f64 {
+        self.wall_offset + self.started.elapsed().as_secs_f64()
+    }
+
+    pub fn send(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) {
+        self.send(Event::Log {
+            run: self.id.clone(),
+            level,
+            message: message.into(),
+        });
+    }
+
+    pub fn status(&self, status: RunStatus) {
+        self.send(Event::Status {
+            run: self.id.clone(),
+            status,
+        });
+    }
+
+    /// Appends to `metrics.jsonl` and reports the values.
+    pub fn metrics(&mut self, step: usize, values: BTreeMap<String, f64>) {
+        self.last_step = step;
+        let row = MetricsRow {
+            step,
+            wall_time: self.wall_time(),
+            values,
+        };
+        if let Err(e) = self.dir.append_metrics(&row) {
+            self.log(LogLevel::Error, format!("writing metrics.jsonl: {e}"));
+        }
+        self.send(Event::Metrics {
+            run: self.id.clone(),
+            step,
+            wall_time: row.wall_time,
+            values: row.values,
+        });
+    }
+
+    pub fn samples(&mut self, step: usize, samples: Vec<SampleRecord>) {
+        if let Err(e) = self.dir.append_samples(&samples) {
+            self.log(LogLevel::Error, format!("writing samples.jsonl: {e}"));
+        }
+        self.send(Event::Samples {
+            run: self.id.clone(),
+            step,
+            samples,
+        });
+    }
+
+    /// Drains pending commands. While paused, blocks here (the only place a trainer waits)
+    /// until resumed or stopped.
+    pub fn poll(&mut self) -> Control {
+        let mut control = Control::Continue;
+        let mut paused = false;
+        loop {
+            let next = if paused {
+                self.commands.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                self.commands.try_recv()
+            };
+            match next {
+                Ok(Command::Pause) => {
+                    if !paused {
+                        paused = true;
+                        self.status(RunStatus::Paused);
+                    }
+                }
+                Ok(Command::Resume) => {
+                    if paused {
+                        paused = false;
+                        self.status(RunStatus::Running);
+                    }
+                }
+                Ok(Command::Save) => control = Control::Save,
+                Ok(Command::Stop) => return Control::Stop,
+                Err(TryRecvError::Empty) => return control,
+                // Nobody can resume us any more: keep training rather than hang.
+                Err(TryRecvError::Disconnected) => {
+                    if paused {
+                        self.status(RunStatus::Running);
+                    }
+                    return control;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_survive_and_torn_lines_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = RunDir::create_unique(tmp.path(), "r").unwrap();
+        let row = MetricsRow {
+            step: 1,
+            wall_time: 0.5,
+            values: BTreeMap::from([("loss".to_string(), 2.0)]),
+        };
+        dir.append_metrics(&row).unwrap();
+        // A kill in the middle of a write leaves a partial line.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path.join("metrics.jsonl"))
+            .unwrap();
+        write!(f, "{{\"step\": 2, \"wall_ti").unwrap();
+        let rows = read_metrics(&dir.path.join("metrics.jsonl")).unwrap();
+        assert_eq!(rows, vec![row]);
+        let again = RunDir::create_unique(tmp.path(), "r").unwrap();
+        assert!(again.path.ends_with("r-2"));
+    }
+
+    #[test]
+    fn pause_blocks_until_resume_and_stop_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create_unique(tmp.path(), "r").unwrap();
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let (ctx_tx, crx) = crossbeam_channel::unbounded();
+        let mut ctx = RunContext::new(dir, etx, crx);
+        assert_eq!(ctx.poll(), Control::Continue);
+        ctx_tx.send(Command::Save).unwrap();
+        assert_eq!(ctx.poll(), Control::Save);
+        ctx_tx.send(Command::Pause).unwrap();
+        let t = std::thread::spawn(move || ctx.poll());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctx_tx.send(Command::Resume).unwrap();
+        assert_eq!(t.join().unwrap(), Control::Continue);
+        let statuses: Vec<_> = erx
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Status { status, .. } => Some(status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, vec![RunStatus::Paused, RunStatus::Running]);
+    }
+}

@@ -1,0 +1,117 @@
+//! Starting runs: each run trains on its own thread and reports through the shared event
+//! channel; its commands arrive on a channel of its own.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, unbounded};
+
+use crate::engine::algo;
+use crate::engine::config::{Method, RunConfig};
+use crate::engine::device::DeviceChoice;
+use crate::engine::events::{Command, Event, RunId, RunStatus};
+use crate::engine::run::{RunContext, RunDir};
+
+#[derive(Clone, Debug)]
+pub struct LaunchOptions {
+    /// Where new run folders are created (`runs/` by default).
+    pub runs_root: PathBuf,
+    /// An explicit run folder instead of `runs_root/<name>`.
+    pub run_dir: Option<PathBuf>,
+    pub device: DeviceChoice,
+    /// Overrides `[train] max_steps`.
+    pub max_steps: Option<usize>,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self {
+            runs_root: PathBuf::from("runs"),
+            run_dir: None,
+            device: DeviceChoice::Cpu,
+            max_steps: None,
+        }
+    }
+}
+
+/// The UI's (or the headless driver's) handle on a live run.
+pub struct RunHandle {
+    pub id: RunId,
+    pub dir: PathBuf,
+    pub commands: Sender<Command>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Creates the run folder, writes the resolved config and starts the training thread.
+pub fn launch(
+    mut cfg: RunConfig,
+    opts: &LaunchOptions,
+    events: Sender<Event>,
+) -> std::io::Result<RunHandle> {
+    if let Some(n) = opts.max_steps {
+        cfg.train.max_steps = n;
+    }
+    let dir = match &opts.run_dir {
+        Some(d) => RunDir::open(d)?,
+        None => RunDir::create_unique(&opts.runs_root, cfg.name())?,
+    };
+    dir.write_config(&cfg.to_toml())?;
+    let id = dir.id();
+    let path = dir.path.clone();
+    let (tx, rx) = unbounded();
+    let device_choice = opts.device;
+    let thread_events = events.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("run-{id}"))
+        .spawn(move || {
+            let mut ctx = RunContext::new(dir, thread_events, rx);
+            ctx.status(RunStatus::Starting);
+            let run_id = ctx.id.clone();
+            // A panic inside Burn must end this run, not the program.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let device = device_choice.init().map_err(algo::TrainError::Invalid)?;
+                match cfg.method {
+                    Method::Sft => algo::sft::run(&cfg, &device, &mut ctx),
+                    Method::Pretrain => algo::pretrain::run(&cfg, &device, &mut ctx),
+                }
+            }));
+            let event = match result {
+                Ok(Ok(status)) => {
+                    ctx.status(status);
+                    Event::Finished {
+                        run: run_id,
+                        step: ctx.last_step(),
+                        status,
+                    }
+                }
+                Ok(Err(e)) => {
+                    ctx.status(RunStatus::Failed);
+                    Event::Failed {
+                        run: run_id,
+                        step: Some(ctx.last_step() + 1),
+                        error: e.to_string(),
+                    }
+                }
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    ctx.status(RunStatus::Failed);
+                    Event::Failed {
+                        run: run_id,
+                        step: None,
+                        error: format!("internal error: {msg}"),
+                    }
+                }
+            };
+            ctx.send(event);
+        })?;
+    Ok(RunHandle {
+        id,
+        dir: path,
+        commands: tx,
+        thread,
+    })
+}

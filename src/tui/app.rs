@@ -1,0 +1,738 @@
+//! The workbench state: runs, pane states, dialogs, and the routing of engine events and keys.
+//!
+//! `App` never touches the terminal. Engine events come in through [`App::on_engine_event`],
+//! keys through [`App::on_key`]; the screen is drawn from it by [`App::render`]. That keeps the
+//! whole UI drivable by scripted events and keys in tests.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use crossterm::event::{Event as TermEvent, KeyEvent, KeyEventKind};
+use ratatui::Frame;
+
+use crate::engine::device::DeviceChoice;
+use crate::engine::events::{Command, Event, LogLevel, RunId, RunStatus};
+use crate::tui::engine_link::{Engine, Overrides};
+use crate::tui::keymap::{self, Action, Scope};
+use crate::tui::panes::curves::CurvesState;
+use crate::tui::panes::pairs::PairsState;
+use crate::tui::panes::samples::SamplesState;
+use crate::tui::series;
+use crate::tui::store::{LoadedRun, Origin, RunData, RunStore, short_path};
+use crate::tui::ui;
+
+/// Engine and UI messages kept for the Log pane: hours of messages, well under a megabyte.
+const LOG_CAPACITY: usize = 2000;
+
+/// The panes, in Tab order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PaneId {
+    Runs,
+    Curves,
+    Samples,
+    Pairs,
+    Health,
+    Log,
+}
+
+impl PaneId {
+    pub const ALL: [PaneId; 6] = [
+        PaneId::Runs,
+        PaneId::Curves,
+        PaneId::Samples,
+        PaneId::Pairs,
+        PaneId::Health,
+        PaneId::Log,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            PaneId::Runs => "Runs",
+            PaneId::Curves => "Curves",
+            PaneId::Samples => "Samples",
+            PaneId::Pairs => "Pairs",
+            PaneId::Health => "Health",
+            PaneId::Log => "Log",
+        }
+    }
+
+    /// The digit that focuses it.
+    pub fn number(self) -> usize {
+        PaneId::ALL.iter().position(|p| *p == self).unwrap_or(0) + 1
+    }
+
+    pub fn scope(self) -> Scope {
+        match self {
+            PaneId::Runs => Scope::Runs,
+            PaneId::Curves => Scope::Curves,
+            PaneId::Samples => Scope::Samples,
+            PaneId::Pairs => Scope::Pairs,
+            PaneId::Health => Scope::Health,
+            PaneId::Log => Scope::Log,
+        }
+    }
+
+    fn cycle(self, forward: bool) -> PaneId {
+        let i = self.number() - 1;
+        let n = PaneId::ALL.len();
+        PaneId::ALL[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
+    }
+}
+
+/// Whether a pane used an action (gitui's `EventState`): if not, it goes on to the global keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventState {
+    Consumed,
+    NotConsumed,
+}
+
+/// Settings the app needs; built from `WorkbenchOptions` (or by tests).
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub configs_dir: PathBuf,
+    pub runs_root: PathBuf,
+    /// Label log, ready-made pairs and the preference file live here.
+    pub labels_dir: PathBuf,
+    pub device: DeviceChoice,
+    /// CPU cores, for the note shown when live runs share the CPU.
+    pub cpu_cores: usize,
+    /// Seeds the per-pair left/right order.
+    pub pair_seed: u64,
+    /// Buckets kept per metric series (see [`series::DEFAULT_CAP`]).
+    pub series_cap: usize,
+}
+
+impl AppConfig {
+    pub fn new(configs_dir: PathBuf, runs_root: PathBuf, device: DeviceChoice) -> Self {
+        Self {
+            labels_dir: runs_root.join("labels"),
+            configs_dir,
+            runs_root,
+            device,
+            cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pair_seed: 0x5eed,
+            series_cap: series::DEFAULT_CAP,
+        }
+    }
+}
+
+/// One line of the Log pane.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub run: Option<RunId>,
+    pub level: LogLevel,
+    pub text: String,
+}
+
+/// The Log pane's lines and scroll position.
+#[derive(Clone, Debug, Default)]
+pub struct LogState {
+    pub lines: VecDeque<LogLine>,
+    /// Lines scrolled back from the newest; 0 follows new lines.
+    pub back: usize,
+}
+
+impl LogState {
+    pub fn push(&mut self, run: Option<&str>, level: LogLevel, text: impl Into<String>) {
+        if self.lines.len() == LOG_CAPACITY {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(LogLine {
+            run: run.map(str::to_string),
+            level,
+            text: text.into(),
+        });
+        if self.back > 0 {
+            // Keep the view still while the user reads older lines.
+            self.back = (self.back + 1).min(self.lines.len().saturating_sub(1));
+        }
+    }
+
+    fn handle(&mut self, action: Action) -> EventState {
+        let max = self.lines.len().saturating_sub(1);
+        self.back = match action {
+            Action::Up => (self.back + 1).min(max),
+            Action::Down => self.back.saturating_sub(1),
+            Action::PageUp => (self.back + 10).min(max),
+            Action::PageDown => self.back.saturating_sub(10),
+            Action::Home => max,
+            Action::End => 0,
+            _ => return EventState::NotConsumed,
+        };
+        EventState::Consumed
+    }
+}
+
+/// A message in the status line until the next key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Toast {
+    pub error: bool,
+    pub text: String,
+}
+
+/// A config the new-run picker offers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigEntry {
+    pub path: PathBuf,
+    /// `name (method)` read from the file, or why it could not be read.
+    pub summary: String,
+}
+
+/// Dialogs drawn over the panes; they take all keys while open.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Modal {
+    Help {
+        scroll: u16,
+    },
+    ConfirmQuit,
+    ConfirmStop(RunId),
+    NewRun {
+        configs: Vec<ConfigEntry>,
+        selected: usize,
+    },
+}
+
+/// Quitting: with live runs, stop them (each saves a checkpoint) and wait for them to end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QuitState {
+    Running,
+    Stopping { waiting: Vec<RunId> },
+    Done,
+}
+
+/// The whole workbench state.
+pub struct App {
+    pub config: AppConfig,
+    pub runs: RunStore,
+    /// Index of the run the panes show.
+    pub focused_run: Option<usize>,
+    pub focus: PaneId,
+    /// The pane shown in the main area of the wide layout (Curves, Samples or Pairs).
+    pub main_tab: PaneId,
+    /// The pane shown below Runs in the compact layout (any pane but Runs).
+    pub compact_tab: PaneId,
+    pub curves: CurvesState,
+    pub samples: SamplesState,
+    pub pairs: PairsState,
+    pub health_scroll: u16,
+    pub log: LogState,
+    pub modal: Option<Modal>,
+    pub toast: Option<Toast>,
+    pub quit: QuitState,
+    /// Something changed since the last frame.
+    pub dirty: bool,
+    /// The user quit without waiting for runs to stop.
+    pub quit_forced: bool,
+    engine: Box<dyn Engine>,
+}
+
+impl App {
+    pub fn new(config: AppConfig, engine: Box<dyn Engine>) -> Self {
+        let pairs = PairsState::open(&config.labels_dir, config.pair_seed);
+        let mut app = Self {
+            runs: RunStore::default(),
+            focused_run: None,
+            focus: PaneId::Curves,
+            main_tab: PaneId::Curves,
+            compact_tab: PaneId::Curves,
+            curves: CurvesState::default(),
+            samples: SamplesState::default(),
+            pairs,
+            health_scroll: 0,
+            log: LogState::default(),
+            modal: None,
+            toast: None,
+            quit: QuitState::Running,
+            dirty: true,
+            quit_forced: false,
+            engine,
+            config,
+        };
+        if let Some(msg) = app.pairs.startup_note() {
+            app.log.push(None, LogLevel::Warn, msg);
+        }
+        app
+    }
+
+    /// The run the panes show.
+    pub fn focused(&self) -> Option<&RunData> {
+        self.focused_run.and_then(|i| self.runs.get(i))
+    }
+
+    /// Whether the event loop should end.
+    pub fn should_exit(&self) -> bool {
+        self.quit == QuitState::Done
+    }
+
+    /// After quitting: waits up to `timeout` for run threads; returns how many still run.
+    pub fn wait_for_engine(&mut self, timeout: std::time::Duration) -> usize {
+        self.engine.wait(timeout)
+    }
+
+    /// Draws the whole screen.
+    pub fn render(&self, frame: &mut Frame) {
+        ui::render(frame, self);
+    }
+
+    /// Starts runs from configs (e.g. at startup); failures are shown, not returned, so the
+    /// workbench still opens.
+    pub fn autostart(&mut self, configs: &[PathBuf], overrides: &Overrides) {
+        for (i, cfg) in configs.iter().enumerate() {
+            // The run folder override names one folder: only the first run can have it.
+            let o = Overrides {
+                max_steps: overrides.max_steps,
+                run_dir: if i == 0 {
+                    overrides.run_dir.clone()
+                } else {
+                    None
+                },
+            };
+            self.launch(cfg, &o);
+        }
+    }
+
+    fn launch(&mut self, config: &Path, overrides: &Overrides) {
+        match self.engine.launch(config, overrides) {
+            Ok(l) => {
+                let mut run = RunData::new(&l.id, &l.method, Origin::Live, self.config.series_cap);
+                run.dir = Some(l.dir);
+                run.total_steps = Some(l.total_steps);
+                let i = self.runs.insert(run);
+                self.focus_run(i);
+                self.log.push(
+                    Some(&l.id),
+                    LogLevel::Info,
+                    format!("launched {} from {}", l.method, file_name(config)),
+                );
+            }
+            Err(e) => {
+                let text = format!("could not start {}: {e:#}", config.display());
+                self.log.push(None, LogLevel::Error, &text);
+                self.toast = Some(Toast { error: true, text });
+            }
+        }
+    }
+
+    fn focus_run(&mut self, i: usize) {
+        if self.focused_run != Some(i) {
+            self.focused_run = Some(i);
+            self.samples.on_run_changed();
+            self.health_scroll = 0;
+        }
+    }
+
+    /// A run folder read from disk. Ignored if a run of that name is already known (it was
+    /// launched in this session).
+    pub fn on_loaded_run(&mut self, loaded: LoadedRun) {
+        if self.runs.index_of(&loaded.id).is_some() {
+            return;
+        }
+        let run = loaded.into_run(self.config.series_cap);
+        for (step, samples) in &run.samples {
+            self.pairs.add_samples(&run.id, *step, samples);
+        }
+        let i = self.runs.insert(run);
+        if self.focused_run.is_none() {
+            self.focus_run(i);
+        }
+        self.dirty = true;
+    }
+
+    /// A message for the Log pane from outside the engine (loader errors, panics).
+    pub fn note(&mut self, level: LogLevel, text: impl Into<String>) {
+        self.log.push(None, level, text);
+        self.dirty = true;
+    }
+
+    /// Applies one engine event.
+    pub fn on_engine_event(&mut self, ev: Event) {
+        self.dirty = true;
+        let id = ev.run().to_string();
+        let cap = self.config.series_cap;
+        let i = match self.runs.index_of(&id) {
+            Some(i) => i,
+            // A run this session did not launch (e.g. another driver's): show it anyway.
+            None => self.runs.insert(RunData::new(&id, "?", Origin::Live, cap)),
+        };
+        if self.focused_run.is_none() {
+            self.focus_run(i);
+        }
+        let Some(run) = self.runs.find_mut(&id) else {
+            return;
+        };
+        match ev {
+            Event::Started {
+                method,
+                run_dir,
+                total_steps,
+                ..
+            } => {
+                run.method = method.clone();
+                run.dir = Some(run_dir);
+                run.total_steps = Some(total_steps);
+                if run.status == RunStatus::Starting {
+                    run.status = RunStatus::Running;
+                }
+                self.log.push(
+                    Some(&id),
+                    LogLevel::Info,
+                    format!("started {method}: {total_steps} steps"),
+                );
+            }
+            Event::Metrics {
+                step,
+                wall_time,
+                values,
+                ..
+            } => {
+                if run.status == RunStatus::Starting {
+                    run.status = RunStatus::Running;
+                }
+                run.push_metrics(step, wall_time, &values);
+            }
+            Event::Samples { step, samples, .. } => {
+                self.pairs.add_samples(&id, step, &samples);
+                run.push_samples(step, samples);
+            }
+            Event::Log { level, message, .. } => self.log.push(Some(&id), level, message),
+            Event::Status { status, .. } => {
+                // A late status must not revive a run that has ended.
+                if !matches!(run.status, RunStatus::Finished | RunStatus::Failed) {
+                    run.status = status;
+                }
+                self.quit_progress(&id);
+            }
+            Event::Checkpoint { step, path, .. } => {
+                let shown = short_path(&path, run.dir.as_deref());
+                run.last_checkpoint = Some((step, shown.clone()));
+                self.log.push(
+                    Some(&id),
+                    LogLevel::Info,
+                    format!("checkpoint at step {step}: {shown}"),
+                );
+            }
+            Event::Finished { step, status, .. } => {
+                run.status = status;
+                let how = if status == RunStatus::Stopped {
+                    "stopped"
+                } else {
+                    "finished"
+                };
+                self.log
+                    .push(Some(&id), LogLevel::Info, format!("{how} at step {step}"));
+                self.quit_progress(&id);
+            }
+            Event::Failed { step, error, .. } => {
+                run.status = RunStatus::Failed;
+                run.error = Some(error.clone());
+                let at = step.map(|s| format!(" at step {s}")).unwrap_or_default();
+                let text = format!("run {id} failed{at}: {error}");
+                self.log.push(Some(&id), LogLevel::Error, &text);
+                self.toast = Some(Toast { error: true, text });
+                self.quit_progress(&id);
+            }
+        }
+    }
+
+    /// While quitting, notes that a run has ended; when none is left, quitting is done.
+    fn quit_progress(&mut self, id: &str) {
+        let ended = self
+            .runs
+            .index_of(id)
+            .and_then(|i| self.runs.get(i))
+            .is_some_and(|r| !r.is_live());
+        if let QuitState::Stopping { waiting } = &mut self.quit {
+            if ended {
+                waiting.retain(|w| w != id);
+            }
+            if waiting.is_empty() {
+                self.quit = QuitState::Done;
+            }
+        }
+    }
+
+    /// Applies a terminal event: keys (presses and repeats) and resizes.
+    pub fn on_terminal_event(&mut self, ev: TermEvent) {
+        match ev {
+            TermEvent::Key(k) => self.on_key(k),
+            TermEvent::Resize(..) => self.dirty = true,
+            _ => {}
+        }
+    }
+
+    /// Applies one key press.
+    pub fn on_key(&mut self, key: KeyEvent) {
+        if key.kind == KeyEventKind::Release {
+            return;
+        }
+        self.dirty = true;
+        self.toast = None;
+        if let Some(modal) = self.modal.take() {
+            self.modal = self.modal_key(modal, &key);
+            return;
+        }
+        if let Some(action) = keymap::lookup(self.focus.scope(), &key)
+            && self.pane_action(action) == EventState::Consumed
+        {
+            return;
+        }
+        if let Some(action) = keymap::lookup(Scope::Global, &key) {
+            self.global_action(action);
+        }
+    }
+
+    /// Keys while a dialog is open. Returns the dialog to keep open, if any.
+    fn modal_key(&mut self, modal: Modal, key: &KeyEvent) -> Option<Modal> {
+        let action = keymap::lookup(Scope::Dialog, key);
+        match modal {
+            Modal::Help { scroll } => match action {
+                Some(Action::No | Action::Help) => None,
+                Some(Action::Up) => Some(Modal::Help {
+                    scroll: scroll.saturating_sub(1),
+                }),
+                Some(Action::Down) => Some(Modal::Help { scroll: scroll + 1 }),
+                _ => Some(Modal::Help { scroll }),
+            },
+            Modal::ConfirmQuit => match action {
+                Some(Action::Yes) => {
+                    self.stop_all_and_quit();
+                    None
+                }
+                Some(Action::No) => None,
+                _ => Some(Modal::ConfirmQuit),
+            },
+            Modal::ConfirmStop(run) => match action {
+                Some(Action::Yes) => {
+                    self.command(&run, Command::Stop);
+                    None
+                }
+                Some(Action::No) => None,
+                _ => Some(Modal::ConfirmStop(run)),
+            },
+            Modal::NewRun { configs, selected } => match action {
+                Some(Action::Up) => Some(Modal::NewRun {
+                    selected: selected.saturating_sub(1),
+                    configs,
+                }),
+                Some(Action::Down) => Some(Modal::NewRun {
+                    selected: (selected + 1).min(configs.len().saturating_sub(1)),
+                    configs,
+                }),
+                Some(Action::Yes) => {
+                    if let Some(c) = configs.get(selected) {
+                        let path = c.path.clone();
+                        self.launch(&path, &Overrides::default());
+                    }
+                    None
+                }
+                Some(Action::No) => None,
+                _ => Some(Modal::NewRun { configs, selected }),
+            },
+        }
+    }
+
+    fn global_action(&mut self, action: Action) {
+        match action {
+            Action::Help => self.modal = Some(Modal::Help { scroll: 0 }),
+            Action::Quit => self.request_quit(),
+            Action::NextPane => self.set_focus(self.focus.cycle(true)),
+            Action::PrevPane => self.set_focus(self.focus.cycle(false)),
+            Action::Focus(p) => self.set_focus(p),
+            Action::NextRun => self.move_run(1),
+            Action::PrevRun => self.move_run(-1),
+            Action::NewRun => self.open_new_run(),
+            _ => {}
+        }
+    }
+
+    fn set_focus(&mut self, p: PaneId) {
+        self.focus = p;
+        if matches!(p, PaneId::Curves | PaneId::Samples | PaneId::Pairs) {
+            self.main_tab = p;
+        }
+        if p != PaneId::Runs {
+            self.compact_tab = p;
+        }
+    }
+
+    fn move_run(&mut self, delta: isize) {
+        let n = self.runs.len();
+        if n == 0 {
+            return;
+        }
+        let cur = self.focused_run.unwrap_or(0) as isize;
+        let next = (cur + delta).clamp(0, n as isize - 1) as usize;
+        self.focus_run(next);
+    }
+
+    fn request_quit(&mut self) {
+        match &self.quit {
+            // Asked again while waiting for runs to stop: quit now.
+            QuitState::Stopping { .. } => {
+                self.quit = QuitState::Done;
+                self.quit_forced = true;
+            }
+            QuitState::Done => {}
+            QuitState::Running => {
+                if self.runs.live().next().is_some() {
+                    self.modal = Some(Modal::ConfirmQuit);
+                } else {
+                    self.quit = QuitState::Done;
+                }
+            }
+        }
+    }
+
+    fn stop_all_and_quit(&mut self) {
+        let live: Vec<RunId> = self.runs.live().map(|r| r.id.clone()).collect();
+        for id in &live {
+            self.command(id, Command::Stop);
+        }
+        self.quit = if live.is_empty() {
+            QuitState::Done
+        } else {
+            QuitState::Stopping { waiting: live }
+        };
+    }
+
+    fn command(&mut self, run: &str, command: Command) {
+        let what = format!("{command:?}").to_lowercase();
+        match self.engine.send(run, command) {
+            Ok(()) => self
+                .log
+                .push(Some(run), LogLevel::Info, format!("asked to {what}")),
+            Err(e) => {
+                let text = format!("could not {what} {run}: {e:#}");
+                self.log.push(Some(run), LogLevel::Error, &text);
+                self.toast = Some(Toast { error: true, text });
+            }
+        }
+    }
+
+    /// Offers an action to the focused pane.
+    fn pane_action(&mut self, action: Action) -> EventState {
+        match self.focus {
+            PaneId::Runs => self.runs_action(action),
+            PaneId::Curves => {
+                let run = self.focused_run.and_then(|i| self.runs.get(i));
+                self.curves.handle(action, run)
+            }
+            PaneId::Samples => {
+                let run = self.focused_run.and_then(|i| self.runs.get(i));
+                self.samples.handle(action, run)
+            }
+            PaneId::Pairs => self.pairs.handle(action),
+            PaneId::Health => match action {
+                Action::Up => {
+                    self.health_scroll = self.health_scroll.saturating_sub(1);
+                    EventState::Consumed
+                }
+                Action::Down => {
+                    self.health_scroll = self.health_scroll.saturating_add(1);
+                    EventState::Consumed
+                }
+                _ => EventState::NotConsumed,
+            },
+            PaneId::Log => self.log.handle(action),
+        }
+    }
+
+    fn runs_action(&mut self, action: Action) -> EventState {
+        match action {
+            Action::Up => self.move_run(-1),
+            Action::Down => self.move_run(1),
+            Action::Pause | Action::Resume | Action::Stop | Action::Save => {
+                let Some(run) = self.focused() else {
+                    self.toast = Some(Toast {
+                        error: false,
+                        text: "No run selected. Press n to start one.".into(),
+                    });
+                    return EventState::Consumed;
+                };
+                let (id, live, status) = (run.id.clone(), run.is_live(), run.status);
+                if !live {
+                    self.toast = Some(Toast {
+                        error: false,
+                        text: format!("{id} is not training in this session ({status:?})."),
+                    });
+                    return EventState::Consumed;
+                }
+                match action {
+                    Action::Pause if status == RunStatus::Paused => {
+                        self.toast = Some(Toast {
+                            error: false,
+                            text: format!("{id} is already paused; r resumes it."),
+                        });
+                    }
+                    Action::Pause => self.command(&id, Command::Pause),
+                    Action::Resume => self.command(&id, Command::Resume),
+                    Action::Save => self.command(&id, Command::Save),
+                    _ => self.modal = Some(Modal::ConfirmStop(id)),
+                }
+            }
+            _ => return EventState::NotConsumed,
+        }
+        EventState::Consumed
+    }
+
+    fn open_new_run(&mut self) {
+        let configs = list_configs(&self.config.configs_dir);
+        if configs.is_empty() {
+            self.toast = Some(Toast {
+                error: true,
+                text: format!("No .toml configs in {}.", self.config.configs_dir.display()),
+            });
+            return;
+        }
+        self.modal = Some(Modal::NewRun {
+            configs,
+            selected: 0,
+        });
+    }
+}
+
+/// A path's last component, for messages (full paths are long and machine-specific).
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The `.toml` files of the configs folder, by name, each with `name (method)` from its text.
+pub fn list_configs(dir: &Path) -> Vec<ConfigEntry> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let summary = match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    t.parse::<toml::Table>()
+                        .map_err(|e| e.message().to_string())
+                }) {
+                Ok(t) => {
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let name = t.get("name").and_then(|v| v.as_str()).unwrap_or(&stem);
+                    let method = t.get("method").and_then(|v| v.as_str()).unwrap_or("?");
+                    format!("{name} ({method})")
+                }
+                Err(e) => format!("unreadable: {e}"),
+            };
+            ConfigEntry { path, summary }
+        })
+        .collect()
+}

@@ -1,0 +1,362 @@
+//! Pairs: side-by-side A/B labelling. The prompt on top, two answers below in an order
+//! randomised per pair, their origins hidden. Each decision is appended to the label log and
+//! synced to disk before the pane confirms it; undo appends a retraction and brings the pair
+//! back. After each change the log is folded into TRL preference JSONL for RM and DPO runs.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Wrap};
+
+use crate::engine::events::SampleRecord;
+use crate::engine::labels::{
+    Counters, Decision, LabelLog, PairBuilder, PairItem, PairQueue, read_pairs_jsonl,
+    write_preferences,
+};
+use crate::tui::app::{EventState, PaneId};
+use crate::tui::keymap::Action;
+use crate::tui::panes::pane_block;
+use crate::tui::text::wrap;
+use crate::tui::theme;
+
+/// File names inside the labels folder.
+pub const LOG_FILE: &str = "labels.jsonl";
+pub const PAIRS_FILE: &str = "pairs.jsonl";
+pub const PREFERENCES_FILE: &str = "preferences.jsonl";
+/// Prompt lines shown above the answers before it is cut (answers matter more).
+const PROMPT_MAX_LINES: usize = 4;
+
+/// The labelling session: log, queue and the last confirmation.
+pub struct PairsState {
+    log: Result<LabelLog, String>,
+    queue: PairQueue,
+    builder: PairBuilder,
+    decided: HashSet<String>,
+    seed: u64,
+    prefs_path: PathBuf,
+    /// Shown as `labels/preferences.jsonl`: short, and free of temp-dir noise in tests.
+    prefs_label: String,
+    counters: Counters,
+    /// The last outcome, e.g. "Saved: A better".
+    pub message: Option<(bool, String)>,
+    pub scroll: u16,
+    max_scroll: Cell<u16>,
+    startup_note: Option<String>,
+}
+
+impl PairsState {
+    /// Opens the label log in `dir` and queues the ready-made pairs of `dir/pairs.jsonl`.
+    /// A log that cannot be opened disables labelling with the reason shown, rather than
+    /// failing the workbench.
+    pub fn open(dir: &Path, seed: u64) -> Self {
+        let log = LabelLog::open(&dir.join(LOG_FILE))
+            .map_err(|e| format!("cannot open {}: {e}", dir.join(LOG_FILE).display()));
+        let decided = log.as_ref().map(LabelLog::decided_ids).unwrap_or_default();
+        let counters = log.as_ref().map(LabelLog::counters).unwrap_or_default();
+        let mut notes = Vec::new();
+        if let Ok(l) = &log
+            && l.skipped_lines() > 0
+        {
+            notes.push(format!(
+                "{}: skipped {} unreadable line(s) (a write cut short by a crash)",
+                l.path().display(),
+                l.skipped_lines()
+            ));
+        }
+        let mut queue = PairQueue::new();
+        let pairs_path = dir.join(PAIRS_FILE);
+        if pairs_path.is_file() {
+            match read_pairs_jsonl(&pairs_path) {
+                Ok((pairs, bad)) => {
+                    for p in pairs {
+                        queue.push(p, &decided);
+                    }
+                    if bad > 0 {
+                        notes.push(format!(
+                            "{}: skipped {bad} bad line(s)",
+                            pairs_path.display()
+                        ));
+                    }
+                }
+                Err(e) => notes.push(format!("cannot read {}: {e}", pairs_path.display())),
+            }
+        }
+        if let Err(e) = &log {
+            notes.push(e.clone());
+        }
+        let dir_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self {
+            log,
+            queue,
+            builder: PairBuilder::new(),
+            decided,
+            seed,
+            prefs_path: dir.join(PREFERENCES_FILE),
+            prefs_label: format!("{dir_name}/{PREFERENCES_FILE}"),
+            counters,
+            message: None,
+            scroll: 0,
+            max_scroll: Cell::new(0),
+            startup_note: (!notes.is_empty()).then(|| notes.join("; ")),
+        }
+    }
+
+    /// Problems met while opening, for the Log pane.
+    pub fn startup_note(&self) -> Option<String> {
+        self.startup_note.clone()
+    }
+
+    /// Queues the pairs a run's new samples give.
+    pub fn add_samples(&mut self, run: &str, step: usize, samples: &[SampleRecord]) {
+        for p in self.builder.add_step(run, step, samples) {
+            self.queue.push(p, &self.decided);
+        }
+    }
+
+    pub fn current(&self) -> Option<&PairItem> {
+        self.queue.current()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Whether the current pair shows its `a` answer on the left.
+    pub fn a_on_left(&self) -> bool {
+        self.current().is_none_or(|p| p.a_on_left(self.seed))
+    }
+
+    /// Applies a Pairs key.
+    pub fn handle(&mut self, action: Action) -> EventState {
+        match action {
+            Action::PreferLeft => self.decide(Side::Left),
+            Action::PreferRight => self.decide(Side::Right),
+            Action::Tie => self.decide(Side::Tie),
+            Action::BothBad => self.decide(Side::BothBad),
+            Action::Skip => self.decide(Side::Skip),
+            Action::Undo => self.undo(),
+            Action::Up => self.scroll = self.scroll.saturating_sub(1),
+            Action::Down => self.scroll = (self.scroll + 1).min(self.max_scroll.get()),
+            _ => return EventState::NotConsumed,
+        }
+        EventState::Consumed
+    }
+
+    fn decide(&mut self, side: Side) {
+        let Some(pair) = self.queue.current().cloned() else {
+            self.message = Some((false, "No pair to label.".into()));
+            return;
+        };
+        let a_left = pair.a_on_left(self.seed);
+        let decision = match side {
+            Side::Left if a_left => Decision::A,
+            Side::Left => Decision::B,
+            Side::Right if a_left => Decision::B,
+            Side::Right => Decision::A,
+            Side::Tie => Decision::Tie,
+            Side::BothBad => Decision::BothBad,
+            Side::Skip => Decision::Skip,
+        };
+        let log = match &mut self.log {
+            Ok(l) => l,
+            Err(e) => {
+                self.message = Some((false, format!("Labelling is off: {e}")));
+                return;
+            }
+        };
+        // Only once the line is on disk does the screen confirm and move on.
+        match log.record(&pair, a_left, decision) {
+            Ok(_) => {
+                self.queue.pop();
+                self.scroll = 0;
+                let said = match side {
+                    Side::Left => "A better",
+                    Side::Right => "B better",
+                    Side::Tie => "tie",
+                    Side::BothBad => "both bad",
+                    Side::Skip => "skipped",
+                };
+                self.message = Some((true, format!("Saved: {said}. u undoes it.")));
+                self.after_change();
+            }
+            Err(e) => {
+                self.message = Some((false, format!("Not saved ({e}); the pair stays.")));
+            }
+        }
+    }
+
+    fn undo(&mut self) {
+        let log = match &mut self.log {
+            Ok(l) => l,
+            Err(e) => {
+                self.message = Some((false, format!("Labelling is off: {e}")));
+                return;
+            }
+        };
+        match log.undo() {
+            Ok(Some(entry)) => {
+                self.queue.push_front(entry.pair());
+                self.scroll = 0;
+                self.message = Some((
+                    true,
+                    format!(
+                        "Undone: {} retracted; the pair is back.",
+                        entry.decision.describe()
+                    ),
+                ));
+                self.after_change();
+            }
+            Ok(None) => self.message = Some((false, "Nothing to undo.".into())),
+            Err(e) => self.message = Some((false, format!("Undo not saved ({e})."))),
+        }
+    }
+
+    /// Refreshes counters and rewrites the preference file from the log.
+    fn after_change(&mut self) {
+        let Ok(log) = &self.log else { return };
+        self.decided = log.decided_ids();
+        self.counters = log.counters();
+        if let Err(e) = write_preferences(&self.prefs_path, &log.preferences()) {
+            self.message = Some((
+                false,
+                format!(
+                    "Label saved, but {} not written: {e}",
+                    self.prefs_path.display()
+                ),
+            ));
+        }
+    }
+}
+
+/// A decision as the labeller sees it: by screen side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Left,
+    Right,
+    Tie,
+    BothBad,
+    Skip,
+}
+
+/// What the Pairs pane draws.
+pub struct PairsView<'a> {
+    pub state: &'a PairsState,
+    pub focused: bool,
+}
+
+fn answer_block(label: &'static str) -> Block<'static> {
+    Block::bordered()
+        .border_style(theme::border())
+        .title(Span::styled(format!(" {label} "), theme::title()))
+}
+
+/// Draws the Pairs pane.
+pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
+    let st = view.state;
+    let c = st.counters;
+    let bias = c
+        .left_chosen_pct()
+        .map_or("-".to_string(), |p| format!("{p:.0}%"));
+    let counts = format!(
+        "labeled {} · skipped {} · left chosen {bias} · {} queued",
+        c.labeled,
+        c.skipped,
+        st.queued()
+    );
+    let rows = if c.preferences == 1 { "row" } else { "rows" };
+    let block = pane_block(PaneId::Pairs, &counts, view.focused).title_bottom(Line::styled(
+        format!(" {} preference {rows} → {} ", c.preferences, st.prefs_label),
+        theme::dim(),
+    ));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+
+    let [msg_area, body] =
+        Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(inner);
+    if let Some((ok, text)) = &st.message {
+        let style = if *ok { theme::ok() } else { theme::warning() };
+        frame.render_widget(Line::styled(text.clone(), style), msg_area);
+    } else if st.current().is_some() {
+        frame.render_widget(
+            Line::styled(
+                "Which answer is better? Answers are shown in random order, sources hidden.",
+                theme::dim(),
+            ),
+            msg_area,
+        );
+    }
+    let Some(pair) = st.current() else {
+        let why = match &st.log {
+            Err(e) => format!("Labelling is off: {e}"),
+            Ok(_) => "No pairs waiting. Pairs come from runs' samples (several answers to one \
+                      prompt in a step, or a prompt's answer changing between steps), and from \
+                      pairs.jsonl in the labels folder."
+                .to_string(),
+        };
+        frame.render_widget(
+            Paragraph::new(why)
+                .style(theme::dim())
+                .wrap(Wrap { trim: true }),
+            body,
+        );
+        return;
+    };
+    let prompt_w = body.width.saturating_sub(8).max(8) as usize;
+    let mut prompt_lines = wrap(&pair.prompt, prompt_w);
+    if prompt_lines.len() > PROMPT_MAX_LINES {
+        prompt_lines.truncate(PROMPT_MAX_LINES);
+        if let Some(l) = prompt_lines.last_mut() {
+            l.push_str(" …");
+        }
+    }
+    let [prompt_area, answers] = Layout::vertical([
+        Constraint::Length(prompt_lines.len() as u16),
+        Constraint::Fill(1),
+    ])
+    .areas(body);
+    let prompt: Vec<Line> = prompt_lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let lead = if i == 0 { "Prompt: " } else { "        " };
+            Line::from(vec![Span::styled(lead, theme::dim()), Span::raw(l)])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(prompt), prompt_area);
+
+    let (left, right) = if pair.a_on_left(st.seed) {
+        (&pair.a, &pair.b)
+    } else {
+        (&pair.b, &pair.a)
+    };
+    let [la, ra] = Layout::horizontal([Constraint::Fill(1); 2]).areas(answers);
+    let mut max_lines = 0;
+    for (label, text, rect) in [("A", left, la), ("B", right, ra)] {
+        let block = answer_block(label);
+        let inner = block.inner(rect);
+        let lines: Vec<Line> = wrap(text, inner.width as usize)
+            .into_iter()
+            .map(|l| Line::styled(l, Style::new()))
+            .collect();
+        max_lines = max_lines.max(lines.len() as u16);
+        let scroll = st
+            .scroll
+            .min((lines.len() as u16).saturating_sub(inner.height));
+        frame.render_widget(block, rect);
+        frame.render_widget(Paragraph::new(lines).scroll((scroll, 0)), inner);
+    }
+    let visible = la.height.saturating_sub(2);
+    st.max_scroll.set(max_lines.saturating_sub(visible));
+}

@@ -1,0 +1,378 @@
+//! What the workbench knows about each run: live ones fed by engine events, finished ones read
+//! from their folders on disk. Memory per run is bounded (metric series are bucketed, sampled
+//! steps are thinned), so a workbench left open on a long run stays small.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::engine::events::{RunId, RunStatus, SampleRecord};
+use crate::engine::health::HealthMonitor;
+use crate::engine::run::{MetricsRow, read_metrics};
+use crate::tui::series::Series;
+
+/// Sampled steps kept per run. Past this, every other older step is dropped, so the step
+/// scrubber still spans the whole run; 512 steps x a GRPO batch of ~16 short samples is a few
+/// MB at most.
+const MAX_SAMPLE_STEPS: usize = 512;
+
+/// Where a run's data comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Launched in this session; its thread reports events.
+    Live,
+    /// Read from its folder under the runs root.
+    Disk,
+}
+
+/// One run's state as the panes see it.
+#[derive(Clone, Debug)]
+pub struct RunData {
+    pub id: RunId,
+    pub method: String,
+    pub status: RunStatus,
+    pub origin: Origin,
+    pub dir: Option<PathBuf>,
+    pub total_steps: Option<usize>,
+    /// Newest step with metrics.
+    pub step: usize,
+    /// Wall time of the newest metrics, seconds since the run started.
+    pub wall_time: f64,
+    /// Series by metric name (sorted, so pickers cycle in a stable order).
+    pub metrics: BTreeMap<String, Series>,
+    pub samples: BTreeMap<usize, Vec<SampleRecord>>,
+    pub health: HealthMonitor,
+    /// The engine's failure message, if the run failed.
+    pub error: Option<String>,
+    /// Step and path (relative to the run folder when inside it) of the newest checkpoint.
+    pub last_checkpoint: Option<(usize, String)>,
+    series_cap: usize,
+}
+
+impl RunData {
+    pub fn new(
+        id: impl Into<RunId>,
+        method: impl Into<String>,
+        origin: Origin,
+        cap: usize,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            method: method.into(),
+            status: RunStatus::Starting,
+            origin,
+            dir: None,
+            total_steps: None,
+            step: 0,
+            wall_time: 0.0,
+            metrics: BTreeMap::new(),
+            samples: BTreeMap::new(),
+            health: HealthMonitor::new(),
+            error: None,
+            last_checkpoint: None,
+            series_cap: cap,
+        }
+    }
+
+    /// Whether the run is training (or paused) in this session, i.e. would be lost on quit.
+    pub fn is_live(&self) -> bool {
+        self.origin == Origin::Live
+            && matches!(
+                self.status,
+                RunStatus::Starting | RunStatus::Running | RunStatus::Paused
+            )
+    }
+
+    pub fn push_metrics(&mut self, step: usize, wall_time: f64, values: &BTreeMap<String, f64>) {
+        self.step = self.step.max(step);
+        self.wall_time = self.wall_time.max(wall_time);
+        for (name, v) in values {
+            let cap = self.series_cap;
+            self.metrics
+                .entry(name.clone())
+                .or_insert_with(|| Series::with_cap(cap))
+                .push(step as f64, wall_time, *v);
+        }
+        self.health.observe(step, values);
+    }
+
+    pub fn push_samples(&mut self, step: usize, samples: Vec<SampleRecord>) {
+        self.samples.entry(step).or_default().extend(samples);
+        if self.samples.len() > MAX_SAMPLE_STEPS {
+            let newest = self.samples.keys().next_back().copied();
+            let mut i = 0;
+            self.samples.retain(|k, _| {
+                i += 1;
+                Some(*k) == newest || i % 2 == 1
+            });
+        }
+    }
+
+    /// The metric that sums the run up: the first default of its method that it logs
+    /// (reward for RL, margins for DPO, loss for SFT), else its first metric.
+    pub fn primary_metric(&self) -> Option<&str> {
+        crate::tui::panes::curves::default_metrics(&self.method)
+            .iter()
+            .flat_map(|aliases| aliases.iter())
+            .find_map(|m| self.metrics.get_key_value(*m).map(|(k, _)| k.as_str()))
+            .or_else(|| self.metrics.keys().next().map(String::as_str))
+    }
+
+    /// Step counter as shown in tables: `120/500` or `120`.
+    pub fn progress(&self) -> String {
+        match self.total_steps {
+            Some(t) if t > 0 => format!("{}/{t}", self.step),
+            _ => self.step.to_string(),
+        }
+    }
+}
+
+/// The runs, in the order they appeared. Runs are never removed during a session.
+#[derive(Clone, Debug, Default)]
+pub struct RunStore {
+    runs: Vec<RunData>,
+}
+
+impl RunStore {
+    pub fn all(&self) -> &[RunData] {
+        &self.runs
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.runs.iter().position(|r| r.id == id)
+    }
+
+    pub fn get(&self, i: usize) -> Option<&RunData> {
+        self.runs.get(i)
+    }
+
+    pub fn find_mut(&mut self, id: &str) -> Option<&mut RunData> {
+        self.runs.iter_mut().find(|r| r.id == id)
+    }
+
+    /// Adds a run and returns its index; if one with that id exists it is returned instead.
+    pub fn insert(&mut self, run: RunData) -> usize {
+        if let Some(i) = self.index_of(&run.id) {
+            return i;
+        }
+        self.runs.push(run);
+        self.runs.len() - 1
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &RunData> {
+        self.runs.iter().filter(|r| r.is_live())
+    }
+}
+
+/// A run folder read from disk, ready to become a [`RunData`].
+#[derive(Clone, Debug)]
+pub struct LoadedRun {
+    pub id: RunId,
+    pub dir: PathBuf,
+    pub method: String,
+    pub total_steps: Option<usize>,
+    pub status: RunStatus,
+    pub metrics: Vec<MetricsRow>,
+    pub samples: Vec<SampleRecord>,
+    pub last_checkpoint: Option<(usize, String)>,
+}
+
+impl LoadedRun {
+    pub fn into_run(self, cap: usize) -> RunData {
+        let mut run = RunData::new(self.id, self.method, Origin::Disk, cap);
+        run.status = self.status;
+        run.dir = Some(self.dir);
+        run.total_steps = self.total_steps;
+        run.last_checkpoint = self.last_checkpoint;
+        for row in &self.metrics {
+            run.push_metrics(row.step, row.wall_time, &row.values);
+        }
+        let mut by_step: BTreeMap<usize, Vec<SampleRecord>> = BTreeMap::new();
+        for s in self.samples {
+            by_step.entry(s.step).or_default().push(s);
+        }
+        for (step, samples) in by_step {
+            run.push_samples(step, samples);
+        }
+        run
+    }
+}
+
+/// Run folders under `root` (those holding a `config.toml` or `metrics.jsonl`), by name.
+/// A missing root is no runs, not an error.
+pub fn scan_runs(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.toml").is_file() || p.join("metrics.jsonl").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Reads a run folder: method and max steps from `config.toml` (read loosely, so configs
+/// of methods this build does not know still load), metrics, samples and checkpoints.
+pub fn load_run(dir: &Path) -> anyhow::Result<LoadedRun> {
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{}: not a run folder", dir.display()))?;
+    let (method, total_steps) = match std::fs::read_to_string(dir.join("config.toml")) {
+        Ok(text) => {
+            let table: toml::Table = text
+                .parse()
+                .with_context(|| format!("{}: config.toml does not parse", dir.display()))?;
+            let method = table
+                .get("method")
+                .and_then(|m| m.as_str())
+                .unwrap_or("?")
+                .to_string();
+            let steps = table
+                .get("train")
+                .and_then(|t| t.get("max_steps"))
+                .and_then(|s| s.as_integer())
+                .and_then(|s| usize::try_from(s).ok());
+            (method, steps)
+        }
+        Err(_) => ("?".to_string(), None),
+    };
+    let metrics_path = dir.join("metrics.jsonl");
+    let metrics = if metrics_path.is_file() {
+        read_metrics(&metrics_path)
+            .with_context(|| format!("reading {}", metrics_path.display()))?
+    } else {
+        Vec::new()
+    };
+    let samples = read_samples(&dir.join("samples.jsonl"));
+    let last_checkpoint = newest_checkpoint(dir);
+    let last_step = metrics.last().map_or(0, |r| r.step);
+    let finished = dir.join("checkpoints").join("final").exists()
+        || total_steps.is_some_and(|t| t > 0 && last_step >= t);
+    Ok(LoadedRun {
+        id,
+        dir: dir.to_path_buf(),
+        method,
+        total_steps,
+        status: if finished {
+            RunStatus::Finished
+        } else {
+            RunStatus::Stopped
+        },
+        metrics,
+        samples,
+        last_checkpoint,
+    })
+}
+
+/// `samples.jsonl` rows; unreadable lines (a torn last line) are skipped.
+fn read_samples(path: &Path) -> Vec<SampleRecord> {
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// The newest `checkpoints/step-NNNNNN` (or `final`) of a run folder.
+fn newest_checkpoint(dir: &Path) -> Option<(usize, String)> {
+    let ckpts = dir.join("checkpoints");
+    let mut best: Option<(usize, String)> = None;
+    for e in std::fs::read_dir(&ckpts).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let step = if name == "final" {
+            usize::MAX
+        } else if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse().ok()) {
+            n
+        } else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(s, _)| step > *s) {
+            best = Some((step, format!("checkpoints/{name}")));
+        }
+    }
+    best
+}
+
+/// A checkpoint path as shown: relative to the run folder when inside it.
+pub fn short_path(path: &Path, run_dir: Option<&Path>) -> String {
+    run_dir
+        .and_then(|d| path.strip_prefix(d).ok())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_steps_are_thinned_but_span_the_run() {
+        let mut run = RunData::new("r", "grpo", Origin::Live, 64);
+        for step in 0..2000 {
+            run.push_samples(step, Vec::new());
+        }
+        assert!(run.samples.len() <= MAX_SAMPLE_STEPS);
+        assert_eq!(run.samples.keys().next(), Some(&0));
+        assert_eq!(run.samples.keys().next_back(), Some(&1999));
+    }
+
+    #[test]
+    fn a_run_folder_loads_with_its_method_progress_and_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("grpo-arith");
+        std::fs::create_dir_all(dir.join("checkpoints/step-000020")).unwrap();
+        std::fs::write(
+            dir.join("config.toml"),
+            "method = \"grpo\"\n[train]\nmax_steps = 50\n[future_section]\nx = 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("metrics.jsonl"),
+            "{\"step\":1,\"wall_time\":0.5,\"reward\":0.1}\n{\"step\":2,\"wall_time\":1.0,\"reward\":0.3}\n{\"step\":3,",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("samples.jsonl"),
+            "{\"step\":2,\"prompt\":\"1+1=\",\"completion\":\"2\",\"rewards\":{\"correct\":1.0}}\n",
+        )
+        .unwrap();
+        assert_eq!(scan_runs(tmp.path()), vec![dir.clone()]);
+        let loaded = load_run(&dir).unwrap();
+        assert_eq!(loaded.method, "grpo");
+        assert_eq!(loaded.total_steps, Some(50));
+        assert_eq!(loaded.status, RunStatus::Stopped);
+        assert_eq!(
+            loaded.last_checkpoint,
+            Some((20, "checkpoints/step-000020".into()))
+        );
+        let run = loaded.into_run(64);
+        assert_eq!(run.step, 2);
+        assert_eq!(run.progress(), "2/50");
+        assert_eq!(run.metrics["reward"].last(), Some((2.0, 0.3)));
+        assert_eq!(run.samples[&2].len(), 1);
+        assert_eq!(run.primary_metric(), Some("reward"));
+        assert!(!run.is_live());
+    }
+
+    #[test]
+    fn missing_runs_root_is_empty() {
+        assert!(scan_runs(Path::new("/nonexistent/rlft-runs")).is_empty());
+    }
+}

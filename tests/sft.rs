@@ -1,0 +1,194 @@
+//! SFT end to end on a tiny model made here: events, run folder, falling loss, errors that
+//! name the bad file and line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use rlft::engine::algo::pretrain::{CHATML_TEMPLATE, SPECIAL_TOKENS, arithmetic_lines};
+use rlft::engine::config::RunConfig;
+use rlft::engine::events::{Event, RunStatus};
+use rlft::engine::model::{Llama, LlamaConfig, WeightReader, hf, llama};
+use rlft::engine::run::read_metrics;
+use rlft::engine::session::{self, LaunchOptions};
+use rlft::engine::tokenizer::Tokenizer;
+
+/// A tiny Llama with its own BPE tokenizer, saved as a Hugging Face folder.
+fn tiny_model(dir: &Path) -> PathBuf {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let text: Vec<String> = arithmetic_lines(400, 99, &mut rng);
+    let mut tok = Tokenizer::train_bpe(text.into_iter(), 300, &SPECIAL_TOKENS).unwrap();
+    tok.set_chat_template(Some(CHATML_TEMPLATE.into()));
+    let eos = tok.token_id("<|endoftext|>").unwrap();
+    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "vocab_size": tok.vocab_size(), "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true,
+        "eos_token_id": eos, "bos_token_id": eos, "pad_token_id": eos
+    }))
+    .unwrap();
+    let device = Device::flex();
+    let mut r = WeightReader::new(llama::init_weights(&cfg, 1), &device);
+    let model = Llama::from_weights(&cfg, &mut r, true, false).unwrap();
+    let out = dir.join("tiny");
+    hf::save_dir(&out, &cfg, &model, Some(&tok), None).unwrap();
+    out
+}
+
+fn write_data(path: &Path, n: usize, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let lines: Vec<String> = (0..n)
+        .map(|_| {
+            let (a, b) = (rng.random_range(0..50), rng.random_range(0..50));
+            serde_json::json!({"prompt": format!("{a}+{b}="), "completion": format!("{}", a + b)})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn config(model: &Path, train: &Path, eval: &Path, steps: usize) -> RunConfig {
+    RunConfig::from_toml(&format!(
+        r#"method = "sft"
+name = "t"
+[model]
+path = "{}"
+[data]
+train = "{}"
+eval = "{}"
+[train]
+max_steps = {steps}
+per_device_train_batch_size = 16
+max_length = 16
+eval_steps = {steps}
+[optim]
+learning_rate = 3e-3
+lr_scheduler_type = "constant"
+[samples]
+every = {steps}
+prompts = ["1+2="]
+max_new_tokens = 3
+temperature = 0.0
+"#,
+        model.display(),
+        train.display(),
+        eval.display()
+    ))
+    .unwrap()
+}
+
+fn run_to_end(cfg: RunConfig, root: &Path) -> (Vec<Event>, PathBuf) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        runs_root: root.to_path_buf(),
+        ..Default::default()
+    };
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    let dir = handle.dir.clone();
+    handle.thread.join().unwrap();
+    (rx.try_iter().collect(), dir)
+}
+
+#[test]
+fn sft_loss_falls_and_the_run_folder_has_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let (train, eval) = (
+        tmp.path().join("train.jsonl"),
+        tmp.path().join("eval.jsonl"),
+    );
+    write_data(&train, 256, 1);
+    write_data(&eval, 32, 2);
+    let (events, dir) = run_to_end(config(&model, &train, &eval, 40), &tmp.path().join("runs"));
+
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Failed { .. }))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Finished {
+            status: RunStatus::Finished,
+            step: 40,
+            ..
+        }
+    )));
+    assert!(events.iter().any(|e| matches!(e, Event::Samples { .. })));
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "checkpoints/final/model.safetensors",
+        "checkpoints/final/tokenizer.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 40);
+    for key in [
+        "loss",
+        "mean_token_accuracy",
+        "learning_rate",
+        "grad_norm",
+        "num_tokens",
+        "eval_loss",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.values.contains_key(key)),
+            "metric {key} missing"
+        );
+    }
+    let first: f64 = rows[..5].iter().map(|r| r.values["loss"]).sum::<f64>() / 5.0;
+    let last: f64 = rows[35..].iter().map(|r| r.values["loss"]).sum::<f64>() / 5.0;
+    assert!(
+        last < first * 0.8,
+        "loss should fall: first {first:.3}, last {last:.3}"
+    );
+    // The saved checkpoint loads back.
+    rlft::engine::model::load(
+        &dir.join("checkpoints/final"),
+        &Device::flex(),
+        rlft::engine::model::Heads::Lm,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_malformed_jsonl_line_fails_the_run_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let train = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &train,
+        "{\"prompt\": \"1+1=\", \"completion\": \"2\"}\n{\"prompt\": oops}\n",
+    )
+    .unwrap();
+    let (events, _) = run_to_end(config(&model, &train, &train, 3), &tmp.path().join("runs"));
+    let error = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .expect("the run fails");
+    assert!(
+        error.contains("bad.jsonl") && error.contains(":2"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_broken_config_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("broken.toml");
+    std::fs::write(&path, "method = \"sft\"\n[train\nmax_steps = 3\n").unwrap();
+    let err = RunConfig::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("broken.toml"), "{err}");
+    std::fs::write(&path, "method = \"sfx\"\n").unwrap();
+    let err = RunConfig::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("sfx"), "{err}");
+}

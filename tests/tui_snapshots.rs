@@ -1,0 +1,627 @@
+//! Snapshot tests of the workbench: each pane and the whole screen at 80x24 and 160x48,
+//! driven by scripted engine events from a fake engine and scripted keys. No training runs.
+//!
+//! Accept new snapshots with `INSTA_UPDATE=always cargo test --release --test tui_snapshots`,
+//! then read the `.snap` files: they are what a user would see.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crossterm::event::{KeyCode, KeyModifiers};
+use rlft::engine::device::DeviceChoice;
+use rlft::engine::events::{Command, Event, LogLevel, RunStatus};
+use rlft::tui::app::{AppConfig, PaneId, QuitState};
+use rlft::tui::fake::{Driver, FakeEngine, FakeRecord, script};
+use rlft::tui::store;
+
+/// Both sizes every pane is checked at: the smallest fully usable terminal and a large one.
+const SMALL: (u16, u16) = (80, 24);
+const LARGE: (u16, u16) = (160, 48);
+
+/// A temporary workspace with `configs/` holding GRPO, SFT and DPO configs.
+struct Workspace {
+    tmp: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let configs = tmp.path().join("configs");
+        std::fs::create_dir_all(&configs).expect("configs dir");
+        for (file, method, name) in [
+            ("grpo.toml", "grpo", "grpo-arith"),
+            ("sft.toml", "sft", "sft-arith"),
+            ("dpo.toml", "dpo", "dpo-arith"),
+        ] {
+            std::fs::write(
+                configs.join(file),
+                format!("method = \"{method}\"\nname = \"{name}\"\n"),
+            )
+            .expect("config");
+        }
+        Self { tmp }
+    }
+
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn config(&self) -> AppConfig {
+        let mut c = AppConfig::new(
+            self.path().join("configs"),
+            self.path().join("runs"),
+            DeviceChoice::Cpu,
+        );
+        // Fixed so snapshots do not depend on the machine.
+        c.cpu_cores = 2;
+        c.labels_dir = self.path().join("labels");
+        c
+    }
+
+    fn driver(&self, (w, h): (u16, u16)) -> Driver {
+        Driver::new(self.config(), w, h)
+    }
+}
+
+/// A GRPO run 120 steps in, with samples every 10 steps.
+fn grpo_run(d: &mut Driver, name: &str) {
+    d.start(name, "grpo", 500);
+    d.train(name, 1..=120, script::grpo_metrics, 10);
+}
+
+fn sft_run(d: &mut Driver, name: &str) {
+    d.start(name, "sft", 60);
+    d.train(name, 1..=45, script::sft_metrics, 20);
+}
+
+/// A GRPO run going wrong: KL explodes after step 30, a grad-norm spike at 45, NaN loss at
+/// 50, and most groups without reward variance.
+fn troubled_metrics(step: usize) -> BTreeMap<String, f64> {
+    let mut m = script::grpo_metrics(step);
+    if step > 30 {
+        m.insert("kl".into(), 0.02 * 1.25f64.powi((step - 30) as i32));
+    }
+    if step == 45 {
+        m.insert("grad_norm".into(), 40.0);
+    }
+    if step >= 50 {
+        m.insert("loss".into(), f64::NAN);
+    }
+    m.insert("frac_reward_zero_std".into(), 0.96);
+    m
+}
+
+/// One `metrics.jsonl` line as the engine writes it.
+fn metrics_line(step: usize, wall_time: f64, values: BTreeMap<String, f64>) -> String {
+    let mut row = serde_json::to_value(values).expect("json");
+    row["step"] = step.into();
+    row["wall_time"] = wall_time.into();
+    row.to_string() + "\n"
+}
+
+fn snap_name(what: &str, (w, h): (u16, u16)) -> String {
+    format!("{what}_{w}x{h}")
+}
+
+#[test]
+fn whole_screen_grpo_learning_live() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        insta::assert_snapshot!(snap_name("screen_grpo_learning_live", size), d.render());
+    }
+}
+
+#[test]
+fn whole_screen_two_live_runs_say_they_share_the_cpu() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        sft_run(&mut d, "sft-arith");
+        let screen = d.render();
+        assert!(screen.contains("2 live runs share 2 CPU cores"), "{screen}");
+        insta::assert_snapshot!(snap_name("screen_two_runs_share_cpu", size), screen);
+    }
+}
+
+/// Four runs: live GRPO, paused SFT, a DPO run read from disk, and a failed run.
+fn four_runs(ws: &Workspace, d: &mut Driver) {
+    grpo_run(d, "grpo-arith");
+    sft_run(d, "sft-arith");
+    d.key(KeyCode::Char('1'));
+    d.key(KeyCode::Down);
+    d.key(KeyCode::Char('p'));
+    let dir = ws.path().join("runs").join("dpo-arith");
+    std::fs::create_dir_all(dir.join("checkpoints").join("final")).expect("run dir");
+    std::fs::write(
+        dir.join("config.toml"),
+        "method = \"dpo\"\n[train]\nmax_steps = 80\n",
+    )
+    .expect("config");
+    let rows: String = (1..=80)
+        .map(|s| metrics_line(s, s as f64 * 2.0, script::dpo_metrics(s)))
+        .collect();
+    std::fs::write(dir.join("metrics.jsonl"), rows).expect("metrics");
+    let loaded = store::load_run(&dir).expect("load");
+    d.app.on_loaded_run(loaded);
+    d.start("ppo-broken", "ppo", 200);
+    d.train("ppo-broken", 1..=12, script::grpo_metrics, 0);
+    d.send(Event::Failed {
+        run: "ppo-broken".into(),
+        step: Some(13),
+        error: "out of memory allocating 512 MiB for the KV cache".into(),
+    });
+}
+
+#[test]
+fn runs_pane_lists_live_saved_paused_and_failed_runs() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        four_runs(&ws, &mut d);
+        // Select the first run again: the failed one's toast is cleared by the key.
+        d.key(KeyCode::Up);
+        d.key(KeyCode::Up);
+        d.key(KeyCode::Up);
+        let rec = d.record.lock().expect("record").commands.clone();
+        assert_eq!(rec, vec![("sft-arith".to_string(), Command::Pause)]);
+        insta::assert_snapshot!(snap_name("pane_runs_four_runs", size), d.render());
+    }
+}
+
+#[test]
+fn engine_failure_is_shown_and_the_ui_stays_up() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    four_runs(&ws, &mut d);
+    let screen = d.render();
+    assert!(screen.contains("ppo-broken failed at step 13"), "{screen}");
+    insta::assert_snapshot!("screen_engine_failure_80x24", screen);
+    // Keys still work after the failure: select the failed run and open Health.
+    d.key(KeyCode::Down);
+    d.key(KeyCode::Down);
+    d.key(KeyCode::Char('5'));
+    let screen = d.render();
+    assert!(screen.contains("Run failed: out of memory"), "{screen}");
+    insta::assert_snapshot!("pane_health_failed_run_80x24", screen);
+}
+
+#[test]
+fn curves_pane_with_crosshair_log_y_and_wall_time() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        d.key(KeyCode::Char('2'));
+        // Crosshair appears at the newest step, then 30 steps back (1% of the range each).
+        d.key(KeyCode::Left);
+        d.key_with(KeyCode::Left, KeyModifiers::SHIFT);
+        d.key_with(KeyCode::Left, KeyModifiers::SHIFT);
+        d.key_with(KeyCode::Left, KeyModifiers::SHIFT);
+        d.keys("l");
+        insta::assert_snapshot!(snap_name("pane_curves_crosshair_log_y", size), d.render());
+        d.keys("lw++");
+        let screen = d.render();
+        assert!(screen.contains("EMA 0.70"), "{screen}");
+        assert!(screen.contains("x time"), "{screen}");
+        insta::assert_snapshot!(
+            snap_name("pane_curves_wall_time_more_smoothing", size),
+            screen
+        );
+    }
+}
+
+#[test]
+fn curves_pane_overlays_other_runs_and_picks_metrics() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        d.start("grpo-lr-high", "grpo", 500);
+        d.train(
+            "grpo-lr-high",
+            1..=80,
+            |s| {
+                let mut m = script::grpo_metrics(s * 2);
+                m.insert("kl".into(), 0.05 + 0.002 * s as f64);
+                m
+            },
+            0,
+        );
+        d.keys("2o");
+        insta::assert_snapshot!(snap_name("pane_curves_overlay_two_runs", size), d.render());
+        // Metric names cycle in name order: chart 2 goes kl -> learning_rate -> loss.
+        d.key(KeyCode::Down);
+        d.keys("mm");
+        let shown = d.app.curves.slot_metrics(d.app.focused().expect("run"))[1].clone();
+        assert_eq!(shown.as_deref(), Some("loss"));
+        insta::assert_snapshot!(
+            snap_name("pane_curves_second_chart_picked_loss", size),
+            d.render()
+        );
+    }
+}
+
+#[test]
+fn curves_defaults_for_sft_and_dpo() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(LARGE);
+    sft_run(&mut d, "sft-arith");
+    insta::assert_snapshot!("pane_curves_sft_defaults_160x48", d.render());
+    let mut d = ws.driver(LARGE);
+    d.start("dpo-arith", "dpo", 80);
+    d.train("dpo-arith", 1..=80, script::dpo_metrics, 0);
+    insta::assert_snapshot!("pane_curves_dpo_defaults_160x48", d.render());
+}
+
+#[test]
+fn samples_pane_follows_live_and_scrubs_back() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        d.key(KeyCode::Char('3'));
+        insta::assert_snapshot!(snap_name("pane_samples_live", size), d.render());
+        d.key(KeyCode::Left);
+        d.key(KeyCode::Left);
+        d.key(KeyCode::Down);
+        // New steps arrive; the scrubbed-back view stays where it is.
+        d.train("grpo-arith", 121..=130, script::grpo_metrics, 10);
+        let screen = d.render();
+        assert!(screen.contains("step 100 · 10 of 13"), "{screen}");
+        insta::assert_snapshot!(snap_name("pane_samples_scrubbed_back", size), screen);
+    }
+}
+
+#[test]
+fn samples_wrap_long_text() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.start("sft-chat", "sft", 10);
+    d.send(Event::Samples {
+        run: "sft-chat".into(),
+        step: 5,
+        samples: vec![rlft::engine::events::SampleRecord {
+            step: 5,
+            prompt: "<|user|>\nWrite two lines about the sea, in the manner of the sonnets, \
+                     and keep them short.\n<|assistant|>\n"
+                .into(),
+            completion: "The sea doth hold the moon in silver chains,\nand every tide returns \
+                         what longing gains; an extraordinarilyunbreakablewordthatmustwrap."
+                .into(),
+            rewards: BTreeMap::new(),
+            advantage: None,
+        }],
+    });
+    d.key(KeyCode::Char('3'));
+    insta::assert_snapshot!("pane_samples_long_text_wraps_80x24", d.render());
+}
+
+#[test]
+fn pairs_labelling_flow_with_undo() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.start("grpo-arith", "grpo", 500);
+    d.train("grpo-arith", 1..=60, script::grpo_metrics, 10);
+    d.key(KeyCode::Char('4'));
+    assert_eq!(d.app.focus, PaneId::Pairs);
+    assert_eq!(d.app.pairs.queued(), 6);
+    insta::assert_snapshot!("pairs_flow_1_first_pair_80x24", d.render());
+
+    // A better (the left answer).
+    let first = d.app.pairs.current().expect("pair").clone();
+    let left = if first.a_on_left(d.app.config.pair_seed) {
+        first.a.clone()
+    } else {
+        first.b.clone()
+    };
+    d.keys("a");
+    insta::assert_snapshot!("pairs_flow_2_after_a_better_80x24", d.render());
+
+    // Skip one, call the next a tie, then undo the tie.
+    d.keys("st");
+    insta::assert_snapshot!("pairs_flow_3_after_skip_and_tie_80x24", d.render());
+    let tied = d.app.pairs.counters();
+    assert_eq!((tied.labeled, tied.skipped), (2, 1));
+    d.keys("u");
+    let screen = d.render();
+    assert!(screen.contains("Undone"), "{screen}");
+    insta::assert_snapshot!("pairs_flow_4_after_undo_pair_is_back_80x24", screen);
+    let c = d.app.pairs.counters();
+    assert_eq!((c.labeled, c.skipped, c.preferences), (1, 1, 1));
+    assert_eq!(c.left_chosen_pct(), Some(100.0));
+
+    // On disk: three decisions and one retraction, appended in order; one TRL preference.
+    let log = std::fs::read_to_string(ws.path().join("labels/labels.jsonl")).expect("log");
+    let kinds: Vec<&str> = log
+        .lines()
+        .map(|l| {
+            if l.contains("\"kind\":\"retract\"") {
+                "retract"
+            } else if l.contains("\"decision\":\"skip\"") {
+                "skip"
+            } else if l.contains("\"decision\":\"tie\"") {
+                "tie"
+            } else {
+                "prefer"
+            }
+        })
+        .collect();
+    assert_eq!(kinds, vec!["prefer", "skip", "tie", "retract"]);
+    let prefs = std::fs::read_to_string(ws.path().join("labels/preferences.jsonl")).expect("prefs");
+    let rows: Vec<serde_json::Value> = prefs
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["prompt"], first.prompt.as_str());
+    assert_eq!(rows[0]["chosen"], left.as_str());
+
+    // B better on the returned pair; the Backspace key undoes too.
+    d.keys("b");
+    assert_eq!(d.app.pairs.counters().preferences, 2);
+    d.key(KeyCode::Backspace);
+    assert_eq!(d.app.pairs.counters().preferences, 1);
+}
+
+#[test]
+fn pairs_pane_at_large_size_and_a_new_session_resumes_the_counts() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(LARGE);
+    d.start("grpo-arith", "grpo", 500);
+    d.train("grpo-arith", 1..=40, script::grpo_metrics, 10);
+    d.keys("4ax");
+    insta::assert_snapshot!("pane_pairs_after_two_labels_160x48", d.render());
+    // A fresh workbench on the same labels folder picks up the log; labelled pairs are
+    // not offered again.
+    let mut again = ws.driver(LARGE);
+    again.start("grpo-arith", "grpo", 500);
+    again.train("grpo-arith", 1..=40, script::grpo_metrics, 10);
+    let c = again.app.pairs.counters();
+    assert_eq!((c.labeled, c.preferences), (2, 1));
+    assert_eq!(again.app.pairs.queued(), 2);
+}
+
+#[test]
+fn pairs_pane_empty_queue_explains_where_pairs_come_from() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.keys("4");
+    insta::assert_snapshot!("pane_pairs_empty_80x24", d.render());
+}
+
+#[test]
+fn health_pane_explains_warnings() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        d.start("grpo-hot", "grpo", 500);
+        d.train("grpo-hot", 1..=55, troubled_metrics, 0);
+        d.key(KeyCode::Char('5'));
+        let screen = d.render();
+        for needle in [
+            "NaN/inf",
+            "KL exploding",
+            "No learning signal",
+            "Grad-norm spike",
+        ] {
+            assert!(screen.contains(needle), "{needle} missing:\n{screen}");
+        }
+        insta::assert_snapshot!(snap_name("pane_health_warnings", size), screen);
+    }
+}
+
+#[test]
+fn log_pane_shows_engine_messages_not_stdout() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        d.send(Event::Log {
+            run: "grpo-arith".into(),
+            level: LogLevel::Warn,
+            message: "completion truncated at max_new_tokens in 12 of 16 samples".into(),
+        });
+        d.send(Event::Checkpoint {
+            run: "grpo-arith".into(),
+            step: 100,
+            path: PathBuf::from("runs/grpo-arith/checkpoints/step-000100"),
+        });
+        d.key(KeyCode::Char('6'));
+        insta::assert_snapshot!(snap_name("pane_log", size), d.render());
+    }
+}
+
+#[test]
+fn help_overlay_lists_every_key() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        d.keys("?");
+        insta::assert_snapshot!(snap_name("help_overlay", size), d.render());
+        d.key(KeyCode::Esc);
+        assert!(d.app.modal.is_none());
+    }
+    // Every binding's help text is reachable: at 160x48 in two columns, scrolled at 80x24.
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.keys("?");
+    let mut seen = String::new();
+    for _ in 0..80 {
+        seen.push_str(&d.render());
+        d.key(KeyCode::Down);
+    }
+    for b in rlft::tui::keymap::BINDINGS {
+        assert!(seen.contains(b.help), "help misses {:?}", b.help);
+    }
+}
+
+#[test]
+fn resize_below_minimum_says_too_small_and_recovers() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    grpo_run(&mut d, "grpo-arith");
+    d.render();
+    d.resize(50, 15);
+    insta::assert_snapshot!("too_small_50x15", d.render());
+    d.resize(80, 24);
+    let screen = d.render();
+    assert!(!screen.contains("too small"));
+    assert_eq!(screen, {
+        let mut fresh = ws.driver(SMALL);
+        grpo_run(&mut fresh, "grpo-arith");
+        fresh.render()
+    });
+}
+
+#[test]
+fn quitting_with_live_runs_asks_then_stops_them_and_waits_for_checkpoints() {
+    let ws = Workspace::new();
+    let (tx, rx) = Driver::channel();
+    let record = Arc::new(Mutex::new(FakeRecord::default()));
+    let mut engine = FakeEngine::new(tx.clone(), record.clone());
+    engine.hold_stops = true;
+    let mut d = Driver::with_engine(ws.config(), 80, 24, Box::new(engine), tx, rx, record);
+    grpo_run(&mut d, "grpo-arith");
+    sft_run(&mut d, "sft-arith");
+    d.keys("q");
+    insta::assert_snapshot!("quit_confirm_with_live_runs_80x24", d.render());
+    d.keys("y");
+    assert!(matches!(d.app.quit, QuitState::Stopping { .. }));
+    insta::assert_snapshot!("quit_waiting_for_checkpoints_80x24", d.render());
+    let stops: Vec<String> = d
+        .record
+        .lock()
+        .expect("record")
+        .commands
+        .iter()
+        .filter(|(_, c)| *c == Command::Stop)
+        .map(|(r, _)| r.clone())
+        .collect();
+    assert_eq!(stops, vec!["grpo-arith", "sft-arith"]);
+    for (run, step) in [("grpo-arith", 120), ("sft-arith", 45)] {
+        assert!(!d.app.should_exit());
+        d.send(Event::Checkpoint {
+            run: run.into(),
+            step,
+            path: PathBuf::from(format!("runs/{run}/checkpoints/step-{step:06}")),
+        });
+        d.send(Event::Finished {
+            run: run.into(),
+            step,
+            status: RunStatus::Stopped,
+        });
+    }
+    assert!(d.app.should_exit());
+    assert!(!d.app.quit_forced);
+}
+
+#[test]
+fn quitting_without_live_runs_is_immediate_and_n_cancels() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    grpo_run(&mut d, "grpo-arith");
+    d.keys("qn");
+    assert!(!d.app.should_exit());
+    d.send(Event::Finished {
+        run: "grpo-arith".into(),
+        step: 120,
+        status: RunStatus::Finished,
+    });
+    d.key_with(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    assert!(d.app.should_exit());
+}
+
+#[test]
+fn new_run_picker_launches_from_configs_and_controls_reach_the_engine() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.keys("1n");
+    insta::assert_snapshot!("new_run_picker_80x24", d.render());
+    d.key(KeyCode::Down);
+    d.key(KeyCode::Enter);
+    let launched = d.record.lock().expect("record").launched.clone();
+    assert_eq!(launched, vec![ws.path().join("configs/grpo.toml")]);
+    d.train("grpo", 1..=30, script::grpo_metrics, 10);
+    // Pause, resume, checkpoint, then stop (asks first).
+    d.keys("prc");
+    d.keys("x");
+    insta::assert_snapshot!("stop_confirm_80x24", d.render());
+    d.keys("y");
+    let cmds: Vec<Command> = d
+        .record
+        .lock()
+        .expect("record")
+        .commands
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect();
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Pause,
+            Command::Resume,
+            Command::Save,
+            Command::Stop
+        ]
+    );
+    insta::assert_snapshot!("run_stopped_after_checkpoint_80x24", d.render());
+}
+
+#[test]
+fn a_failed_launch_is_reported_not_fatal() {
+    let ws = Workspace::new();
+    let (tx, rx) = Driver::channel();
+    let record = Arc::new(Mutex::new(FakeRecord::default()));
+    let mut engine = FakeEngine::new(tx.clone(), record.clone());
+    engine.fail_launch = Some("[model] path is required".into());
+    let mut d = Driver::with_engine(ws.config(), 80, 24, Box::new(engine), tx, rx, record);
+    d.keys("1n");
+    d.key(KeyCode::Enter);
+    let screen = d.render();
+    assert!(screen.contains("could not start"), "{screen}");
+    assert!(d.app.runs.is_empty());
+    assert!(!d.app.should_exit());
+}
+
+#[test]
+fn saved_runs_load_from_disk() {
+    let ws = Workspace::new();
+    let dir = ws.path().join("runs").join("sft-arith");
+    std::fs::create_dir_all(dir.join("checkpoints").join("step-000040")).expect("dir");
+    std::fs::write(
+        dir.join("config.toml"),
+        "method = \"sft\"\n[train]\nmax_steps = 60\n",
+    )
+    .expect("config");
+    let rows: String = (1..=40)
+        .map(|s| metrics_line(s, s as f64, script::sft_metrics(s)))
+        .collect();
+    // The last line was cut short by a kill.
+    std::fs::write(dir.join("metrics.jsonl"), rows + "{\"step\":41,\"lo").expect("metrics");
+    let samples: String = script::arith_samples(40, 2)
+        .iter()
+        .map(|s| serde_json::to_string(s).expect("json") + "\n")
+        .collect();
+    std::fs::write(dir.join("samples.jsonl"), samples).expect("samples");
+    let dirs = store::scan_runs(&ws.path().join("runs"));
+    assert_eq!(dirs, vec![dir.clone()]);
+    let mut d = ws.driver(SMALL);
+    d.app.on_loaded_run(store::load_run(&dir).expect("load"));
+    let run = d.app.focused().expect("run");
+    assert_eq!((run.step, run.status), (40, RunStatus::Stopped));
+    insta::assert_snapshot!("saved_run_from_disk_80x24", d.render());
+}
+
+#[test]
+fn an_empty_workbench_says_how_to_start() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        insta::assert_snapshot!(snap_name("screen_empty", size), d.render());
+    }
+}

@@ -1,0 +1,67 @@
+//! The wgpu device gives the CPU's results. In CI it runs on Mesa's software Vulkan driver
+//! (lavapipe, installed by .ci/run); without any adapter the test says so loudly and returns,
+//! unless RLFT_REQUIRE_WGPU=1 makes that a failure.
+
+mod common;
+
+use burn::prelude::*;
+use common::*;
+use rlft::engine::device::DeviceChoice;
+use rlft::engine::model::{self, Heads, KvCache};
+use rlft::engine::sample::bool_tensor;
+
+#[test]
+fn wgpu_forward_and_cached_decode_equal_cpu() {
+    let gpu = match DeviceChoice::Wgpu.init() {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(
+                std::env::var("RLFT_REQUIRE_WGPU").is_err(),
+                "wgpu required but unavailable: {e}"
+            );
+            eprintln!("\n========== SKIPPED: no wgpu adapter ({e}) ==========\n");
+            return;
+        }
+    };
+    let cpu = Device::flex();
+    let dir = fixture("tiny-llama");
+    let on_cpu = model::load(&dir, &cpu, Heads::Lm).unwrap();
+    let on_gpu = model::load(&dir, &gpu, Heads::Lm).unwrap();
+    let ids = vec![vec![1u32, 5, 9, 13, 17, 21, 25, 29]];
+    let pos = vec![(0..8).collect::<Vec<i64>>()];
+    let valid = vec![vec![true; 8]];
+    let a = full_logits(&on_cpu.model, &ids, &pos, &valid, &cpu);
+    let b = full_logits(&on_gpu.model, &ids, &pos, &valid, &gpu);
+    let diff = max_abs_diff(&a, &b);
+    eprintln!("wgpu vs cpu forward: max |diff| = {diff:e}");
+    assert!(diff <= 1e-4, "wgpu forward differs from cpu by {diff}");
+
+    // Cached decoding on wgpu (Burn issue #5257: fusion can corrupt incremental forwards):
+    // prefill 7 tokens, decode the 8th, compare with the full forward's last position.
+    let v = on_gpu.config.vocab_size;
+    let mut cache = KvCache::new(on_gpu.model.num_layers());
+    let t =
+        |vals: Vec<i64>, n: usize| Tensor::<2, Int>::from_data(TensorData::new(vals, [1, n]), &gpu);
+    let _ = on_gpu.model.hidden(
+        t(vec![1, 5, 9, 13, 17, 21, 25], 7),
+        t((0..7).collect(), 7),
+        bool_tensor(&[vec![true; 7]], &gpu),
+        Some(&mut cache),
+    );
+    let h = on_gpu.model.hidden(
+        t(vec![29], 1),
+        t(vec![7], 1),
+        bool_tensor(&[vec![true; 8]], &gpu),
+        Some(&mut cache),
+    );
+    let last: Vec<f32> = on_gpu
+        .model
+        .logits(h)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&last, &a[7 * v..8 * v]);
+    eprintln!("wgpu cached decode vs cpu full forward: max |diff| = {diff:e}");
+    assert!(diff <= 1e-4, "wgpu cached decode differs by {diff}");
+}
