@@ -215,7 +215,12 @@ fn generate(
     let g = &out[0];
     let completion = tokenizer.decode(&g.tokens, true)?;
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "{prompt}{completion}")?;
+    if chat {
+        // The template's markup is not the user's text: show only the reply.
+        writeln!(stdout, "{completion}")?;
+    } else {
+        writeln!(stdout, "{prompt}{completion}")?;
+    }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}]",

@@ -129,3 +129,29 @@ fn smollm2_logits_and_greedy_generation_match_transformers() {
         assert_eq!(out[0].tokens, want, "greedy tokens for {}", case["name"]);
     }
 }
+
+/// `rlft convert` writes a Hugging Face folder that loads back to the same logits.
+#[test]
+fn smollm2_gguf_converts_to_an_hf_folder_with_the_same_logits() {
+    let Some(path) = smollm2() else { return };
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("smollm2-hf");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_rlft"))
+        .args(["convert", path.to_str().unwrap(), out.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let a = model::load(&path, &device, Heads::Lm).unwrap();
+    let b = model::load(&out, &device, Heads::Lm).unwrap();
+    let ids = a.tokenizer.as_ref().unwrap().encode("The capital of France is", false).unwrap();
+    assert_eq!(ids, b.tokenizer.as_ref().unwrap().encode("The capital of France is", false).unwrap());
+    let t = ids.len();
+    let pos = vec![(0..t as i64).collect::<Vec<_>>()];
+    let la = full_logits(&a.model, &[ids.clone()], &pos, &[vec![true; t]], &device);
+    let lb = full_logits(&b.model, &[ids], &pos, &[vec![true; t]], &device);
+    assert_eq!(max_abs_diff(&la, &lb), 0.0);
+}

@@ -324,14 +324,23 @@ impl LabelLog {
     /// skipped and counted. If the file does not end in a newline (a write torn by a crash),
     /// a newline is appended first so the next entry is not glued to the fragment.
     pub fn open(path: &Path) -> io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
             fs::create_dir_all(dir)?;
         }
+        let is_new = !path.exists();
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)?;
+        if is_new {
+            // A new file's name is only durable once its folder is synced. Best effort:
+            // not every platform can open a folder for syncing.
+            if let Some(d) = dir.and_then(|d| File::open(d).ok()) {
+                let _ = d.sync_all();
+            }
+        }
         let mut entries = Vec::new();
         let mut skipped_lines = 0;
         {

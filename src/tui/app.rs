@@ -587,11 +587,18 @@ impl App {
         }
     }
 
-    fn stop_all_and_quit(&mut self) {
+    /// Asks every live run to stop (each finishes its step and saves a checkpoint); returns
+    /// the runs asked.
+    pub fn stop_live_runs(&mut self) -> Vec<RunId> {
         let live: Vec<RunId> = self.runs.live().map(|r| r.id.clone()).collect();
         for id in &live {
             self.command(id, Command::Stop);
         }
+        live
+    }
+
+    fn stop_all_and_quit(&mut self) {
+        let live = self.stop_live_runs();
         self.quit = if live.is_empty() {
             QuitState::Done
         } else {

@@ -37,7 +37,7 @@ use crate::tui::store::LoadedRun;
 use crate::tui::terminal::TerminalGuard;
 
 /// Frames at most this far apart: 30 per second is smooth for live curves and, at about
-/// 1 ms a frame, costs the trainers on the same cores about 3% of one core.
+/// 0.5 ms a frame (benches/render.rs), costs trainers sharing the cores under 2% of a core.
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(33);
 /// Engine events applied between two looks at the keyboard, so a flood of events from fast
 /// runs cannot make keys wait (each event takes microseconds).
@@ -111,6 +111,10 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
     let loaded = spawn_loader(saved);
     let result = event_loop(&mut guard, &mut app, &rx, &loaded);
     drop(guard);
+    if result.is_err() {
+        // The UI died (e.g. the terminal went away): still let live runs save a checkpoint.
+        app.stop_live_runs();
+    }
     // Quitting stopped the live runs and saw them end; give their threads a moment to finish
     // writing. A forced quit (q pressed while waiting) does not wait.
     if !app.quit_forced {

@@ -458,8 +458,15 @@ fn render_help(frame: &mut Frame, area: Rect, scroll: u16) {
         let [left, right] = Layout::horizontal([Constraint::Fill(1); 2])
             .spacing(2)
             .areas(inner);
-        let l = help_lines(&[Scope::Global, Scope::Runs, Scope::Curves, Scope::Dialog]);
-        let rt = help_lines(&[Scope::Samples, Scope::Pairs, Scope::Health, Scope::Log]);
+        // Balanced so both columns fit 160x48 without scrolling.
+        let l = help_lines(&[Scope::Global, Scope::Runs, Scope::Curves]);
+        let rt = help_lines(&[
+            Scope::Samples,
+            Scope::Pairs,
+            Scope::Health,
+            Scope::Log,
+            Scope::Dialog,
+        ]);
         frame.render_widget(Paragraph::new(l).scroll((scroll, 0)), left);
         frame.render_widget(Paragraph::new(rt).scroll((scroll, 0)), right);
     } else {

@@ -77,7 +77,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
     {
         let text = truncate(
             &format!(" ✗ {} failed: {err} ", r.id),
-            area.width as usize - 2,
+            (area.width as usize).saturating_sub(2),
         );
         block = block.title_bottom(Line::styled(text, theme::error()));
     }
