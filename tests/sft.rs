@@ -19,7 +19,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let text: Vec<String> = arithmetic_lines(400, 99, &mut rng);
-    let mut tok = Tokenizer::train_bpe(text.into_iter(), 300, &SPECIAL_TOKENS).unwrap();
+    let mut tok = Tokenizer::train_bpe(text, 300, &SPECIAL_TOKENS).unwrap();
     tok.set_chat_template(Some(CHATML_TEMPLATE.into()));
     let eos = tok.token_id("<|endoftext|>").unwrap();
     let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({

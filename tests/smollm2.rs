@@ -142,16 +142,39 @@ fn smollm2_gguf_converts_to_an_hf_folder_with_the_same_logits() {
         .status()
         .unwrap();
     assert!(status.success());
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let a = model::load(&path, &device, Heads::Lm).unwrap();
     let b = model::load(&out, &device, Heads::Lm).unwrap();
-    let ids = a.tokenizer.as_ref().unwrap().encode("The capital of France is", false).unwrap();
-    assert_eq!(ids, b.tokenizer.as_ref().unwrap().encode("The capital of France is", false).unwrap());
+    let ids = a
+        .tokenizer
+        .as_ref()
+        .unwrap()
+        .encode("The capital of France is", false)
+        .unwrap();
+    assert_eq!(
+        ids,
+        b.tokenizer
+            .as_ref()
+            .unwrap()
+            .encode("The capital of France is", false)
+            .unwrap()
+    );
     let t = ids.len();
     let pos = vec![(0..t as i64).collect::<Vec<_>>()];
-    let la = full_logits(&a.model, &[ids.clone()], &pos, &[vec![true; t]], &device);
+    let la = full_logits(
+        &a.model,
+        std::slice::from_ref(&ids),
+        &pos,
+        &[vec![true; t]],
+        &device,
+    );
     let lb = full_logits(&b.model, &[ids], &pos, &[vec![true; t]], &device);
     assert_eq!(max_abs_diff(&la, &lb), 0.0);
 }

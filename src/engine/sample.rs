@@ -180,10 +180,15 @@ pub fn generate(
         }
         // Finished rows keep feeding padding that nothing attends to.
         let mut positions = Vec::with_capacity(b);
-        for row in 0..b {
-            input.valid_host[row].push(!done[row]);
-            positions.push(input.next_position[row]);
-            input.next_position[row] += 1;
+        for ((valid, next_pos), finished) in input
+            .valid_host
+            .iter_mut()
+            .zip(input.next_position.iter_mut())
+            .zip(&done)
+        {
+            valid.push(!finished);
+            positions.push(*next_pos);
+            *next_pos += 1;
         }
         let ids = Tensor::<1, Int>::from_data(
             TensorData::new(next.iter().map(|&x| x as i64).collect::<Vec<_>>(), [b]),
