@@ -24,7 +24,7 @@ const DEFAULT_CONFIG: &str = "configs/sft.toml";
     version,
     about = "A terminal workbench for fine-tuning language models with RL and preferences",
     after_help = "Examples:
-  rlft                                   run the default SFT job on the shipped base model
+  rlft                                   open the workbench with the default run
   rlft train configs/sft.toml --headless --max-steps 20
   rlft generate --model assets/base --prompt '12+35='
   rlft generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt 'Hi!'
@@ -121,10 +121,12 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => {
-            eprintln!("rlft: running the default job ({DEFAULT_CONFIG}) headless");
-            train(PathBuf::from(DEFAULT_CONFIG), None, None, DeviceChoice::Cpu)
-        }
+        None => workbench(
+            vec![PathBuf::from(DEFAULT_CONFIG)],
+            None,
+            None,
+            DeviceChoice::Cpu,
+        ),
         Some(Cmd::Generate {
             model,
             prompt,
@@ -151,11 +153,17 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Some(Cmd::Train {
             config,
-            headless: _,
+            headless,
             run_dir,
             max_steps,
             device,
-        }) => train(config, run_dir, max_steps, device),
+        }) => {
+            if headless {
+                train(config, run_dir, max_steps, device)
+            } else {
+                workbench(vec![config], run_dir, max_steps, device)
+            }
+        }
         Some(Cmd::Pretrain {
             config,
             run_dir,
@@ -172,6 +180,26 @@ fn run(cli: Cli) -> Result<()> {
             device,
         }) => bench(&model, batch, seq, iters.max(1), json, device),
     }
+}
+
+/// Opens the terminal workbench with `configs` started.
+fn workbench(
+    configs: Vec<PathBuf>,
+    run_dir: Option<PathBuf>,
+    max_steps: Option<usize>,
+    device: DeviceChoice,
+) -> Result<()> {
+    for c in &configs {
+        // Fail before the screen switches, so the message stays readable.
+        RunConfig::from_file(c)?;
+    }
+    rlft::tui::run_workbench(rlft::tui::WorkbenchOptions {
+        autostart: configs,
+        run_dir,
+        max_steps,
+        device,
+        ..Default::default()
+    })
 }
 
 fn generate(
