@@ -26,6 +26,8 @@ pub enum Method {
     Sft,
     /// Trains rlft's own tokenizer and a model from scratch on plain text (`rlft pretrain`).
     Pretrain,
+    /// Group Relative Policy Optimization on prompts with reward sources.
+    Grpo,
 }
 
 impl Method {
@@ -33,6 +35,7 @@ impl Method {
         match self {
             Method::Sft => "sft",
             Method::Pretrain => "pretrain",
+            Method::Grpo => "grpo",
         }
     }
 }
@@ -56,6 +59,12 @@ pub struct RunConfig {
     pub optim: OptimConfig,
     #[serde(default)]
     pub samples: SamplesSection,
+    /// GRPO settings (TRL's `GRPOConfig` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<crate::engine::algo::grpo::GrpoSection>,
+    /// Reward sources, summed with their weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<crate::engine::reward::RewardConfig>,
     /// Only for `method = "pretrain"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainSection>,
@@ -216,12 +225,15 @@ impl RunConfig {
             return Err("[optim] learning_rate must be a positive number".into());
         }
         match self.method {
-            Method::Sft => {
+            Method::Sft | Method::Grpo => {
                 if self.model.path.as_os_str().is_empty() {
                     return Err("[model] path is required (a model folder or .gguf file)".into());
                 }
                 if self.data.train.as_os_str().is_empty() {
                     return Err("[data] train is required (a TRL-format JSONL file)".into());
+                }
+                if self.method == Method::Grpo && self.rewards.is_empty() {
+                    return Err("GRPO needs at least one [[rewards]] source".into());
                 }
             }
             Method::Pretrain => {

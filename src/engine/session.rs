@@ -73,6 +73,7 @@ pub fn launch(
                 match cfg.method {
                     Method::Sft => algo::sft::run(&cfg, &device, &mut ctx),
                     Method::Pretrain => algo::pretrain::run(&cfg, &device, &mut ctx),
+                    Method::Grpo => algo::grpo::run(&cfg, &device, &mut ctx),
                 }
             }));
             let event = match result {

@@ -1,8 +1,11 @@
 //! Training methods, one file each, and the pieces they share: token log-probabilities,
 //! masked means and batches as tensors.
 
+pub mod grpo;
 pub mod lm;
+pub mod losses;
 pub mod pretrain;
+pub mod sequences;
 pub mod sft;
 
 use burn::prelude::*;

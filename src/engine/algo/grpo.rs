@@ -1,0 +1,647 @@
+//! GRPO (Group Relative Policy Optimization, DeepSeekMath; TRL's `GRPOTrainer`): G sampled
+//! completions per prompt, rewards normalised within the group as advantages, a clipped
+//! ratio objective, optional k3 KL to a frozen reference, and an optional demonstration
+//! (SFT) term on reference completions.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::losses::{self, GrpoLossType, ScaleRewards};
+use super::sequences::{SeqBatch, score};
+use super::{TrainError, TrainOutcome, scalar};
+use crate::engine::config::RunConfig;
+use crate::engine::data::{self, EpochSampler, Example, Prompt};
+use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
+use crate::engine::model::{self, Heads, Llama, LlamaConfig, hf};
+use crate::engine::optim::Optimizer;
+use crate::engine::reward::{self, Completion, RewardSource};
+use crate::engine::run::{Control, RunContext};
+use crate::engine::sample::{self, FinishReason, SamplingParams};
+use crate::engine::tokenizer::{ChatMessage, Tokenizer};
+
+/// Samples shown per step in the Samples pane: one group's worth is enough to read.
+const SAMPLES_PER_STEP: usize = 8;
+/// Eval prompts decoded together.
+const EVAL_BATCH: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpoSection {
+    /// Completions per prompt (G).
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    /// KL coefficient; 0 loads no reference model (TRL's default).
+    pub beta: f64,
+    pub epsilon: f32,
+    /// Upper clip (DAPO's clip-higher); defaults to `epsilon`.
+    pub epsilon_high: Option<f32>,
+    pub loss_type: GrpoLossType,
+    pub scale_rewards: ScaleRewards,
+    /// Optimisation passes over each rollout (mu).
+    pub num_iterations: usize,
+    /// Weight of the NLL of reference completions, where the prompt set has them.
+    pub sft_coef: f64,
+    /// Generation stops at any of these (they are cut from the completion text).
+    pub stop: Vec<String>,
+    /// Wrap prompts in the model's chat template.
+    pub chat: bool,
+    /// Held-out prompts scored greedily at each eval (0 = all).
+    pub eval_max_items: usize,
+}
+
+impl Default for GrpoSection {
+    fn default() -> Self {
+        Self {
+            num_generations: 8,
+            max_completion_length: 32,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            beta: 0.0,
+            epsilon: 0.2,
+            epsilon_high: None,
+            loss_type: GrpoLossType::Dapo,
+            scale_rewards: ScaleRewards::Group,
+            num_iterations: 1,
+            sft_coef: 0.0,
+            stop: Vec::new(),
+            chat: false,
+            eval_max_items: 0,
+        }
+    }
+}
+
+/// A prompt with what the checkers and the demonstration term need.
+#[derive(Clone, Debug)]
+pub struct PromptItem {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub answer: Option<String>,
+    /// Tokens of a reference completion, for the demonstration term.
+    pub demo: Option<Vec<u32>>,
+}
+
+/// Reads a prompt-only (or prompt+completion) JSONL file into tokenised prompts.
+pub fn load_prompts(
+    path: &std::path::Path,
+    tokenizer: &Tokenizer,
+    chat: bool,
+) -> Result<Vec<PromptItem>, TrainError> {
+    let mut items = Vec::new();
+    for (i, ex) in data::read_jsonl(path)?.into_iter().enumerate() {
+        let (prompt, answer, demo_text) = match ex {
+            Example::Prompt {
+                prompt,
+                reference,
+                answer,
+            } => (prompt, answer.or(reference.clone()), reference),
+            Example::PromptCompletion {
+                prompt,
+                completion: Prompt::Text(c),
+            } => (prompt, Some(c.trim().to_string()), Some(c)),
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "{}: example {}: GRPO needs `prompt` rows (optionally with `answer` or \
+                     `completion`); found a `{}` example",
+                    path.display(),
+                    i + 1,
+                    other.kind()
+                )));
+            }
+        };
+        let text = render_prompt(&prompt, tokenizer, chat)?;
+        let ids = tokenizer.encode(&text, !chat)?;
+        let demo = match demo_text {
+            Some(d) => Some(tokenizer.encode(&d, false)?),
+            None => None,
+        };
+        items.push(PromptItem {
+            text: prompt_display(&prompt),
+            ids,
+            answer,
+            demo,
+        });
+    }
+    if items.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{}: no prompts",
+            path.display()
+        )));
+    }
+    Ok(items)
+}
+
+fn prompt_display(p: &Prompt) -> String {
+    match p {
+        Prompt::Text(t) => t.clone(),
+        Prompt::Messages(m) => m.last().map(|m| m.content.clone()).unwrap_or_default(),
+    }
+}
+
+fn render_prompt(p: &Prompt, tokenizer: &Tokenizer, chat: bool) -> Result<String, TrainError> {
+    Ok(match (p, chat) {
+        (Prompt::Text(t), false) => t.clone(),
+        (Prompt::Text(t), true) => tokenizer.apply_chat_template(
+            &[ChatMessage {
+                role: "user".into(),
+                content: t.clone(),
+            }],
+            true,
+        )?,
+        (Prompt::Messages(m), _) => tokenizer.apply_chat_template(m, true)?,
+    })
+}
+
+/// The policy's completions for a set of prompts, cut at the first stop string.
+pub struct Rollout {
+    pub prompt_index: Vec<usize>,
+    pub tokens: Vec<Vec<u32>>,
+    pub texts: Vec<String>,
+    pub finish: Vec<FinishReason>,
+}
+
+/// Generates `per_prompt` completions for each prompt with a no-grad copy of the policy.
+pub fn rollout(
+    policy: &Llama,
+    prompts: &[&PromptItem],
+    per_prompt: usize,
+    params: &SamplingParams,
+    tokenizer: &Tokenizer,
+    config: &LlamaConfig,
+) -> Result<Rollout, TrainError> {
+    let mut rows = Vec::with_capacity(prompts.len() * per_prompt);
+    let mut prompt_index = Vec::with_capacity(rows.capacity());
+    for (i, p) in prompts.iter().enumerate() {
+        for _ in 0..per_prompt {
+            rows.push(p.ids.clone());
+            prompt_index.push(i);
+        }
+    }
+    let mut eos = tokenizer.eos_ids().to_vec();
+    eos.extend(config.eos_ids());
+    let pad = tokenizer.pad_id().or(eos.first().copied()).unwrap_or(0);
+    let gens = sample::generate(
+        policy,
+        &rows,
+        params,
+        &eos,
+        pad,
+        Some(tokenizer),
+        config.max_position_embeddings,
+    );
+    let mut tokens = Vec::with_capacity(gens.len());
+    let mut texts = Vec::with_capacity(gens.len());
+    let mut finish = Vec::with_capacity(gens.len());
+    for g in gens {
+        let mut text = tokenizer.decode(&g.tokens, true)?;
+        for s in &params.stop_strings {
+            if let Some(i) = text.find(s.as_str()) {
+                text.truncate(i);
+            }
+        }
+        texts.push(text);
+        tokens.push(g.tokens);
+        finish.push(g.finish);
+    }
+    Ok(Rollout {
+        prompt_index,
+        tokens,
+        texts,
+        finish,
+    })
+}
+
+/// Rewards per source and their weighted total for a rollout.
+pub struct Rewards {
+    pub total: Vec<f32>,
+    pub per_source: BTreeMap<String, Vec<f32>>,
+}
+
+pub fn compute_rewards(
+    sources: &mut [(Box<dyn RewardSource>, f32)],
+    prompts: &[&PromptItem],
+    rollout: &Rollout,
+) -> Result<Rewards, TrainError> {
+    let batch: Vec<Completion> = rollout
+        .texts
+        .iter()
+        .zip(&rollout.prompt_index)
+        .map(|(c, &i)| Completion {
+            prompt: &prompts[i].text,
+            completion: c,
+            answer: prompts[i].answer.as_deref(),
+        })
+        .collect();
+    let mut total = vec![0.0; batch.len()];
+    let mut per_source = BTreeMap::new();
+    for (source, weight) in sources.iter_mut() {
+        let values = source
+            .score(&batch)
+            .map_err(|e| TrainError::Invalid(format!("reward `{}`: {e}", source.name())))?;
+        for (t, v) in total.iter_mut().zip(&values) {
+            *t += *weight * v;
+        }
+        per_source.insert(source.name().to_string(), values);
+    }
+    Ok(Rewards { total, per_source })
+}
+
+/// Greedy decoding of held-out prompts; mean reward per source (exact match = accuracy).
+pub fn evaluate(
+    policy: &Llama,
+    prompts: &[PromptItem],
+    sources: &mut [(Box<dyn RewardSource>, f32)],
+    params: &SamplingParams,
+    tokenizer: &Tokenizer,
+    config: &LlamaConfig,
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..params.clone()
+    };
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    let mut total = 0.0;
+    for chunk in prompts.chunks(EVAL_BATCH) {
+        let refs: Vec<&PromptItem> = chunk.iter().collect();
+        let r = rollout(policy, &refs, 1, &greedy, tokenizer, config)?;
+        let rewards = compute_rewards(sources, &refs, &r)?;
+        total += rewards.total.iter().map(|&x| x as f64).sum::<f64>();
+        for (name, values) in rewards.per_source {
+            *sums.entry(name).or_default() += values.iter().map(|&x| x as f64).sum::<f64>();
+        }
+    }
+    let n = prompts.len().max(1) as f64;
+    let mut out: BTreeMap<String, f64> = sums
+        .into_iter()
+        .map(|(k, v)| (format!("eval/rewards/{k}/mean"), v / n))
+        .collect();
+    out.insert("eval/reward".into(), total / n);
+    Ok(out)
+}
+
+fn mean(v: &[f32]) -> f64 {
+    v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64
+}
+
+fn std(v: &[f32]) -> f64 {
+    let m = mean(v);
+    let n = v.len();
+    if n < 2 {
+        return 0.0;
+    }
+    (v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+}
+
+pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
+    let g = cfg.grpo.clone().unwrap_or_default();
+    let train_cfg = &cfg.train;
+    let completions_per_step = train_cfg.per_device_train_batch_size;
+    if g.num_generations < 2 || !completions_per_step.is_multiple_of(g.num_generations) {
+        return Err(TrainError::Invalid(format!(
+            "[train] per_device_train_batch_size ({completions_per_step}) must be a multiple of \
+             [grpo] num_generations ({}), which must be at least 2",
+            g.num_generations
+        )));
+    }
+    let prompts_per_step = completions_per_step / g.num_generations;
+    let train_device = device.clone().autodiff();
+    let loaded = model::load(&cfg.model.path, &train_device, Heads::Lm)?;
+    let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{}: GRPO needs a tokenizer",
+            cfg.model.path.display()
+        ))
+    })?;
+    let model_cfg = loaded.config.clone();
+    let train = load_prompts(&cfg.data.train, &tokenizer, g.chat)?;
+    let mut eval = match &cfg.data.eval {
+        Some(p) => load_prompts(p, &tokenizer, g.chat)?,
+        None => Vec::new(),
+    };
+    if g.eval_max_items > 0 {
+        eval.truncate(g.eval_max_items);
+    }
+    let mut sources = reward::build_all(&cfg.rewards)
+        .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
+    if sources.is_empty() {
+        return Err(TrainError::Invalid(
+            "GRPO needs at least one [[rewards]] source".into(),
+        ));
+    }
+    let reference = (g.beta > 0.0).then(|| loaded.model.valid());
+    let mut policy = loaded.model;
+    let mut optim = Optimizer::new(cfg.optim.clone());
+    let mut sampler = EpochSampler::new(train.len(), cfg.seed);
+    let pad = tokenizer
+        .pad_id()
+        .or_else(|| tokenizer.eos_ids().first().copied())
+        .unwrap_or(0);
+    let params = SamplingParams {
+        max_new_tokens: g.max_completion_length,
+        temperature: g.temperature,
+        top_k: g.top_k,
+        top_p: g.top_p,
+        stop_strings: g.stop.clone(),
+        seed: cfg.seed,
+    };
+    let eps_high = g.epsilon_high.unwrap_or(g.epsilon);
+    let total_steps = train_cfg.max_steps;
+    let mut num_tokens = 0usize;
+
+    ctx.send(Event::Started {
+        run: ctx.id.clone(),
+        method: cfg.method.name().into(),
+        run_dir: ctx.dir.path.clone(),
+        total_steps,
+    });
+    ctx.status(RunStatus::Running);
+    ctx.log(
+        LogLevel::Info,
+        format!(
+            "GRPO: {} prompts ({} held out), {prompts_per_step} prompts x {} completions per \
+             step, beta {}, loss {:?}",
+            train.len(),
+            eval.len(),
+            g.num_generations,
+            g.beta,
+            g.loss_type
+        ),
+    );
+    if !eval.is_empty() {
+        let metrics = evaluate(
+            &policy.valid(),
+            &eval,
+            &mut sources,
+            &params,
+            &tokenizer,
+            &model_cfg,
+        )?;
+        ctx.metrics(0, metrics);
+    }
+
+    let mut step = 0;
+    while step < total_steps {
+        match ctx.poll() {
+            Control::Stop => {
+                save(
+                    &policy,
+                    &model_cfg,
+                    &tokenizer,
+                    &loaded.generation_config,
+                    ctx,
+                    step,
+                    true,
+                )?;
+                return Ok(RunStatus::Stopped);
+            }
+            Control::Save => {
+                save(
+                    &policy,
+                    &model_cfg,
+                    &tokenizer,
+                    &loaded.generation_config,
+                    ctx,
+                    step,
+                    false,
+                )?;
+            }
+            Control::Continue => {}
+        }
+        let started = Instant::now();
+        let idx = sampler.next_batch(prompts_per_step);
+        let prompts: Vec<&PromptItem> = idx.iter().map(|&i| &train[i]).collect();
+        let step_params = SamplingParams {
+            seed: cfg.seed.wrapping_add(step as u64 * 7919),
+            ..params.clone()
+        };
+        let gen_started = Instant::now();
+        let ro = rollout(
+            &policy.valid(),
+            &prompts,
+            g.num_generations,
+            &step_params,
+            &tokenizer,
+            &model_cfg,
+        )?;
+        let gen_time = gen_started.elapsed().as_secs_f64();
+        let rewards = compute_rewards(&mut sources, &prompts, &ro)?;
+        let (advantages, stats) =
+            losses::grpo_advantages(&rewards.total, g.num_generations, g.scale_rewards)?;
+
+        let prompt_rows: Vec<&[u32]> = ro
+            .prompt_index
+            .iter()
+            .map(|&i| prompts[i].ids.as_slice())
+            .collect();
+        let completion_rows: Vec<&[u32]> = ro.tokens.iter().map(Vec::as_slice).collect();
+        let batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &train_device);
+        num_tokens += prompt_rows.iter().map(|p| p.len()).sum::<usize>()
+            + completion_rows.iter().map(|c| c.len()).sum::<usize>();
+        let plain = train_device.clone().without_autodiff();
+        let plain_batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &plain);
+        let ref_lp = reference
+            .as_ref()
+            .map(|r| score(r, &plain_batch, g.temperature).logprobs.autodiff());
+        let old_lp = (g.num_iterations > 1).then(|| {
+            score(&policy.valid(), &plain_batch, g.temperature)
+                .logprobs
+                .autodiff()
+        });
+        let adv = Tensor::<1>::from_data(
+            TensorData::new(advantages.clone(), [advantages.len()]),
+            &train_device,
+        );
+        let demo = demo_batch(&prompts, g.sft_coef, pad, &train_device);
+
+        let mut last = None;
+        for _ in 0..g.num_iterations.max(1) {
+            let scored = score(&policy, &batch, g.temperature);
+            let entropy = scalar(super::masked_mean(
+                losses::token_entropy(scored.logits.clone().detach()),
+                batch.completion_mask.clone(),
+            ));
+            let old = old_lp
+                .clone()
+                .unwrap_or_else(|| scored.logprobs.clone().detach());
+            let out = losses::grpo_loss(
+                scored.logprobs,
+                old,
+                ref_lp.clone(),
+                adv.clone(),
+                batch.completion_mask.clone(),
+                g.epsilon as f64,
+                eps_high as f64,
+                g.beta,
+                g.loss_type,
+                g.max_completion_length,
+            )?;
+            let mut loss = out.loss.clone();
+            if let Some(d) = &demo {
+                let lp = score(&policy, d, 1.0).logprobs;
+                loss = loss + losses::demo_nll(lp, d.completion_mask.clone()) * g.sft_coef;
+            }
+            let loss_value = scalar(loss.clone());
+            if !loss_value.is_finite() {
+                ctx.send(Event::Failed {
+                    run: ctx.id.clone(),
+                    step: Some(step + 1),
+                    error: format!("loss is {loss_value} at step {}", step + 1),
+                });
+                return Err(TrainError::NonFinite {
+                    step: step + 1,
+                    value: loss_value,
+                });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &policy);
+            let lr = cfg.optim.lr_at(step, total_steps);
+            let (next, grad_norm) = optim.step(lr, policy, grads);
+            policy = next;
+            last = Some((loss_value, entropy, out, grad_norm, lr));
+        }
+        step += 1;
+        let Some((loss_value, entropy, out, grad_norm, lr)) = last else {
+            unreachable!("at least one iteration runs")
+        };
+
+        let lengths: Vec<f32> = ro.tokens.iter().map(|t| t.len() as f32).collect();
+        let clipped = ro
+            .finish
+            .iter()
+            .filter(|f| **f == FinishReason::Length)
+            .count();
+        let mut values = BTreeMap::new();
+        values.insert("loss".into(), loss_value);
+        values.insert("reward".into(), mean(&rewards.total));
+        values.insert("reward_std".into(), stats.reward_std_mean);
+        for (name, v) in &rewards.per_source {
+            values.insert(format!("rewards/{name}/mean"), mean(v));
+            values.insert(format!("rewards/{name}/std"), std(v));
+        }
+        values.insert("frac_reward_zero_std".into(), stats.frac_zero_std);
+        if let Some(kl) = out.kl_mean {
+            values.insert("kl".into(), kl);
+        }
+        values.insert("entropy".into(), entropy);
+        values.insert("clip_ratio/low_mean".into(), out.clip_low_frac);
+        values.insert("clip_ratio/high_mean".into(), out.clip_high_frac);
+        values.insert("clip_ratio/region_mean".into(), out.clip_region_frac);
+        values.insert("completions/mean_length".into(), mean(&lengths));
+        values.insert(
+            "completions/clipped_ratio".into(),
+            clipped as f64 / lengths.len().max(1) as f64,
+        );
+        values.insert("num_tokens".into(), num_tokens as f64);
+        values.insert("learning_rate".into(), lr);
+        values.insert("grad_norm".into(), grad_norm as f64);
+        values.insert("step_time".into(), started.elapsed().as_secs_f64());
+        values.insert("timing/generation".into(), gen_time);
+        if train_cfg.eval_steps > 0 && step % train_cfg.eval_steps == 0 && !eval.is_empty() {
+            values.extend(evaluate(
+                &policy.valid(),
+                &eval,
+                &mut sources,
+                &params,
+                &tokenizer,
+                &model_cfg,
+            )?);
+        }
+        ctx.metrics(step, values);
+        let samples = (0..ro.texts.len().min(SAMPLES_PER_STEP))
+            .map(|i| SampleRecord {
+                step,
+                prompt: prompts[ro.prompt_index[i]].text.clone(),
+                completion: ro.texts[i].clone(),
+                rewards: rewards
+                    .per_source
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v[i] as f64))
+                    .collect(),
+                advantage: Some(advantages[i] as f64),
+            })
+            .collect();
+        ctx.samples(step, samples);
+        if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total_steps {
+            save(
+                &policy,
+                &model_cfg,
+                &tokenizer,
+                &loaded.generation_config,
+                ctx,
+                step,
+                false,
+            )?;
+            if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
+                ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
+            }
+        }
+    }
+    save(
+        &policy,
+        &model_cfg,
+        &tokenizer,
+        &loaded.generation_config,
+        ctx,
+        step,
+        true,
+    )?;
+    Ok(RunStatus::Finished)
+}
+
+/// Prompt + reference completion rows for the demonstration term, when it is on and the
+/// prompts have references.
+fn demo_batch(prompts: &[&PromptItem], coef: f64, pad: u32, device: &Device) -> Option<SeqBatch> {
+    if coef <= 0.0 {
+        return None;
+    }
+    let with_demo: Vec<&PromptItem> = prompts
+        .iter()
+        .copied()
+        .filter(|p| p.demo.is_some())
+        .collect();
+    if with_demo.is_empty() {
+        return None;
+    }
+    let p: Vec<&[u32]> = with_demo.iter().map(|p| p.ids.as_slice()).collect();
+    let c: Vec<&[u32]> = with_demo
+        .iter()
+        .map(|p| p.demo.as_deref().unwrap_or_default())
+        .collect();
+    Some(SeqBatch::new(&p, &c, pad, device))
+}
+
+fn save(
+    policy: &Llama,
+    config: &LlamaConfig,
+    tokenizer: &Tokenizer,
+    generation_config: &Option<serde_json::Value>,
+    ctx: &mut RunContext,
+    step: usize,
+    is_final: bool,
+) -> Result<(), TrainError> {
+    let dir = if is_final {
+        ctx.dir.final_dir()
+    } else {
+        ctx.dir.checkpoint_dir(step)
+    };
+    hf::save_dir(
+        &dir,
+        config,
+        policy,
+        Some(tokenizer),
+        generation_config.as_ref(),
+    )?;
+    ctx.send(Event::Checkpoint {
+        run: ctx.id.clone(),
+        step,
+        path: dir,
+    });
+    Ok(())
+}
