@@ -79,6 +79,9 @@ enum Cmd {
         max_steps: Option<usize>,
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
+        /// Continue the run in --run-dir from its newest checkpoint.
+        #[arg(long, requires = "run_dir")]
+        resume: bool,
     },
     /// Train rlft's tokenizer and a base model from scratch (configs/pretrain.toml).
     Pretrain {
@@ -113,6 +116,11 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // Burn puts loaded optimizer state on `Device::default()`, which would otherwise
+        // start a GPU (or software Vulkan) runtime on a CPU run. Single-threaded here.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -157,9 +165,10 @@ fn run(cli: Cli) -> Result<()> {
             run_dir,
             max_steps,
             device,
+            resume,
         }) => {
-            if headless {
-                train(config, run_dir, max_steps, device)
+            if headless || resume {
+                train(config, run_dir, max_steps, device, resume)
             } else {
                 workbench(vec![config], run_dir, max_steps, device)
             }
@@ -169,7 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             run_dir,
             max_steps,
             device,
-        }) => train(config, run_dir, max_steps, device),
+        }) => train(config, run_dir, max_steps, device, false),
         Some(Cmd::Convert { gguf, out_dir }) => convert(&gguf, &out_dir),
         Some(Cmd::Bench {
             model,
@@ -264,6 +273,7 @@ fn train(
     run_dir: Option<PathBuf>,
     max_steps: Option<usize>,
     device: DeviceChoice,
+    resume: bool,
 ) -> Result<()> {
     let cfg = RunConfig::from_file(&config)?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -271,6 +281,7 @@ fn train(
         run_dir,
         device,
         max_steps,
+        resume,
         ..LaunchOptions::default()
     };
     let handle = session::launch(cfg, &opts, tx)

@@ -3,39 +3,15 @@
 
 mod common;
 
+use common::tiny_model;
+
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use rlft::engine::algo::pretrain::{CHATML_TEMPLATE, SPECIAL_TOKENS, arithmetic_lines};
 use rlft::engine::config::RunConfig;
 use rlft::engine::events::{Event, RunStatus};
-use rlft::engine::model::{Llama, LlamaConfig, WeightReader, hf, llama};
 use rlft::engine::run::read_metrics;
 use rlft::engine::session::{self, LaunchOptions};
-use rlft::engine::tokenizer::Tokenizer;
-
-/// A tiny Llama with its own BPE tokenizer, saved as a Hugging Face folder.
-fn tiny_model(dir: &Path) -> PathBuf {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let text: Vec<String> = arithmetic_lines(400, 99, &mut rng);
-    let mut tok = Tokenizer::train_bpe(text, 300, &SPECIAL_TOKENS).unwrap();
-    tok.set_chat_template(Some(CHATML_TEMPLATE.into()));
-    let eos = tok.token_id("<|endoftext|>").unwrap();
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
-        "model_type": "llama", "vocab_size": tok.vocab_size(), "hidden_size": 32,
-        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true,
-        "eos_token_id": eos, "bos_token_id": eos, "pad_token_id": eos
-    }))
-    .unwrap();
-    let device = Device::flex();
-    let mut r = WeightReader::new(llama::init_weights(&cfg, 1), &device);
-    let model = Llama::from_weights(&cfg, &mut r, true, false).unwrap();
-    let out = dir.join("tiny");
-    hf::save_dir(&out, &cfg, &model, Some(&tok), None).unwrap();
-    out
-}
 
 fn write_data(path: &Path, n: usize, seed: u64) {
     use rand::{Rng, SeedableRng};

@@ -28,6 +28,12 @@ pub enum Method {
     Pretrain,
     /// Group Relative Policy Optimization on prompts with reward sources.
     Grpo,
+    /// Bradley-Terry reward model on preference pairs (TRL's `RewardTrainer`).
+    Rm,
+    /// Direct Preference Optimization on preference pairs (TRL's `DPOTrainer`).
+    Dpo,
+    /// PPO for RLHF with a value model and KL-penalised rewards (TRL's `PPOTrainer`).
+    Ppo,
 }
 
 impl Method {
@@ -36,6 +42,9 @@ impl Method {
             Method::Sft => "sft",
             Method::Pretrain => "pretrain",
             Method::Grpo => "grpo",
+            Method::Rm => "rm",
+            Method::Dpo => "dpo",
+            Method::Ppo => "ppo",
         }
     }
 }
@@ -62,6 +71,15 @@ pub struct RunConfig {
     /// GRPO settings (TRL's `GRPOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpo: Option<crate::engine::algo::grpo::GrpoSection>,
+    /// Reward-model settings (TRL's `RewardConfig` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm: Option<crate::engine::algo::rm::RmSection>,
+    /// DPO settings (TRL's `DPOConfig` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<crate::engine::algo::dpo::DpoSection>,
+    /// PPO settings (TRL's `PPOConfig` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppo: Option<crate::engine::algo::ppo::PpoSection>,
     /// Reward sources, summed with their weights.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rewards: Vec<crate::engine::reward::RewardConfig>,
@@ -225,7 +243,7 @@ impl RunConfig {
             return Err("[optim] learning_rate must be a positive number".into());
         }
         match self.method {
-            Method::Sft | Method::Grpo => {
+            Method::Sft | Method::Grpo | Method::Rm | Method::Dpo | Method::Ppo => {
                 if self.model.path.as_os_str().is_empty() {
                     return Err("[model] path is required (a model folder or .gguf file)".into());
                 }
@@ -235,12 +253,23 @@ impl RunConfig {
                 if self.method == Method::Grpo && self.rewards.is_empty() {
                     return Err("GRPO needs at least one [[rewards]] source".into());
                 }
+                if self.method == Method::Ppo && self.rewards.is_empty() {
+                    return Err("PPO needs at least one [[rewards]] source (typically \
+                                type = \"reward_model\")"
+                        .into());
+                }
             }
             Method::Pretrain => {
                 if self.pretrain.is_none() {
                     return Err("method \"pretrain\" needs a [pretrain] section".into());
                 }
             }
+        }
+        if let Some(rm) = &self.rm {
+            rm.validate()?;
+        }
+        if let Some(dpo) = &self.dpo {
+            dpo.validate()?;
         }
         Ok(())
     }
@@ -264,6 +293,14 @@ impl RunConfig {
         }
         if let Some(p) = self.pretrain.as_mut() {
             p.corpus.iter_mut().for_each(fix);
+        }
+        for r in &mut self.rewards {
+            if let crate::engine::reward::RewardConfig::RewardModel(c) = r {
+                fix(&mut c.path);
+            }
+        }
+        if let Some(v) = self.ppo.as_mut().and_then(|p| p.value_model.as_mut()) {
+            fix(v);
         }
     }
 }

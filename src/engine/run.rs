@@ -82,6 +82,33 @@ impl RunDir {
         self.samples.flush()
     }
 
+    /// Drops `metrics.jsonl` and `samples.jsonl` lines past `step`: a resumed run re-does
+    /// those steps, and its stream must read as one run. Files are rewritten atomically.
+    pub fn truncate_after(&mut self, step: usize) -> std::io::Result<()> {
+        for name in ["metrics.jsonl", "samples.jsonl"] {
+            let path = self.path.join(name);
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|s| s as usize <= step)
+                })
+                .collect();
+            let tmp = path.with_extension("jsonl.tmp");
+            let mut out = kept.join("\n");
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            fs::write(&tmp, out)?;
+            fs::rename(&tmp, &path)?;
+        }
+        *self = Self::open(&self.path)?;
+        Ok(())
+    }
+
     pub fn checkpoint_dir(&self, step: usize) -> PathBuf {
         self.path
             .join("checkpoints")
@@ -142,6 +169,8 @@ pub struct RunContext {
     /// Wall time already spent before a resume, so the time axis continues.
     wall_offset: f64,
     last_step: usize,
+    /// The checkpoint a resumed run continues from.
+    pub resume_from: Option<PathBuf>,
 }
 
 impl RunContext {
@@ -154,11 +183,14 @@ impl RunContext {
             started: Instant::now(),
             wall_offset: 0.0,
             last_step: 0,
+            resume_from: None,
         }
     }
 
-    pub fn set_wall_offset(&mut self, seconds: f64) {
-        self.wall_offset = seconds;
+    /// Continues the run's clock and step counter from a checkpoint (resume).
+    pub fn resume_at(&mut self, step: usize, wall_time: f64) {
+        self.wall_offset = wall_time;
+        self.last_step = step;
     }
 
     /// The last step metrics were reported for.

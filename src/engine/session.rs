@@ -21,6 +21,8 @@ pub struct LaunchOptions {
     pub device: DeviceChoice,
     /// Overrides `[train] max_steps`.
     pub max_steps: Option<usize>,
+    /// Continue the run in `run_dir` from its newest checkpoint.
+    pub resume: bool,
 }
 
 impl Default for LaunchOptions {
@@ -30,6 +32,7 @@ impl Default for LaunchOptions {
             run_dir: None,
             device: DeviceChoice::Cpu,
             max_steps: None,
+            resume: false,
         }
     }
 }
@@ -51,9 +54,26 @@ pub fn launch(
     if let Some(n) = opts.max_steps {
         cfg.train.max_steps = n;
     }
-    let dir = match &opts.run_dir {
+    let mut dir = match &opts.run_dir {
         Some(d) => RunDir::open(d)?,
         None => RunDir::create_unique(&opts.runs_root, cfg.name())?,
+    };
+    let resume_from = if opts.resume {
+        let ck = algo::state::latest_checkpoint(&dir.path).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{}: no checkpoint with a trainer state to resume from",
+                    dir.path.display()
+                ),
+            )
+        })?;
+        let state = algo::state::TrainerState::load(&ck)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        dir.truncate_after(state.step)?;
+        Some(ck)
+    } else {
+        None
     };
     dir.write_config(&cfg.to_toml())?;
     let id = dir.id();
@@ -65,6 +85,7 @@ pub fn launch(
         .name(format!("run-{id}"))
         .spawn(move || {
             let mut ctx = RunContext::new(dir, thread_events, rx);
+            ctx.resume_from = resume_from;
             ctx.status(RunStatus::Starting);
             let run_id = ctx.id.clone();
             // A panic inside Burn must end this run, not the program.
@@ -74,6 +95,9 @@ pub fn launch(
                     Method::Sft => algo::sft::run(&cfg, &device, &mut ctx),
                     Method::Pretrain => algo::pretrain::run(&cfg, &device, &mut ctx),
                     Method::Grpo => algo::grpo::run(&cfg, &device, &mut ctx),
+                    Method::Ppo => algo::ppo::run(&cfg, &device, &mut ctx),
+                    Method::Rm => algo::rm::run(&cfg, &device, &mut ctx),
+                    Method::Dpo => algo::dpo::run(&cfg, &device, &mut ctx),
                 }
             }));
             let event = match result {

@@ -91,6 +91,7 @@ impl Engine for SessionEngine {
             run_dir: overrides.run_dir.clone(),
             device: self.device,
             max_steps: overrides.max_steps,
+            resume: false,
         };
         let handle = session::launch(cfg, &opts, self.events.clone())
             .with_context(|| format!("starting a run from {}", config.display()))?;

@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::prelude::*;
+use rlft::engine::algo::pretrain::{CHATML_TEMPLATE, SPECIAL_TOKENS, arithmetic_lines};
 use rlft::engine::model::Llama;
+use rlft::engine::model::{LlamaConfig, WeightReader, hf, llama};
 use rlft::engine::sample::bool_tensor;
+use rlft::engine::tokenizer::Tokenizer;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,4 +102,27 @@ pub fn smollm2() -> Option<PathBuf> {
         path.display()
     );
     None
+}
+
+/// A tiny Llama with its own BPE tokenizer, saved as a Hugging Face folder.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let text: Vec<String> = arithmetic_lines(400, 99, &mut rng);
+    let mut tok = Tokenizer::train_bpe(text, 300, &SPECIAL_TOKENS).unwrap();
+    tok.set_chat_template(Some(CHATML_TEMPLATE.into()));
+    let eos = tok.token_id("<|endoftext|>").unwrap();
+    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "vocab_size": tok.vocab_size(), "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true,
+        "eos_token_id": eos, "bos_token_id": eos, "pad_token_id": eos
+    }))
+    .unwrap();
+    let device = Device::flex();
+    let mut r = WeightReader::new(llama::init_weights(&cfg, 1), &device);
+    let model = Llama::from_weights(&cfg, &mut r, true, false).unwrap();
+    let out = dir.join("tiny");
+    hf::save_dir(&out, &cfg, &model, Some(&tok), None).unwrap();
+    out
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::{self, GrpoLossType, ScaleRewards};
 use super::sequences::{SeqBatch, score};
+use super::state::TrainerState;
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::{self, EpochSampler, Example, Prompt};
@@ -89,11 +90,14 @@ pub struct PromptItem {
     pub demo: Option<Vec<u32>>,
 }
 
-/// Reads a prompt-only (or prompt+completion) JSONL file into tokenised prompts.
+/// Reads a prompt-only (or prompt+completion) JSONL file into tokenised prompts. A row's
+/// demonstration is its `completion`, or else its `answer` followed by `answer_end` (the
+/// first stop string, so the demonstration also teaches where to stop).
 pub fn load_prompts(
     path: &std::path::Path,
     tokenizer: &Tokenizer,
     chat: bool,
+    answer_end: &str,
 ) -> Result<Vec<PromptItem>, TrainError> {
     let mut items = Vec::new();
     for (i, ex) in data::read_jsonl(path)?.into_iter().enumerate() {
@@ -119,6 +123,7 @@ pub fn load_prompts(
         };
         let text = render_prompt(&prompt, tokenizer, chat)?;
         let ids = tokenizer.encode(&text, !chat)?;
+        let demo_text = demo_text.or_else(|| answer.as_ref().map(|a| format!("{a}{answer_end}")));
         let demo = match demo_text {
             Some(d) => Some(tokenizer.encode(&d, false)?),
             None => None,
@@ -321,15 +326,17 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ))
     })?;
     let model_cfg = loaded.config.clone();
-    let train = load_prompts(&cfg.data.train, &tokenizer, g.chat)?;
+    let answer_end = g.stop.first().map(String::as_str).unwrap_or("");
+    let train = load_prompts(&cfg.data.train, &tokenizer, g.chat, answer_end)?;
     let mut eval = match &cfg.data.eval {
-        Some(p) => load_prompts(p, &tokenizer, g.chat)?,
+        Some(p) => load_prompts(p, &tokenizer, g.chat, answer_end)?,
         None => Vec::new(),
     };
     if g.eval_max_items > 0 {
         eval.truncate(g.eval_max_items);
     }
-    let mut sources = reward::build_all(&cfg.rewards)
+    // `reward_model` sources run on the plain device: scoring needs no gradients.
+    let mut sources = reward::model::build_all_on(&cfg.rewards, &device.clone().without_autodiff())
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     if sources.is_empty() {
         return Err(TrainError::Invalid(
@@ -340,6 +347,25 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut policy = loaded.model;
     let mut optim = Optimizer::new(cfg.optim.clone());
     let mut sampler = EpochSampler::new(train.len(), cfg.seed);
+    let mut step = 0;
+    let mut num_tokens = 0usize;
+    // Resuming: the policy continues from the checkpoint; the reference stays the original.
+    let resume = match ctx.resume_from.clone() {
+        Some(ck) => {
+            let state = TrainerState::load(&ck)?;
+            let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
+            (policy, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
+            step = state.step;
+            num_tokens = state.num_tokens;
+            ctx.resume_at(step, state.wall_time);
+            ctx.log(
+                LogLevel::Info,
+                format!("resumed from {} at step {step}", ck.display()),
+            );
+            true
+        }
+        None => false,
+    };
     let pad = tokenizer
         .pad_id()
         .or_else(|| tokenizer.eos_ids().first().copied())
@@ -354,7 +380,6 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     };
     let eps_high = g.epsilon_high.unwrap_or(g.epsilon);
     let total_steps = train_cfg.max_steps;
-    let mut num_tokens = 0usize;
 
     ctx.send(Event::Started {
         run: ctx.id.clone(),
@@ -375,7 +400,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             g.loss_type
         ),
     );
-    if !eval.is_empty() {
+    if !eval.is_empty() && !resume {
         let metrics = evaluate(
             &policy.valid(),
             &eval,
@@ -387,7 +412,6 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx.metrics(0, metrics);
     }
 
-    let mut step = 0;
     while step < total_steps {
         match ctx.poll() {
             Control::Stop => {
@@ -399,6 +423,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     ctx,
                     step,
                     true,
+                    Some((&sampler, &optim, num_tokens)),
                 )?;
                 return Ok(RunStatus::Stopped);
             }
@@ -411,6 +436,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     ctx,
                     step,
                     false,
+                    Some((&sampler, &optim, num_tokens)),
                 )?;
             }
             Control::Continue => {}
@@ -577,6 +603,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 ctx,
                 step,
                 false,
+                Some((&sampler, &optim, num_tokens)),
             )?;
             if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
                 ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
@@ -591,6 +618,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         step,
         true,
+        Some((&sampler, &optim, num_tokens)),
     )?;
     Ok(RunStatus::Finished)
 }
@@ -617,6 +645,8 @@ fn demo_batch(prompts: &[&PromptItem], coef: f64, pad: u32, device: &Device) -> 
     Some(SeqBatch::new(&p, &c, pad, device))
 }
 
+/// Saves the policy under `checkpoints/` (with what a resume needs) and reports it.
+#[allow(clippy::too_many_arguments)]
 fn save(
     policy: &Llama,
     config: &LlamaConfig,
@@ -625,6 +655,7 @@ fn save(
     ctx: &mut RunContext,
     step: usize,
     is_final: bool,
+    progress: Option<(&EpochSampler, &Optimizer, usize)>,
 ) -> Result<(), TrainError> {
     let dir = if is_final {
         ctx.dir.final_dir()
@@ -638,6 +669,10 @@ fn save(
         Some(tokenizer),
         generation_config.as_ref(),
     )?;
+    if let Some((sampler, optim, num_tokens)) = progress {
+        TrainerState::capture(step, sampler, num_tokens, ctx.wall_time(), policy)
+            .save(&dir, optim)?;
+    }
     ctx.send(Event::Checkpoint {
         run: ctx.id.clone(),
         step,

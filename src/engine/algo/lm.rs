@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
+use super::state::TrainerState;
 use super::{BatchTensors, TrainError, TrainOutcome, masked_mean, scalar, token_logprobs};
 use crate::engine::config::RunConfig;
 use crate::engine::data::{EpochSampler, TokenizedExample, pad_batch};
@@ -92,6 +93,18 @@ pub fn train_lm(
     let mut sampler = EpochSampler::new(setup.train.len(), cfg.seed);
     let mut optim = Optimizer::new(cfg.optim.clone());
     let mut num_tokens = 0usize;
+    let mut step = 0;
+    if let Some(ck) = ctx.resume_from.clone() {
+        let state = TrainerState::load(&ck)?;
+        (model, optim, sampler) = state.restore(&ck, model, optim, setup.train.len(), cfg.seed)?;
+        step = state.step;
+        num_tokens = state.num_tokens;
+        ctx.resume_at(step, state.wall_time);
+        ctx.log(
+            LogLevel::Info,
+            format!("resumed from {} at step {step}", ck.display()),
+        );
+    }
     ctx.send(Event::Started {
         run: ctx.id.clone(),
         method: cfg.method.name().into(),
@@ -109,17 +122,18 @@ pub fn train_lm(
         ),
     );
 
-    let mut step = 0;
     while step < total {
         match ctx.poll() {
             Control::Stop => {
                 let dir = ctx.dir.final_dir();
-                save(&setup, &model, ctx, step, dir, None)?;
+                let progress = (&sampler, &optim, num_tokens);
+                save(&setup, &model, ctx, step, dir, None, Some(progress))?;
                 return Ok(RunStatus::Stopped);
             }
             Control::Save => {
                 let dir = ctx.dir.checkpoint_dir(step);
-                save(&setup, &model, ctx, step, dir, None)?;
+                let progress = (&sampler, &optim, num_tokens);
+                save(&setup, &model, ctx, step, dir, None, Some(progress))?;
             }
             Control::Continue => {}
         }
@@ -184,14 +198,15 @@ pub fn train_lm(
         }
         if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total {
             let dir = ctx.dir.checkpoint_dir(step);
-            save(&setup, &model, ctx, step, dir, None)?;
+            let progress = (&sampler, &optim, num_tokens);
+            save(&setup, &model, ctx, step, dir, None, Some(progress))?;
             if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
                 ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
             }
         }
     }
     let dir = ctx.dir.final_dir();
-    save(&setup, &model, ctx, step, dir, final_copy)?;
+    save(&setup, &model, ctx, step, dir, final_copy, None)?;
     Ok(RunStatus::Finished)
 }
 
@@ -217,7 +232,8 @@ pub fn evaluate(
     (loss / targets.max(1.0), correct / targets.max(1.0))
 }
 
-fn sample_prompts(
+/// Greedy (or as configured) generations for `[samples] prompts`.
+pub fn sample_prompts(
     model: &Llama,
     tokenizer: &Tokenizer,
     config: &LlamaConfig,
@@ -269,7 +285,11 @@ fn sample_prompts(
     Ok(out)
 }
 
-/// Saves a Hugging Face folder at `dir` (and a copy at `extra`) and reports it.
+/// Data position, optimizer and token count: what a resumable checkpoint stores.
+type Progress<'a> = (&'a EpochSampler, &'a Optimizer, usize);
+
+/// Saves a Hugging Face folder at `dir` (and a copy at `extra`), with the trainer state when
+/// `progress` is given, and reports it.
 fn save(
     setup: &LmSetup,
     model: &Llama,
@@ -277,9 +297,14 @@ fn save(
     step: usize,
     dir: PathBuf,
     extra: Option<&Path>,
+    progress: Option<Progress>,
 ) -> Result<(), TrainError> {
     let gen_cfg = setup.generation_config.as_ref();
     hf::save_dir(&dir, &setup.config, model, Some(&setup.tokenizer), gen_cfg)?;
+    if let Some((sampler, optim, num_tokens)) = progress {
+        TrainerState::capture(step, sampler, num_tokens, ctx.wall_time(), model)
+            .save(&dir, optim)?;
+    }
     if let Some(extra) = extra {
         hf::save_dir(extra, &setup.config, model, Some(&setup.tokenizer), gen_cfg)?;
     }

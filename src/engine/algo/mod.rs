@@ -1,12 +1,17 @@
 //! Training methods, one file each, and the pieces they share: token log-probabilities,
 //! masked means and batches as tensors.
 
+pub mod dpo;
 pub mod grpo;
 pub mod lm;
 pub mod losses;
+pub mod ppo;
+pub mod preference;
 pub mod pretrain;
+pub mod rm;
 pub mod sequences;
 pub mod sft;
+pub mod state;
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;

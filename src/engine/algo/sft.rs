@@ -64,7 +64,12 @@ pub fn tokenize_file(
 
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
     let train_device = device.clone().autodiff();
-    let loaded = model::load(&cfg.model.path, &train_device, Heads::Lm)?;
+    // A resumed run continues from its checkpoint's weights.
+    let path = ctx
+        .resume_from
+        .clone()
+        .unwrap_or_else(|| cfg.model.path.clone());
+    let loaded = model::load(&path, &train_device, Heads::Lm)?;
     let tokenizer = loaded.tokenizer.ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: the model has no tokenizer.json; SFT needs one to read text",

@@ -24,22 +24,23 @@
 //!
 //! [[rewards]]
 //! type = "reward_model"       # a Bradley-Terry model folder, scored by the trainer
-//! path = "runs/rm/final"
+//! path = "runs/rm/checkpoints/final"
 //! ```
 //!
 //! Logging follows TRL: each source's raw (unweighted) scores are `rewards/<name>/mean` and
 //! `rewards/<name>/std`, and `reward` is the weighted sum. Names must therefore be unique
 //! within a run; two sources of one type need explicit `name`s.
 //!
-//! `type = "reward_model"` needs model weights and a device, which this module does not own:
-//! [`build`] returns [`RewardError::NeedsModel`], and the trainer either intercepts that or
-//! calls [`build_all_with`] with a loader for its model-backed scorer. [`build_all`] (no
-//! loader) lets the error through, so a config naming a reward model fails clearly where no
-//! scorer exists.
+//! `type = "reward_model"` needs model weights and a device: [`build`] returns
+//! [`RewardError::NeedsModel`], and trainers call [`build_all_with`] with
+//! [`model::loader`] (or [`model::build_all_on`]), which runs the model on their device.
+//! [`build_all`] (no loader) lets the error through, so a config naming a reward model fails
+//! clearly where no scorer exists.
 
 mod command;
 mod exact;
 mod format;
+pub mod model;
 mod weighted;
 
 use std::path::PathBuf;
@@ -84,6 +85,9 @@ pub enum RewardError {
         config.path.display()
     )]
     NeedsModel { config: RewardModelConfig },
+    /// A `reward_model` folder could not be loaded or run.
+    #[error("reward model `{}`: {message}", path.display())]
+    Model { path: PathBuf, message: String },
     /// Two sources would log under the same `rewards/<name>/...` key.
     #[error("two reward sources are named `{0}`; give them distinct `name`s")]
     DuplicateName(String),

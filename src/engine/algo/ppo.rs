@@ -1,0 +1,829 @@
+//! PPO for RLHF as TRL's experimental `PPOTrainer` (`trl/experimental/ppo/ppo_trainer.py`),
+//! with the legacy adaptive KL controller (Ziegler et al. 2019, TRL v0.11).
+//!
+//! Each step: one completion per prompt from the policy; the frozen reference's and the
+//! rollout policy's token log-probabilities; a per-token reward `−β·KL_t` with the sequence
+//! score (reward sources, minus `missing_eos_penalty` when the completion was cut off) added
+//! at the last completion token; values from a separate value model (the policy architecture
+//! with a scalar head); GAE; whitened advantages; then `num_ppo_epochs` passes of clipped
+//! policy and value losses over `num_mini_batches` shuffled mini-batches. Policy and value
+//! model have their own optimizers; the loss is TRL's `pg_loss + vf_coef · vf_loss`.
+//!
+//! Batch sizes follow TRL: a rollout is `per_device_train_batch_size ×
+//! gradient_accumulation_steps × num_mini_batches` prompts; each mini-batch is one optimizer
+//! step, accumulated over micro-batches of `per_device_train_batch_size`.
+//!
+//! One difference from TRL's batched loop: TRL adds the score one position past the last
+//! token where the padded tensor has room for it (and at the last token otherwise); here it
+//! is always the last completion token, as verl and OpenRLHF do, so a row's reward does not
+//! depend on how long the other rows in its batch are.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::grpo::{self, PromptItem, Rollout};
+use super::losses::{self, AdaptiveKl, FixedKl, KlController, KlEstimator};
+use super::sequences::{SeqBatch, score};
+use super::{TrainError, TrainOutcome, masked_mean, scalar};
+use crate::engine::config::RunConfig;
+use crate::engine::data::EpochSampler;
+use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
+use crate::engine::model::{self, Heads, Llama, LlamaConfig, hf, host_f32};
+use crate::engine::optim::Optimizer;
+use crate::engine::reward;
+use crate::engine::run::{Control, RunContext};
+use crate::engine::sample::{FinishReason, SamplingParams};
+use crate::engine::tokenizer::Tokenizer;
+
+/// Samples shown per step in the Samples pane.
+const SAMPLES_PER_STEP: usize = 8;
+/// Rows per no-grad forward pass when scoring a rollout (TRL's
+/// `local_rollout_forward_batch_size` default).
+const ROLLOUT_FORWARD_BATCH: usize = 64;
+
+/// `[ppo]`: TRL `PPOConfig` names and defaults, except where noted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoSection {
+    /// Longest completion in tokens (TRL `response_length`).
+    #[serde(alias = "max_completion_length")]
+    pub response_length: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    /// Generation stops at any of these (they are cut from the completion text).
+    pub stop: Vec<String>,
+    /// Wrap prompts in the model's chat template.
+    pub chat: bool,
+    /// Optimisation passes over each rollout.
+    pub num_ppo_epochs: usize,
+    /// Optimizer steps per pass over a rollout.
+    pub num_mini_batches: usize,
+    /// KL penalty coefficient β (the initial value when `adaptive_kl` is set).
+    pub kl_coef: f64,
+    /// `k1` (TRL default) or `k3`; `k2` also works.
+    pub kl_estimator: KlEstimator,
+    /// Ziegler et al.'s controller: moves β so the per-sequence KL approaches `target`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_kl: Option<AdaptiveKlSection>,
+    /// Policy ratio clip ε.
+    pub cliprange: f64,
+    /// Value clip around the rollout's values.
+    pub cliprange_value: f64,
+    pub vf_coef: f64,
+    pub gamma: f64,
+    pub lam: f64,
+    /// Whiten the per-token rewards (without shifting their mean) before GAE.
+    pub whiten_rewards: bool,
+    /// Subtracted from the score of completions that did not end with EOS or a stop string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_eos_penalty: Option<f32>,
+    /// Where the value model starts: a model folder, typically the reward model (TRL's
+    /// examples do this). Default: the policy's weights with a fresh scalar head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_model: Option<PathBuf>,
+    /// Value model learning rate; default `[optim] learning_rate` (TRL uses one optimizer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_learning_rate: Option<f64>,
+    /// Held-out prompts decoded greedily at each eval (0 = all).
+    pub eval_max_items: usize,
+}
+
+impl Default for PpoSection {
+    fn default() -> Self {
+        Self {
+            response_length: 53,
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Vec::new(),
+            chat: false,
+            num_ppo_epochs: 4,
+            num_mini_batches: 1,
+            kl_coef: 0.05,
+            kl_estimator: KlEstimator::K1,
+            adaptive_kl: None,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            gamma: 1.0,
+            lam: 0.95,
+            whiten_rewards: false,
+            missing_eos_penalty: None,
+            value_model: None,
+            value_learning_rate: None,
+            eval_max_items: 0,
+        }
+    }
+}
+
+/// `adaptive_kl = { target = 6.0, horizon = 10000 }` (TRL v0.11 `init_kl_coef`, `target`,
+/// `horizon`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveKlSection {
+    /// Target KL per sequence (sum over its tokens).
+    pub target: f64,
+    /// In samples: β moves by at most `±20% · batch / horizon` per step.
+    #[serde(default = "default_horizon")]
+    pub horizon: u64,
+}
+
+fn default_horizon() -> u64 {
+    10_000
+}
+
+impl PpoSection {
+    fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Invalid(format!("[ppo] {m}")));
+        if self.response_length == 0 {
+            return bad("response_length must be at least 1".into());
+        }
+        if self.num_ppo_epochs == 0 || self.num_mini_batches == 0 {
+            return bad("num_ppo_epochs and num_mini_batches must be at least 1".into());
+        }
+        for (name, v) in [
+            ("kl_coef", self.kl_coef),
+            ("vf_coef", self.vf_coef),
+            ("cliprange", self.cliprange),
+            ("cliprange_value", self.cliprange_value),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be a finite number >= 0, got {v}"));
+            }
+        }
+        for (name, v) in [("gamma", self.gamma), ("lam", self.lam)] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("{name} must be in [0, 1], got {v}"));
+            }
+        }
+        if let Some(p) = self.missing_eos_penalty
+            && !p.is_finite()
+        {
+            return bad(format!("missing_eos_penalty must be finite, got {p}"));
+        }
+        if let Some(lr) = self.value_learning_rate
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return bad(format!("value_learning_rate must be positive, got {lr}"));
+        }
+        Ok(())
+    }
+
+    fn kl_controller(&self) -> Result<KlController, TrainError> {
+        Ok(match &self.adaptive_kl {
+            Some(a) => KlController::Adaptive(AdaptiveKl::new(self.kl_coef, a.target, a.horizon)?),
+            None => KlController::Fixed(FixedKl {
+                value: self.kl_coef,
+            }),
+        })
+    }
+}
+
+/// Where each row's completion sits in the shifted `[B, T − 1]` frame of a [`SeqBatch`]:
+/// target index `prompt_len − 1 + t` is completion token `t`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    offset: usize,
+    len: usize,
+}
+
+/// Per-token rollout quantities, one `Vec` per row of completion length.
+struct Experience {
+    old_logprobs: Vec<Vec<f32>>,
+    old_values: Vec<Vec<f32>>,
+    advantages: Vec<Vec<f32>>,
+    returns: Vec<Vec<f32>>,
+}
+
+/// The rollout's TRL `objective/*` figures.
+struct RolloutStats {
+    kl: f64,
+    entropy: f64,
+    non_score_reward: f64,
+    scores: f64,
+}
+
+/// Copies each row's span out of a `[B, W]` tensor.
+fn take_spans(t: Tensor<2>, spans: &[Span]) -> Vec<Vec<f32>> {
+    let w = t.dims()[1];
+    let host = host_f32(t);
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| host[i * w + s.offset..i * w + s.offset + s.len].to_vec())
+        .collect()
+}
+
+/// Lays rows out at their spans in a zero `[B, width]` tensor.
+fn place_spans(rows: &[&[f32]], spans: &[Span], width: usize, device: &Device) -> Tensor<2> {
+    let mut data = vec![0.0f32; rows.len() * width];
+    for (i, (r, s)) in rows.iter().zip(spans).enumerate() {
+        data[i * width + s.offset..i * width + s.offset + s.len].copy_from_slice(r);
+    }
+    Tensor::from_data(TensorData::new(data, [rows.len(), width]), device)
+}
+
+/// [`losses::whiten`] over all rows' tokens together (TRL whitens the whole batch).
+fn whiten_rows(rows: &[Vec<f32>], shift_mean: bool, device: &Device) -> Vec<Vec<f32>> {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let spans: Vec<Span> = rows
+        .iter()
+        .map(|r| Span {
+            offset: 0,
+            len: r.len(),
+        })
+        .collect();
+    let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+    let values = place_spans(&refs, &spans, width, device);
+    let ones: Vec<Vec<f32>> = rows.iter().map(|r| vec![1.0; r.len()]).collect();
+    let ones: Vec<&[f32]> = ones.iter().map(Vec::as_slice).collect();
+    let mask = place_spans(&ones, &spans, width, device);
+    take_spans(losses::whiten(values, mask, shift_mean), &spans)
+}
+
+fn spans_of(prompts: &[&[u32]], completions: &[&[u32]]) -> Vec<Span> {
+    prompts
+        .iter()
+        .zip(completions)
+        .map(|(p, c)| Span {
+            offset: p.len().saturating_sub(1),
+            len: c.len(),
+        })
+        .collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Unbiased variance (TRL's `torch.var`), 0 for fewer than two values.
+fn var(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+}
+
+/// Log-probabilities under the rollout policy and the reference, the value model's values,
+/// rewards, GAE advantages (whitened) and returns for one rollout.
+#[allow(clippy::too_many_arguments)]
+fn experience(
+    policy: &Llama,
+    reference: &Llama,
+    value_model: &Llama,
+    prompts: &[&[u32]],
+    completions: &[&[u32]],
+    scores: &[f32],
+    p: &PpoSection,
+    beta: f64,
+    pad: u32,
+    device: &Device,
+) -> Result<(Experience, RolloutStats), TrainError> {
+    let n = prompts.len();
+    let mut old_logprobs = Vec::with_capacity(n);
+    let mut ref_kl = Vec::with_capacity(n);
+    let mut old_values = Vec::with_capacity(n);
+    for start in (0..n).step_by(ROLLOUT_FORWARD_BATCH) {
+        let end = (start + ROLLOUT_FORWARD_BATCH).min(n);
+        let (ps, cs) = (&prompts[start..end], &completions[start..end]);
+        let spans = spans_of(ps, cs);
+        let batch = SeqBatch::new(ps, cs, pad, device);
+        let lp = score(policy, &batch, p.temperature).logprobs;
+        let ref_lp = score(reference, &batch, p.temperature).logprobs;
+        let kl = p.kl_estimator.per_token(lp.clone(), ref_lp);
+        let values = value_scores(value_model, &batch)?;
+        old_logprobs.extend(take_spans(lp, &spans));
+        ref_kl.extend(take_spans(kl, &spans));
+        old_values.extend(take_spans(values, &spans));
+    }
+
+    let mut rewards: Vec<Vec<f32>> = ref_kl
+        .iter()
+        .map(|kl| kl.iter().map(|&k| (-beta * k as f64) as f32).collect())
+        .collect();
+    let per_seq = |rows: &[Vec<f32>], f: &dyn Fn(f32) -> f64| -> f64 {
+        mean(
+            &rows
+                .iter()
+                .map(|r| r.iter().map(|&x| f(x)).sum::<f64>())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let stats = RolloutStats {
+        kl: per_seq(&ref_kl, &|x| x as f64),
+        entropy: per_seq(&old_logprobs, &|x| -(x as f64)),
+        non_score_reward: per_seq(&rewards, &|x| x as f64),
+        scores: mean(&scores.iter().map(|&s| s as f64).collect::<Vec<_>>()),
+    };
+    for (r, &s) in rewards.iter_mut().zip(scores) {
+        if let Some(last) = r.last_mut() {
+            *last += s;
+        }
+    }
+    if p.whiten_rewards {
+        rewards = whiten_rows(&rewards, false, device);
+    }
+    let (advantages, returns) = losses::gae(&rewards, &old_values, p.gamma, p.lam)?;
+    let advantages = whiten_rows(&advantages, true, device);
+    Ok((
+        Experience {
+            old_logprobs,
+            old_values,
+            advantages,
+            returns,
+        },
+        stats,
+    ))
+}
+
+/// The value model's scalar head at each shifted position `[B, T − 1]`: the value of the
+/// state before each target token.
+fn value_scores(value_model: &Llama, batch: &SeqBatch) -> Result<Tensor<2>, TrainError> {
+    let t = batch.ids.dims()[1];
+    let hidden = value_model.hidden(
+        batch.ids.clone(),
+        batch.positions.clone(),
+        batch.valid.clone(),
+        None,
+    );
+    let scores = value_model
+        .scores(hidden)
+        .ok_or_else(|| TrainError::Invalid("the value model has no score head".into()))?;
+    Ok(scores.narrow(1, 0, t - 1))
+}
+
+/// Means of TRL's per-micro-batch training statistics over a step.
+#[derive(Default)]
+struct TrainStats {
+    approxkl: Vec<f64>,
+    pg_clipfrac: Vec<f64>,
+    pg_loss: Vec<f64>,
+    vf_loss: Vec<f64>,
+    vf_clipfrac: Vec<f64>,
+    entropy: Vec<f64>,
+    ratio: Vec<f64>,
+    grad_norm: Vec<f64>,
+    value_grad_norm: Vec<f64>,
+}
+
+pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
+    let p = cfg.ppo.clone().unwrap_or_default();
+    p.validate()?;
+    let train_cfg = &cfg.train;
+    let micro = train_cfg.per_device_train_batch_size;
+    let accumulation = train_cfg.gradient_accumulation_steps;
+    let mini = micro * accumulation;
+    let rollout_size = mini * p.num_mini_batches;
+
+    let plain = device.clone().without_autodiff();
+    let train_device = device.clone().autodiff();
+    let loaded = model::load(&cfg.model.path, &train_device, Heads::Lm)?;
+    let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{}: PPO needs a tokenizer",
+            cfg.model.path.display()
+        ))
+    })?;
+    let model_cfg = loaded.config.clone();
+    let value_path = p.value_model.clone().unwrap_or(cfg.model.path.clone());
+    let value_loaded = model::load(&value_path, &train_device, Heads::Score)?;
+    if value_loaded.config.vocab_size != model_cfg.vocab_size {
+        return Err(TrainError::Invalid(format!(
+            "[ppo] value_model {}: vocabulary of {} tokens, but the policy has {}; the value \
+             model reads the policy's tokens, so it must share its tokenizer",
+            value_path.display(),
+            value_loaded.config.vocab_size,
+            model_cfg.vocab_size
+        )));
+    }
+    let train = grpo::load_prompts(&cfg.data.train, &tokenizer, p.chat, "")?;
+    if let Some(i) = train.iter().position(|x| x.ids.is_empty()) {
+        return Err(TrainError::Invalid(format!(
+            "{}: prompt {} is empty after tokenisation; PPO needs at least one prompt token",
+            cfg.data.train.display(),
+            i + 1
+        )));
+    }
+    let mut eval = match &cfg.data.eval {
+        Some(path) => grpo::load_prompts(path, &tokenizer, p.chat, "")?,
+        None => Vec::new(),
+    };
+    if p.eval_max_items > 0 {
+        eval.truncate(p.eval_max_items);
+    }
+    let mut sources = reward::model::build_all_on(&cfg.rewards, &plain)
+        .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
+    if sources.is_empty() {
+        return Err(TrainError::Invalid(
+            "PPO needs at least one [[rewards]] source".into(),
+        ));
+    }
+
+    let reference = loaded.model.valid();
+    let mut policy = loaded.model;
+    let mut value_model = value_loaded.model;
+    let mut optim = Optimizer::new(cfg.optim.clone());
+    let mut value_optim = Optimizer::new(cfg.optim.clone());
+    let value_lr_scale = p
+        .value_learning_rate
+        .map_or(1.0, |lr| lr / cfg.optim.learning_rate);
+    let mut kl_ctl = p.kl_controller()?;
+    let mut sampler = EpochSampler::new(train.len(), cfg.seed);
+    let pad = tokenizer
+        .pad_id()
+        .or_else(|| tokenizer.eos_ids().first().copied())
+        .unwrap_or(0);
+    let params = SamplingParams {
+        max_new_tokens: p.response_length,
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        stop_strings: p.stop.clone(),
+        seed: cfg.seed,
+    };
+    let total_steps = train_cfg.max_steps;
+    let mut num_tokens = 0usize;
+
+    ctx.send(Event::Started {
+        run: ctx.id.clone(),
+        method: cfg.method.name().into(),
+        run_dir: ctx.dir.path.clone(),
+        total_steps,
+    });
+    ctx.status(RunStatus::Running);
+    ctx.log(
+        LogLevel::Info,
+        format!(
+            "PPO: {} prompts ({} held out), {rollout_size} completions per step in \
+             {} mini-batches x {} epochs; value model from {}; KL coef {} ({})",
+            train.len(),
+            eval.len(),
+            p.num_mini_batches,
+            p.num_ppo_epochs,
+            value_path.display(),
+            p.kl_coef,
+            match &p.adaptive_kl {
+                Some(a) => format!("adaptive, target {} horizon {}", a.target, a.horizon),
+                None => "fixed".into(),
+            }
+        ),
+    );
+    if !eval.is_empty() {
+        let metrics = grpo::evaluate(
+            &policy.valid(),
+            &eval,
+            &mut sources,
+            &params,
+            &tokenizer,
+            &model_cfg,
+        )?;
+        ctx.metrics(0, metrics);
+    }
+
+    let saver = Saver {
+        config: &model_cfg,
+        tokenizer: &tokenizer,
+        generation_config: &loaded.generation_config,
+    };
+    let mut step = 0;
+    while step < total_steps {
+        match ctx.poll() {
+            Control::Stop => {
+                saver.save(&policy, ctx, step, true)?;
+                return Ok(RunStatus::Stopped);
+            }
+            Control::Save => saver.save(&policy, ctx, step, false)?,
+            Control::Continue => {}
+        }
+        let started = Instant::now();
+        let idx = sampler.next_batch(rollout_size);
+        let prompts: Vec<&PromptItem> = idx.iter().map(|&i| &train[i]).collect();
+        let step_params = SamplingParams {
+            seed: cfg.seed.wrapping_add(step as u64 * 7919),
+            ..params.clone()
+        };
+        let gen_started = Instant::now();
+        let policy_now = policy.valid();
+        let ro = grpo::rollout(
+            &policy_now,
+            &prompts,
+            1,
+            &step_params,
+            &tokenizer,
+            &model_cfg,
+        )?;
+        let gen_time = gen_started.elapsed().as_secs_f64();
+        let rewards = grpo::compute_rewards(&mut sources, &prompts, &ro)?;
+        let scores = penalised_scores(&rewards.total, &ro, p.missing_eos_penalty);
+
+        let prompt_rows: Vec<&[u32]> = ro
+            .prompt_index
+            .iter()
+            .map(|&i| prompts[i].ids.as_slice())
+            .collect();
+        let completion_rows: Vec<&[u32]> = ro.tokens.iter().map(Vec::as_slice).collect();
+        num_tokens += prompt_rows.iter().map(|r| r.len()).sum::<usize>()
+            + completion_rows.iter().map(|r| r.len()).sum::<usize>();
+        let beta = kl_ctl.value();
+        let (exp, stats) = experience(
+            &policy_now,
+            &reference,
+            &value_model.valid(),
+            &prompt_rows,
+            &completion_rows,
+            &scores,
+            &p,
+            beta,
+            pad,
+            &plain,
+        )?;
+        drop(policy_now);
+
+        let lr = cfg.optim.lr_at(step, total_steps);
+        let mut ts = TrainStats::default();
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
+        for _ in 0..p.num_ppo_epochs {
+            let mut order: Vec<usize> = (0..prompt_rows.len()).collect();
+            order.shuffle(&mut rng);
+            for mini_rows in order.chunks(mini) {
+                let mut policy_acc = GradientsAccumulator::<Llama>::new();
+                let mut value_acc = GradientsAccumulator::<Llama>::new();
+                for rows in mini_rows.chunks(micro) {
+                    let ps: Vec<&[u32]> = rows.iter().map(|&i| prompt_rows[i]).collect();
+                    let cs: Vec<&[u32]> = rows.iter().map(|&i| completion_rows[i]).collect();
+                    let spans = spans_of(&ps, &cs);
+                    let batch = SeqBatch::new(&ps, &cs, pad, &train_device);
+                    let width = batch.ids.dims()[1] - 1;
+                    let pick = |v: &[Vec<f32>]| {
+                        let r: Vec<&[f32]> = rows.iter().map(|&i| v[i].as_slice()).collect();
+                        place_spans(&r, &spans, width, &train_device)
+                    };
+                    let mask = batch.completion_mask.clone();
+
+                    let scored = score(&policy, &batch, p.temperature);
+                    ts.entropy.push(scalar(masked_mean(
+                        losses::token_entropy(scored.logits.clone().detach()),
+                        mask.clone(),
+                    )));
+                    let pg = losses::ppo_policy_loss(
+                        scored.logprobs,
+                        pick(&exp.old_logprobs),
+                        pick(&exp.advantages),
+                        mask.clone(),
+                        p.cliprange,
+                    );
+                    let values = value_scores(&value_model, &batch)?;
+                    let (vf_loss, vf_clipfrac) = losses::ppo_value_loss(
+                        values,
+                        pick(&exp.old_values),
+                        pick(&exp.returns),
+                        mask,
+                        p.cliprange_value,
+                    );
+                    let loss = pg.loss.clone() + vf_loss.clone() * p.vf_coef;
+                    let loss_value = scalar(loss.clone());
+                    if !loss_value.is_finite() {
+                        ctx.send(Event::Failed {
+                            run: ctx.id.clone(),
+                            step: Some(step + 1),
+                            error: format!("loss is {loss_value} at step {}", step + 1),
+                        });
+                        return Err(TrainError::NonFinite {
+                            step: step + 1,
+                            value: loss_value,
+                        });
+                    }
+                    ts.pg_loss.push(scalar(pg.loss.clone()));
+                    ts.vf_loss.push(scalar(vf_loss));
+                    ts.vf_clipfrac.push(vf_clipfrac);
+                    ts.approxkl.push(pg.approx_kl);
+                    ts.pg_clipfrac.push(pg.clipfrac);
+                    ts.ratio.push(pg.ratio_mean);
+                    // Policy and value graphs are disjoint: one backward serves both.
+                    let mut grads = (loss / accumulation as f32).backward();
+                    policy_acc
+                        .accumulate(&policy, GradientsParams::from_module(&mut grads, &policy));
+                    value_acc.accumulate(
+                        &value_model,
+                        GradientsParams::from_module(&mut grads, &value_model),
+                    );
+                }
+                let (next, norm) = optim.step(lr, policy, policy_acc.grads());
+                policy = next;
+                ts.grad_norm.push(norm as f64);
+                let (next, norm) =
+                    value_optim.step(lr * value_lr_scale, value_model, value_acc.grads());
+                value_model = next;
+                ts.value_grad_norm.push(norm as f64);
+            }
+        }
+        kl_ctl.update(stats.kl, rollout_size);
+        step += 1;
+
+        let mut values = BTreeMap::new();
+        values.insert("objective/kl".into(), stats.kl);
+        values.insert("objective/entropy".into(), stats.entropy);
+        values.insert("objective/non_score_reward".into(), stats.non_score_reward);
+        values.insert(
+            "objective/rlhf_reward".into(),
+            stats.non_score_reward + stats.scores,
+        );
+        values.insert("objective/scores".into(), stats.scores);
+        values.insert("objective/kl_coef".into(), beta);
+        values.insert("policy/approxkl_avg".into(), mean(&ts.approxkl));
+        values.insert("policy/clipfrac_avg".into(), mean(&ts.pg_clipfrac));
+        values.insert("loss/policy_avg".into(), mean(&ts.pg_loss));
+        values.insert("loss/value_avg".into(), mean(&ts.vf_loss));
+        values.insert("val/clipfrac_avg".into(), mean(&ts.vf_clipfrac));
+        values.insert("policy/entropy_avg".into(), mean(&ts.entropy));
+        values.insert("val/ratio".into(), mean(&ts.ratio));
+        values.insert("val/ratio_var".into(), var(&ts.ratio));
+        values.insert(
+            "val/num_eos_tokens".into(),
+            ro.finish
+                .iter()
+                .filter(|f| **f == FinishReason::Eos)
+                .count() as f64,
+        );
+        for (name, v) in &rewards.per_source {
+            let v: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+            values.insert(format!("rewards/{name}/mean"), mean(&v));
+            values.insert(format!("rewards/{name}/std"), var(&v).sqrt());
+        }
+        let lengths: Vec<f64> = ro.tokens.iter().map(|t| t.len() as f64).collect();
+        values.insert("completions/mean_length".into(), mean(&lengths));
+        values.insert("grad_norm".into(), mean(&ts.grad_norm));
+        values.insert("value/grad_norm".into(), mean(&ts.value_grad_norm));
+        values.insert("learning_rate".into(), lr);
+        values.insert("num_tokens".into(), num_tokens as f64);
+        values.insert("episode".into(), (step * rollout_size) as f64);
+        values.insert("step_time".into(), started.elapsed().as_secs_f64());
+        values.insert("timing/generation".into(), gen_time);
+        if train_cfg.eval_steps > 0 && step % train_cfg.eval_steps == 0 && !eval.is_empty() {
+            values.extend(grpo::evaluate(
+                &policy.valid(),
+                &eval,
+                &mut sources,
+                &params,
+                &tokenizer,
+                &model_cfg,
+            )?);
+        }
+        ctx.metrics(step, values);
+        let samples = (0..ro.texts.len().min(SAMPLES_PER_STEP))
+            .map(|i| SampleRecord {
+                step,
+                prompt: prompts[ro.prompt_index[i]].text.clone(),
+                completion: ro.texts[i].clone(),
+                rewards: rewards
+                    .per_source
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v[i] as f64))
+                    .collect(),
+                advantage: None,
+            })
+            .collect();
+        ctx.samples(step, samples);
+        if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total_steps {
+            saver.save(&policy, ctx, step, false)?;
+            if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
+                ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
+            }
+        }
+    }
+    saver.save(&policy, ctx, step, true)?;
+    Ok(RunStatus::Finished)
+}
+
+/// The weighted reward total, less `penalty` for completions cut off at the length limit
+/// (TRL's `missing_eos_penalty`; a stop string counts as a proper end).
+fn penalised_scores(total: &[f32], ro: &Rollout, penalty: Option<f32>) -> Vec<f32> {
+    total
+        .iter()
+        .zip(&ro.finish)
+        .map(|(&s, f)| match (penalty, f) {
+            (Some(pen), FinishReason::Length) => s - pen,
+            _ => s,
+        })
+        .collect()
+}
+
+/// Writes the policy as a Hugging Face folder (what TRL saves; the value model is a training
+/// aid and is not kept).
+struct Saver<'a> {
+    config: &'a LlamaConfig,
+    tokenizer: &'a Tokenizer,
+    generation_config: &'a Option<serde_json::Value>,
+}
+
+impl Saver<'_> {
+    fn save(
+        &self,
+        policy: &Llama,
+        ctx: &mut RunContext,
+        step: usize,
+        is_final: bool,
+    ) -> Result<(), TrainError> {
+        let dir = if is_final {
+            ctx.dir.final_dir()
+        } else {
+            ctx.dir.checkpoint_dir(step)
+        };
+        hf::save_dir(
+            &dir,
+            self.config,
+            policy,
+            Some(self.tokenizer),
+            self.generation_config.as_ref(),
+        )?;
+        ctx.send(Event::Checkpoint {
+            run: ctx.id.clone(),
+            step,
+            path: dir,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_round_trip_through_the_shifted_frame() {
+        let device = Device::flex();
+        let p1: &[u32] = &[5, 6, 7];
+        let c1: &[u32] = &[8, 9];
+        let p2: &[u32] = &[5];
+        let c2: &[u32] = &[4, 3, 2];
+        let spans = spans_of(&[p1, p2], &[c1, c2]);
+        let batch = SeqBatch::new(&[p1, p2], &[c1, c2], 0, &device);
+        let width = batch.ids.dims()[1] - 1;
+        let rows: [&[f32]; 2] = [&[1.0, 2.0], &[3.0, 4.0, 5.0]];
+        let t = place_spans(&rows, &spans, width, &device);
+        // Non-zero exactly where the completion mask is 1.
+        let placed = host_f32(t.clone());
+        let mask = host_f32(batch.completion_mask.clone());
+        for (v, m) in placed.iter().zip(&mask) {
+            assert_eq!(*v != 0.0, *m == 1.0);
+        }
+        assert_eq!(
+            take_spans(t, &spans),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0, 5.0]]
+        );
+    }
+
+    #[test]
+    fn whitening_rows_matches_the_masked_formula() {
+        let device = Device::flex();
+        let rows = vec![vec![1.0, 2.0, 3.0], vec![4.0]];
+        let w = whiten_rows(&rows, true, &device);
+        let all: Vec<f64> = rows.iter().flatten().map(|&x| x as f64).collect();
+        let m = mean(&all);
+        let sd = (var(&all) + 1e-8).sqrt();
+        let expect: Vec<f64> = all.iter().map(|x| (x - m) / sd).collect();
+        let got: Vec<f64> = w.iter().flatten().map(|&x| x as f64).collect();
+        for (g, e) in got.iter().zip(&expect) {
+            assert!((g - e).abs() < 1e-5, "{got:?} vs {expect:?}");
+        }
+    }
+
+    #[test]
+    fn section_parses_with_trl_names_and_rejects_typos() {
+        #[derive(Deserialize)]
+        struct Wrap {
+            ppo: PpoSection,
+        }
+        let w: Wrap = toml::from_str(
+            "[ppo]\nresponse_length = 8\nkl_estimator = \"k3\"\nmissing_eos_penalty = 1.0\n\
+             adaptive_kl = { target = 6.0 }\n",
+        )
+        .unwrap();
+        assert_eq!(w.ppo.response_length, 8);
+        assert_eq!(w.ppo.kl_estimator, KlEstimator::K3);
+        assert_eq!(
+            w.ppo.adaptive_kl,
+            Some(AdaptiveKlSection {
+                target: 6.0,
+                horizon: 10_000
+            })
+        );
+        assert_eq!(w.ppo.num_ppo_epochs, 4);
+        let err = toml::from_str::<Wrap>("[ppo]\nkl_coeff = 0.1\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("kl_coeff"), "{err}");
+    }
+}

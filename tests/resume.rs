@@ -1,0 +1,186 @@
+//! Kill a run mid-way, resume it from its last checkpoint, and the metrics that follow equal
+//! those of an uninterrupted run with the same seed (exactly: CPU training here is
+//! deterministic, and the checkpoint restores weights, optimizer moments, data position and
+//! step).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tiny_model;
+use rlft::engine::config::RunConfig;
+use rlft::engine::run::{MetricsRow, read_metrics};
+use rlft::engine::session::{self, LaunchOptions};
+
+fn write_prompts(path: &Path) {
+    let rows: Vec<String> = (0..40)
+        .map(|i| {
+            let (a, b) = (i % 7, (i * 3) % 5);
+            serde_json::json!({"prompt": format!("{a}+{b}="), "answer": format!("{}", a + b)})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n") + "\n").unwrap();
+}
+
+fn write_sft(path: &Path) {
+    let rows: Vec<String> = (0..64)
+        .map(|i| {
+            let (a, b) = (i % 9, (i * 5) % 7);
+            serde_json::json!({"prompt": format!("{a}+{b}="), "completion": format!("{}", a + b)})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n") + "\n").unwrap();
+}
+
+fn sft_config(model: &Path, data: &Path) -> String {
+    format!(
+        "method = \"sft\"\nname = \"r\"\nseed = 3\n[model]\npath = \"{}\"\n[data]\ntrain = \"{}\"\n\
+         [train]\nmax_steps = 8\nper_device_train_batch_size = 8\nmax_length = 16\nsave_steps = 4\n\
+         [optim]\nlearning_rate = 1e-3\nwarmup_steps = 2\nlr_scheduler_type = \"cosine\"\n",
+        model.display(),
+        data.display()
+    )
+}
+
+fn grpo_config(model: &Path, data: &Path) -> String {
+    format!(
+        "method = \"grpo\"\nname = \"g\"\nseed = 5\n[model]\npath = \"{}\"\n[data]\ntrain = \"{}\"\n\
+         [train]\nmax_steps = 6\nper_device_train_batch_size = 16\nsave_steps = 3\n\
+         [optim]\nlearning_rate = 1e-3\n\
+         [grpo]\nnum_generations = 4\nmax_completion_length = 4\nbeta = 0.05\nstop = [\"\\n\"]\n\
+         [[rewards]]\ntype = \"format\"\n",
+        model.display(),
+        data.display()
+    )
+}
+
+fn run(cfg_text: &str, dir: &Path, max_steps: Option<usize>, resume: bool) {
+    let cfg = RunConfig::from_toml(cfg_text).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        run_dir: Some(dir.to_path_buf()),
+        max_steps,
+        resume,
+        ..Default::default()
+    };
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    handle.thread.join().unwrap();
+    let failures: Vec<String> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            rlft::engine::events::Event::Failed { error, .. } => Some(error),
+            _ => None,
+        })
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// Rows by step, without wall time (the only value that legitimately differs).
+fn values(rows: &[MetricsRow]) -> Vec<(usize, Vec<(String, f64)>)> {
+    rows.iter()
+        .map(|r| {
+            let v = r
+                .values
+                .iter()
+                .filter(|(k, _)| !k.contains("time") && !k.starts_with("timing"))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            (r.step, v)
+        })
+        .collect()
+}
+
+/// Runs to the end, then plays a crash that happened after the last step but before the final
+/// save (the `final` checkpoint removed): resuming re-does every step after the newest
+/// `step-N` checkpoint, and those rows must come out exactly as the first time.
+fn check_resume_matches(cfg_text: &str, tmp: &Path) {
+    let dir = tmp.join("run");
+    run(cfg_text, &dir, None, false);
+    let expected = values(&read_metrics(&dir.join("metrics.jsonl")).unwrap());
+    std::fs::remove_dir_all(dir.join("checkpoints/final")).unwrap();
+    run(cfg_text, &dir, None, true);
+    let broken = dir;
+    let resumed = values(&read_metrics(&broken.join("metrics.jsonl")).unwrap());
+    assert_eq!(
+        resumed.len(),
+        expected.len(),
+        "one row per step after resume"
+    );
+    assert_eq!(resumed, expected);
+}
+
+#[test]
+fn sft_resumed_after_a_crash_continues_the_same_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("d.jsonl");
+    write_sft(&data);
+    check_resume_matches(&sft_config(&model, &data), tmp.path());
+}
+
+#[test]
+fn grpo_resumed_after_a_crash_continues_the_same_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("p.jsonl");
+    write_prompts(&data);
+    check_resume_matches(&grpo_config(&model, &data), tmp.path());
+}
+
+/// The real thing: `kill -9` on the training process, then `--resume`.
+#[test]
+fn kill_9_then_resume_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("d.jsonl");
+    write_sft(&data);
+    let cfg_path = tmp.path().join("sft.toml");
+    let text = sft_config(&model, &data).replace("max_steps = 8", "max_steps = 400");
+    std::fs::write(&cfg_path, &text).unwrap();
+    let dir = tmp.path().join("run");
+    let bin = env!("CARGO_BIN_EXE_rlft");
+    let mut child = Command::new(bin)
+        .args([
+            "train",
+            cfg_path.to_str().unwrap(),
+            "--headless",
+            "--run-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rlft::engine::algo::state::latest_checkpoint(&dir).is_none() && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = read_metrics(&dir.join("metrics.jsonl")).unwrap().len();
+    assert!(before >= 4, "killed after {before} steps");
+    let status = Command::new(bin)
+        .args([
+            "train",
+            cfg_path.to_str().unwrap(),
+            "--headless",
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--resume",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<usize> = rows.iter().map(|r| r.step).collect();
+    assert_eq!(
+        steps,
+        (1..=400).collect::<Vec<_>>(),
+        "one row per step, no gaps or repeats"
+    );
+}
