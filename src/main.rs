@@ -16,7 +16,7 @@ use rlft::engine::session::{self, LaunchOptions};
 use rlft::engine::tokenizer::ChatMessage;
 
 /// The config `rlft` runs when given no subcommand.
-const DEFAULT_CONFIG: &str = "configs/sft.toml";
+const DEFAULT_CONFIG: &str = "configs/grpo.toml";
 
 #[derive(Parser)]
 #[command(
@@ -393,7 +393,7 @@ fn bench(
     choice: DeviceChoice,
 ) -> Result<()> {
     let device = choice.init().map_err(anyhow::Error::msg)?;
-    let loaded = model::load(path, &device, Heads::Lm)?;
+    let loaded = model::load(path, &device.clone().autodiff(), Heads::Lm)?;
     let opts = rlft::engine::bench::BenchOptions { batch, seq, iters };
     let name = path.display().to_string();
     let r = rlft::engine::bench::run(

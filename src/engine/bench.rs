@@ -84,8 +84,8 @@ fn batch_of(rows: &[Vec<u32>]) -> PaddedBatch {
     pad_batch(&refs, 0, false)
 }
 
-/// Runs the three measurements on `model` (loaded on a plain device; training uses an
-/// autodiff copy on the same backend).
+/// Runs the three measurements on `model`, which must be loaded on `device.autodiff()`:
+/// training uses it directly, scoring and rollouts a no-grad `valid()` copy.
 pub fn run(
     name: &str,
     config: &LlamaConfig,
@@ -138,7 +138,7 @@ pub fn run(
 
     // Training: forward + backward + AdamW on an autodiff copy.
     let train_device = device.clone().autodiff();
-    let mut policy = model.to_device(&train_device);
+    let mut policy = model;
     let mut optim = Optimizer::new(OptimConfig::default());
     let train_batch = BatchTensors::new(&batch_of(&rows), &train_device);
     let mut step = |policy: Llama| {
