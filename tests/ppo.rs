@@ -334,3 +334,61 @@ fn ppo_config_needs_a_reward_source() {
     .unwrap_err();
     assert!(err.contains("[[rewards]]"), "{err}");
 }
+
+/// Metrics by step without wall-clock values (the only ones that legitimately differ).
+fn comparable(rows: &[MetricsRow]) -> Vec<(usize, Vec<(String, f64)>)> {
+    rows.iter()
+        .map(|r| {
+            let v = r
+                .values
+                .iter()
+                .filter(|(k, _)| !k.contains("time") && !k.starts_with("timing"))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            (r.step, v)
+        })
+        .collect()
+}
+
+#[test]
+fn ppo_resumed_after_a_crash_continues_the_same_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "tiny", false);
+    let train = tmp.path().join("prompts.jsonl");
+    write_prompts(&train, 32);
+    let mut cfg = ppo_config(
+        &model,
+        &train,
+        6,
+        "adaptive_kl = { target = 1e-3, horizon = 10 }",
+        EXACT_MATCH,
+    );
+    cfg.train.save_steps = 3;
+    let dir = tmp.path().join("run");
+    let run = |resume: bool| {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let opts = LaunchOptions {
+            run_dir: Some(dir.clone()),
+            resume,
+            ..Default::default()
+        };
+        session::launch(cfg.clone(), &opts, tx)
+            .unwrap()
+            .thread
+            .join()
+            .unwrap();
+        assert_finished(&rx.try_iter().collect::<Vec<_>>(), 6);
+    };
+    run(false);
+    let expected = comparable(&read_metrics(&dir.join("metrics.jsonl")).unwrap());
+    assert!(
+        dir.join("checkpoints/step-000003/value/model.safetensors")
+            .exists()
+    );
+    // A crash after the last step but before the final save: resuming redoes steps 4-6 from
+    // the step-3 checkpoint (policy, value model, optimizers, data position, KL coefficient).
+    std::fs::remove_dir_all(dir.join("checkpoints/final")).unwrap();
+    run(true);
+    let resumed = comparable(&read_metrics(&dir.join("metrics.jsonl")).unwrap());
+    assert_eq!(resumed, expected);
+}

@@ -336,7 +336,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         eval.truncate(g.eval_max_items);
     }
     // `reward_model` sources run on the plain device: scoring needs no gradients.
-    let mut sources = reward::model::build_all_on(&cfg.rewards, &device.clone().without_autodiff())
+    let scorer_device = device.clone().without_autodiff();
+    let mut sources = reward::model::build_all_on(&cfg.rewards, &scorer_device)
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     if sources.is_empty() {
         return Err(TrainError::Invalid(

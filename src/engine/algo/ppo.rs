@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::grpo::{self, PromptItem, Rollout};
 use super::losses::{self, AdaptiveKl, FixedKl, KlController, KlEstimator};
 use super::sequences::{SeqBatch, score};
+use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, masked_mean, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
@@ -440,6 +441,34 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         .map_or(1.0, |lr| lr / cfg.optim.learning_rate);
     let mut kl_ctl = p.kl_controller()?;
     let mut sampler = EpochSampler::new(train.len(), cfg.seed);
+    let mut step = 0;
+    let mut num_tokens = 0usize;
+    // Resuming: policy, value model, both optimizers, data position and KL coefficient
+    // continue from the checkpoint; the reference stays the original model.
+    let resume = match ctx.resume_from.clone() {
+        Some(ck) => {
+            let state = TrainerState::load(&ck)?;
+            let extra: ResumeExtra = serde_json::from_value(state.extra.clone())
+                .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.display())))?;
+            let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
+            (policy, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
+            let value_weights = model::load(&ck.join(VALUE_DIR), &train_device, Heads::Score)?;
+            value_model = state::assign_param_ids(value_weights.model, &extra.value_param_ids)?;
+            value_optim = value_optim
+                .load(&ck.join(VALUE_OPTIMIZER_FILE))
+                .map_err(TrainError::Invalid)?;
+            kl_ctl = extra.kl_controller;
+            step = state.step;
+            num_tokens = state.num_tokens;
+            ctx.resume_at(step, state.wall_time);
+            ctx.log(
+                LogLevel::Info,
+                format!("resumed from {} at step {step}", ck.display()),
+            );
+            true
+        }
+        None => false,
+    };
     let pad = tokenizer
         .pad_id()
         .or_else(|| tokenizer.eos_ids().first().copied())
@@ -453,7 +482,6 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         seed: cfg.seed,
     };
     let total_steps = train_cfg.max_steps;
-    let mut num_tokens = 0usize;
 
     ctx.send(Event::Started {
         run: ctx.id.clone(),
@@ -471,7 +499,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             eval.len(),
             p.num_mini_batches,
             p.num_ppo_epochs,
-            value_path.display(),
+            match &p.value_model {
+                Some(v) => v.display().to_string(),
+                None => "the policy, with a fresh head".into(),
+            },
             p.kl_coef,
             match &p.adaptive_kl {
                 Some(a) => format!("adaptive, target {} horizon {}", a.target, a.horizon),
@@ -479,7 +510,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             }
         ),
     );
-    if !eval.is_empty() {
+    if !eval.is_empty() && !resume {
         let metrics = grpo::evaluate(
             &policy.valid(),
             &eval,
@@ -496,14 +527,29 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         tokenizer: &tokenizer,
         generation_config: &loaded.generation_config,
     };
-    let mut step = 0;
     while step < total_steps {
         match ctx.poll() {
             Control::Stop => {
-                saver.save(&policy, ctx, step, true)?;
+                let progress = Progress {
+                    sampler: &sampler,
+                    optim: &optim,
+                    value_optim: &value_optim,
+                    num_tokens,
+                    kl: &kl_ctl,
+                };
+                saver.save(&policy, &value_model, ctx, step, true, progress)?;
                 return Ok(RunStatus::Stopped);
             }
-            Control::Save => saver.save(&policy, ctx, step, false)?,
+            Control::Save => {
+                let progress = Progress {
+                    sampler: &sampler,
+                    optim: &optim,
+                    value_optim: &value_optim,
+                    num_tokens,
+                    kl: &kl_ctl,
+                };
+                saver.save(&policy, &value_model, ctx, step, false, progress)?;
+            }
             Control::Continue => {}
         }
         let started = Instant::now();
@@ -696,13 +742,27 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             .collect();
         ctx.samples(step, samples);
         if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total_steps {
-            saver.save(&policy, ctx, step, false)?;
+            let progress = Progress {
+                sampler: &sampler,
+                optim: &optim,
+                value_optim: &value_optim,
+                num_tokens,
+                kl: &kl_ctl,
+            };
+            saver.save(&policy, &value_model, ctx, step, false, progress)?;
             if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
                 ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
             }
         }
     }
-    saver.save(&policy, ctx, step, true)?;
+    let progress = Progress {
+        sampler: &sampler,
+        optim: &optim,
+        value_optim: &value_optim,
+        num_tokens,
+        kl: &kl_ctl,
+    };
+    saver.save(&policy, &value_model, ctx, step, true, progress)?;
     Ok(RunStatus::Finished)
 }
 
@@ -719,8 +779,29 @@ fn penalised_scores(total: &[f32], ro: &Rollout, penalty: Option<f32>) -> Vec<f3
         .collect()
 }
 
-/// Writes the policy as a Hugging Face folder (what TRL saves; the value model is a training
-/// aid and is not kept).
+/// Value model folder inside a checkpoint (only needed to resume).
+const VALUE_DIR: &str = "value";
+const VALUE_OPTIMIZER_FILE: &str = "value_optimizer.bin";
+
+/// PPO's part of `trainer_state.json` (`extra`).
+#[derive(Serialize, Deserialize)]
+struct ResumeExtra {
+    kl_controller: KlController,
+    /// The value model's parameter ids, which key its optimizer's saved moments.
+    value_param_ids: Vec<u64>,
+}
+
+/// What a checkpoint needs besides the weights for the run to continue exactly.
+struct Progress<'a> {
+    sampler: &'a EpochSampler,
+    optim: &'a Optimizer,
+    value_optim: &'a Optimizer,
+    num_tokens: usize,
+    kl: &'a KlController,
+}
+
+/// Writes checkpoints: the policy as a Hugging Face folder (what TRL saves), and for resuming
+/// the value model in `value/`, both optimizers and the trainer state.
 struct Saver<'a> {
     config: &'a LlamaConfig,
     tokenizer: &'a Tokenizer,
@@ -731,9 +812,11 @@ impl Saver<'_> {
     fn save(
         &self,
         policy: &Llama,
+        value_model: &Llama,
         ctx: &mut RunContext,
         step: usize,
         is_final: bool,
+        progress: Progress,
     ) -> Result<(), TrainError> {
         let dir = if is_final {
             ctx.dir.final_dir()
@@ -747,6 +830,26 @@ impl Saver<'_> {
             Some(self.tokenizer),
             self.generation_config.as_ref(),
         )?;
+        hf::save_dir(&dir.join(VALUE_DIR), self.config, value_model, None, None)?;
+        progress
+            .value_optim
+            .save(&dir.join(VALUE_OPTIMIZER_FILE))
+            .map_err(TrainError::Invalid)?;
+        let mut state = TrainerState::capture(
+            step,
+            progress.sampler,
+            progress.num_tokens,
+            ctx.wall_time(),
+            policy,
+        );
+        let extra = ResumeExtra {
+            kl_controller: *progress.kl,
+            value_param_ids: state::param_ids(value_model),
+        };
+        state.extra = serde_json::to_value(extra)
+            .map_err(|e| TrainError::Invalid(format!("serialising PPO state: {e}")))?;
+        // Written last: the state file is what marks the checkpoint resumable.
+        state.save(&dir, progress.optim)?;
         ctx.send(Event::Checkpoint {
             run: ctx.id.clone(),
             step,
