@@ -156,7 +156,9 @@ fn event_loop(
     loop {
         // Keys: wait for one until the next frame is due, then take all that are queued.
         let wait = next_frame.saturating_duration_since(Instant::now());
+        let mut key_seen = false;
         if crossterm::event::poll(wait).context("reading the terminal")? {
+            key_seen = true;
             loop {
                 let ev = crossterm::event::read().context("reading the terminal")?;
                 app.on_terminal_event(ev);
@@ -181,7 +183,8 @@ fn event_loop(
             return Ok(());
         }
         let now = Instant::now();
-        if now >= next_frame {
+        // A key is answered at once (keys are rare); engine updates wait for the frame cap.
+        if now >= next_frame || key_seen {
             if app.dirty {
                 guard
                     .terminal
