@@ -1,0 +1,75 @@
+//! GRPO learns, measured (ignored in CI; run with
+//! `cargo test --release --test learning_grpo -- --ignored --nocapture`): the shipped
+//! `configs/grpo.toml` on the shipped base model, stopped after 10 minutes of wall time, must
+//! raise held-out arithmetic exact match by at least 30 points.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rlft::engine::config::RunConfig;
+use rlft::engine::events::{Command, Event};
+use rlft::engine::run::read_metrics;
+use rlft::engine::session::{self, LaunchOptions};
+
+/// The budget: "within 10 minutes on this 2-core machine".
+const BUDGET: Duration = Duration::from_secs(600);
+const METRIC: &str = "eval/rewards/exact_match/mean";
+
+#[test]
+#[ignore = "slow: ten minutes of GRPO on the base model"]
+fn grpo_raises_heldout_arithmetic_exact_match_by_30_points_in_10_minutes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("configs/grpo.toml"))
+        .unwrap()
+        .replace("\"assets/", &format!("\"{}/assets/", root.display()));
+    let cfg = RunConfig::from_toml(&text).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        run_dir: Some(tmp.path().join("grpo")),
+        max_steps: Some(100_000),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    let mut stopped = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Finished { .. }) => break,
+            Ok(Event::Failed { error, .. }) => panic!("GRPO failed: {error}"),
+            _ => {}
+        }
+        if !stopped && started.elapsed() >= BUDGET {
+            handle.commands.send(Command::Stop).unwrap();
+            stopped = true;
+        }
+    }
+    handle.thread.join().unwrap();
+    let rows = read_metrics(&tmp.path().join("grpo/metrics.jsonl")).unwrap();
+    let curve: Vec<(usize, f64, f64)> = rows
+        .iter()
+        .filter_map(|r| r.values.get(METRIC).map(|v| (r.step, r.wall_time, *v)))
+        .collect();
+    for (step, wall, v) in &curve {
+        eprintln!("step {step:4}  {wall:6.1} s  held-out exact match {:.1}%", v * 100.0);
+    }
+    let before = curve.first().unwrap().2;
+    let best_within_budget = curve
+        .iter()
+        .filter(|(_, wall, _)| *wall <= BUDGET.as_secs_f64())
+        .map(|c| c.2)
+        .fold(0.0, f64::max);
+    let last = curve.last().unwrap().2;
+    eprintln!(
+        "held-out exact match: {:.1}% before, {:.1}% at the end ({:.1}% best) after {:.0} s",
+        before * 100.0,
+        last * 100.0,
+        best_within_budget * 100.0,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        last - before >= 0.30,
+        "GRPO raised held-out exact match by {:.1} points",
+        (last - before) * 100.0
+    );
+}
