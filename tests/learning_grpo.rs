@@ -51,7 +51,10 @@ fn grpo_raises_heldout_arithmetic_exact_match_by_30_points_in_10_minutes() {
         .filter_map(|r| r.values.get(METRIC).map(|v| (r.step, r.wall_time, *v)))
         .collect();
     for (step, wall, v) in &curve {
-        eprintln!("step {step:4}  {wall:6.1} s  held-out exact match {:.1}%", v * 100.0);
+        eprintln!(
+            "step {step:4}  {wall:6.1} s  held-out exact match {:.1}%",
+            v * 100.0
+        );
     }
     let before = curve.first().unwrap().2;
     let best_within_budget = curve

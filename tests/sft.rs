@@ -177,10 +177,14 @@ fn a_nan_loss_fails_naming_the_step_and_saves_nothing() {
     let model = tiny_model(tmp.path());
     // Poison one weight.
     let mut tensors = rlft::engine::weights::NamedTensors::new();
-    rlft::engine::model::hf::read_safetensors(&model.join("model.safetensors"), &mut tensors).unwrap();
+    rlft::engine::model::hf::read_safetensors(&model.join("model.safetensors"), &mut tensors)
+        .unwrap();
     tensors.get_mut("model.norm.weight").unwrap().data[0] = f32::NAN;
     rlft::engine::model::hf::write_safetensors(&model.join("model.safetensors"), &tensors).unwrap();
-    let (train, eval) = (tmp.path().join("train.jsonl"), tmp.path().join("eval.jsonl"));
+    let (train, eval) = (
+        tmp.path().join("train.jsonl"),
+        tmp.path().join("eval.jsonl"),
+    );
     write_data(&train, 32, 1);
     write_data(&eval, 8, 2);
     let (events, dir) = run_to_end(config(&model, &train, &eval, 5), &tmp.path().join("runs"));
@@ -192,6 +196,9 @@ fn a_nan_loss_fails_naming_the_step_and_saves_nothing() {
         })
         .expect("the run fails");
     assert_eq!(step, Some(1), "{error}");
-    assert!(error.contains("step 1") && error.to_lowercase().contains("nan"), "{error}");
+    assert!(
+        error.contains("step 1") && error.to_lowercase().contains("nan"),
+        "{error}"
+    );
     assert!(!dir.join("checkpoints/final").exists());
 }

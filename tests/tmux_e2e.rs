@@ -52,47 +52,88 @@ fn start_watch_label_quit_in_tmux() {
         env!("CARGO_BIN_EXE_rlft")
     );
     let started = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session, "-x", "160", "-y", "48", "-c"])
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "160",
+            "-y",
+            "48",
+            "-c",
+        ])
         .arg(tmp.path())
         .arg(&cmd)
         .status()
         .unwrap();
     assert!(started.success());
 
-    let screen = wait_for(&session, "the GRPO run to take a step", Duration::from_secs(120), |s| {
-        step_on(s).is_some_and(|n| n >= 1)
-    });
+    let screen = wait_for(
+        &session,
+        "the GRPO run to take a step",
+        Duration::from_secs(120),
+        |s| step_on(s).is_some_and(|n| n >= 1),
+    );
     let first = step_on(&screen).unwrap();
-    let screen = wait_for(&session, "the step counter to advance", Duration::from_secs(120), |s| {
-        step_on(s).is_some_and(|n| n > first)
-    });
+    let screen = wait_for(
+        &session,
+        "the step counter to advance",
+        Duration::from_secs(120),
+        |s| step_on(s).is_some_and(|n| n > first),
+    );
     assert!(screen.contains("grpo-arith"), "{screen}");
 
     // Pairs pane, label the first pair "A better".
     tmux(&["send-keys", "-t", &session, "4"]);
-    wait_for(&session, "a pair to label", Duration::from_secs(120), |s| s.contains("Which answer is better"));
+    wait_for(&session, "a pair to label", Duration::from_secs(120), |s| {
+        s.contains("Which answer is better")
+    });
     tmux(&["send-keys", "-t", &session, "a"]);
-    wait_for(&session, "the label to be confirmed", Duration::from_secs(10), |s| s.contains("labeled 1"));
+    wait_for(
+        &session,
+        "the label to be confirmed",
+        Duration::from_secs(10),
+        |s| s.contains("labeled 1"),
+    );
 
     // Quit: the live run is stopped (it checkpoints) after confirmation.
     tmux(&["send-keys", "-t", &session, "q"]);
-    wait_for(&session, "the quit question", Duration::from_secs(10), |s| s.contains("Quit rlft?"));
+    wait_for(
+        &session,
+        "the quit question",
+        Duration::from_secs(10),
+        |s| s.contains("Quit rlft?"),
+    );
     tmux(&["send-keys", "-t", &session, "y"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while tmux(&["has-session", "-t", &session]).is_empty()
-        && Command::new("tmux").args(["has-session", "-t", &session]).status().is_ok_and(|s| s.success())
+        && Command::new("tmux")
+            .args(["has-session", "-t", &session])
+            .status()
+            .is_ok_and(|s| s.success())
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(250));
     }
     let prefs = std::fs::read_to_string(tmp.path().join("runs/labels/preferences.jsonl"))
         .expect("preferences.jsonl written");
-    let rows: Vec<serde_json::Value> = prefs.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = prefs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 1, "{prefs}");
     for key in ["prompt", "chosen", "rejected"] {
         assert!(rows[0].get(key).is_some(), "{prefs}");
     }
-    assert!(tmp.path().join("runs/grpo-arith/checkpoints/final/model.safetensors").exists());
+    assert!(
+        tmp.path()
+            .join("runs/grpo-arith/checkpoints/final/model.safetensors")
+            .exists()
+    );
     let stderr = std::fs::read_to_string(tmp.path().join("stderr.log")).unwrap_or_default();
-    assert!(stderr.trim().is_empty(), "nothing may write over the screen: {stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "nothing may write over the screen: {stderr}"
+    );
 }
