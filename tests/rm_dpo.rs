@@ -420,3 +420,54 @@ fn preference_sections_parse_with_trl_defaults_and_reject_bad_values() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// Metric rows without the timings, which differ between runs.
+fn comparable(rows: &[MetricsRow]) -> Vec<(usize, Vec<(String, f64)>)> {
+    rows.iter()
+        .map(|r| {
+            let v = r
+                .values
+                .iter()
+                .filter(|(k, _)| !k.contains("time"))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            (r.step, v)
+        })
+        .collect()
+}
+
+#[test]
+fn rm_and_dpo_resumed_after_a_crash_continue_the_same_metrics() {
+    let s = setup(1, 7);
+    for method in ["rm", "dpo"] {
+        // Checkpoints at steps 3 and 6 (final); eval at 6.
+        let cfg = config(method, &s.model, &s.train, &s.eval, 6, "");
+        let dir = s.root.join(format!("resume-{method}"));
+        let run = |resume: bool| {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let opts = LaunchOptions {
+                run_dir: Some(dir.clone()),
+                resume,
+                ..Default::default()
+            };
+            session::launch(cfg.clone(), &opts, tx)
+                .unwrap()
+                .thread
+                .join()
+                .unwrap();
+            assert_finished(&rx.try_iter().collect::<Vec<_>>(), 6);
+        };
+        run(false);
+        let expected = comparable(&read_metrics(&dir.join("metrics.jsonl")).unwrap());
+        assert!(
+            dir.join("checkpoints/step-000003/trainer_state.json")
+                .exists()
+        );
+        // A crash before the final save: resuming redoes steps 4-6 from the step-3 checkpoint
+        // (DPO against the original reference, not the checkpoint).
+        std::fs::remove_dir_all(dir.join("checkpoints/final")).unwrap();
+        run(true);
+        let resumed = comparable(&read_metrics(&dir.join("metrics.jsonl")).unwrap());
+        assert_eq!(resumed, expected, "{method}");
+    }
+}

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::losses::{self, DpoLoss};
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::{score, sequence_logprob};
+use super::state::TrainerState;
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
@@ -307,7 +308,26 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         None => Vec::new(),
     };
     let pad = preference::pad_id(&tokenizer);
+    let reference = loaded.model.valid();
     let mut policy = loaded.model;
+    let mut optim = Optimizer::new(cfg.optim.clone());
+    let mut sampler = EpochSampler::new(train.len(), cfg.seed);
+    let mut num_tokens = 0usize;
+    let mut step = 0;
+    // Resuming: the policy continues from the checkpoint; the reference is still the
+    // starting model, so its cache is recomputed from `[model] path`.
+    if let Some(ck) = ctx.resume_from.clone() {
+        let state = TrainerState::load(&ck)?;
+        let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
+        (policy, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
+        step = state.step;
+        num_tokens = state.num_tokens;
+        ctx.resume_at(step, state.wall_time);
+        ctx.log(
+            LogLevel::Info,
+            format!("resumed from {} at step {step}", ck.display()),
+        );
+    }
     let (bs, ga, total) = (
         train_cfg.per_device_train_batch_size,
         train_cfg.gradient_accumulation_steps,
@@ -327,13 +347,9 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     });
     ctx.status(RunStatus::Running);
     let cache_started = Instant::now();
-    let (train, eval) = {
-        let reference = policy.valid();
-        (
-            cache_reference(&reference, train, pad, &plain),
-            cache_reference(&reference, eval, pad, &plain),
-        )
-    };
+    let train = cache_reference(&reference, train, pad, &plain);
+    let eval = cache_reference(&reference, eval, pad, &plain);
+    drop(reference);
     ctx.log(
         LogLevel::Info,
         format!(
@@ -350,18 +366,16 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ),
     );
     let with_nll = d.rpo_alpha.is_some_and(|a| a > 0.0);
-    let mut optim = Optimizer::new(cfg.optim.clone());
-    let mut sampler = EpochSampler::new(train.len(), cfg.seed);
-    let mut num_tokens = 0usize;
 
-    let mut step = 0;
     while step < total {
         match ctx.poll() {
             Control::Stop => {
-                saver.save(&policy, ctx, step, true)?;
+                saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
                 return Ok(RunStatus::Stopped);
             }
-            Control::Save => saver.save(&policy, ctx, step, false)?,
+            Control::Save => {
+                saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?
+            }
             Control::Continue => {}
         }
         let started = Instant::now();
@@ -411,12 +425,12 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             }
         }
         if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total {
-            saver.save(&policy, ctx, step, false)?;
+            saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?;
             if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
                 ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
             }
         }
     }
-    saver.save(&policy, ctx, step, true)?;
+    saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
     Ok(RunStatus::Finished)
 }

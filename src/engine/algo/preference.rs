@@ -9,9 +9,11 @@ use burn::prelude::*;
 
 use super::TrainError;
 use super::sequences::SeqBatch;
-use crate::engine::data::{self, Example, Prompt};
+use super::state::TrainerState;
+use crate::engine::data::{self, EpochSampler, Example, Prompt};
 use crate::engine::events::Event;
 use crate::engine::model::{Llama, LlamaConfig, hf};
+use crate::engine::optim::Optimizer;
 use crate::engine::run::RunContext;
 use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
@@ -248,8 +250,11 @@ pub fn pad_id(tokenizer: &Tokenizer) -> u32 {
         .unwrap_or(0)
 }
 
-/// Writes the Hugging Face folders of a run (`checkpoints/step-N`, `checkpoints/final`) and
-/// reports them.
+/// Where a run is, for checkpoints a resume can continue from: sampler, optimizer, tokens.
+pub type Progress<'a> = (&'a EpochSampler, &'a Optimizer, usize);
+
+/// Writes the Hugging Face folders of a run (`checkpoints/step-N`, `checkpoints/final`), with
+/// the trainer state a resume needs, and reports them.
 pub struct Saver<'a> {
     pub config: &'a LlamaConfig,
     pub tokenizer: &'a Tokenizer,
@@ -263,6 +268,7 @@ impl Saver<'_> {
         ctx: &mut RunContext,
         step: usize,
         is_final: bool,
+        progress: Progress<'_>,
     ) -> Result<(), TrainError> {
         let dir = if is_final {
             ctx.dir.final_dir()
@@ -276,6 +282,9 @@ impl Saver<'_> {
             Some(self.tokenizer),
             self.generation_config.as_ref(),
         )?;
+        let (sampler, optim, num_tokens) = progress;
+        TrainerState::capture(step, sampler, num_tokens, ctx.wall_time(), model)
+            .save(&dir, optim)?;
         ctx.send(Event::Checkpoint {
             run: ctx.id.clone(),
             step,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::last_token_scores;
+use super::state::TrainerState;
 use super::{TrainError, TrainOutcome, losses, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
@@ -197,6 +198,19 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         train_cfg.max_steps,
     );
     let mut num_tokens = 0usize;
+    let mut step = 0;
+    if let Some(ck) = ctx.resume_from.clone() {
+        let state = TrainerState::load(&ck)?;
+        let weights = model::load(&ck, &train_device, Heads::Score)?.model;
+        (model, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
+        step = state.step;
+        num_tokens = state.num_tokens;
+        ctx.resume_at(step, state.wall_time);
+        ctx.log(
+            LogLevel::Info,
+            format!("resumed from {} at step {step}", ck.display()),
+        );
+    }
     let saver = Saver {
         config: &model_cfg,
         tokenizer: &tokenizer,
@@ -222,7 +236,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ),
     );
     let eval_every = train_cfg.eval_steps;
-    if eval_every > 0 && !eval.is_empty() {
+    // The untrained head's accuracy, as a baseline.
+    if eval_every > 0 && !eval.is_empty() && step == 0 {
         let stats = evaluate(
             &model.valid(),
             &eval,
@@ -236,14 +251,15 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx.samples(0, eval_samples(&eval, &stats, 0));
     }
 
-    let mut step = 0;
     while step < total {
         match ctx.poll() {
             Control::Stop => {
-                saver.save(&model, ctx, step, true)?;
+                saver.save(&model, ctx, step, true, (&sampler, &optim, num_tokens))?;
                 return Ok(RunStatus::Stopped);
             }
-            Control::Save => saver.save(&model, ctx, step, false)?,
+            Control::Save => {
+                saver.save(&model, ctx, step, false, (&sampler, &optim, num_tokens))?
+            }
             Control::Continue => {}
         }
         let started = Instant::now();
@@ -300,13 +316,13 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             ctx.samples(step, s);
         }
         if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total {
-            saver.save(&model, ctx, step, false)?;
+            saver.save(&model, ctx, step, false, (&sampler, &optim, num_tokens))?;
             if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
                 ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
             }
         }
     }
-    saver.save(&model, ctx, step, true)?;
+    saver.save(&model, ctx, step, true, (&sampler, &optim, num_tokens))?;
     Ok(RunStatus::Finished)
 }
 
