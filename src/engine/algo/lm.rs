@@ -206,6 +206,9 @@ pub fn train_lm(
         }
     }
     let dir = ctx.dir.final_dir();
+    // A run that took no step has nothing to publish: never replace a trained model (e.g. the
+    // shipped base model) with an untrained one.
+    let final_copy = final_copy.filter(|_| step > 0);
     save(&setup, &model, ctx, step, dir, final_copy, None)?;
     Ok(RunStatus::Finished)
 }
