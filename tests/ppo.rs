@@ -392,3 +392,35 @@ fn ppo_resumed_after_a_crash_continues_the_same_metrics() {
     let resumed = comparable(&read_metrics(&dir.join("metrics.jsonl")).unwrap());
     assert_eq!(resumed, expected);
 }
+
+/// A NaN loss (here from a value model with a poisoned head) ends the run with an error naming
+/// the step, and no checkpoint is written.
+#[test]
+fn a_nan_loss_fails_ppo_naming_the_step_and_saves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tiny_model(tmp.path(), "policy", false);
+    let value = tiny_model(tmp.path(), "value", true);
+    let mut tensors = rlft::engine::weights::NamedTensors::new();
+    let file = value.join("model.safetensors");
+    rlft::engine::model::hf::read_safetensors(&file, &mut tensors).unwrap();
+    tensors.get_mut("score.weight").unwrap().data[0] = f32::NAN;
+    rlft::engine::model::hf::write_safetensors(&file, &tensors).unwrap();
+    let train = tmp.path().join("p.jsonl");
+    write_prompts(&train, 16);
+    let extra = format!("value_model = \"{}\"", value.display());
+    let cfg = ppo_config(&policy, &train, 3, &extra, EXACT_MATCH);
+    let (events, dir) = run_to_end(cfg, &tmp.path().join("runs"));
+    let (step, error) = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Failed { step, error, .. } => Some((*step, error.clone())),
+            _ => None,
+        })
+        .expect("the run fails");
+    assert_eq!(step, Some(1), "{error}");
+    assert!(
+        error.contains("step 1") && error.to_lowercase().contains("nan"),
+        "{error}"
+    );
+    assert!(!dir.join("checkpoints/final").exists());
+}

@@ -471,3 +471,36 @@ fn rm_and_dpo_resumed_after_a_crash_continue_the_same_metrics() {
         assert_eq!(resumed, expected, "{method}");
     }
 }
+
+/// Poisons one weight of a model folder so the first forward pass gives NaN.
+fn poison(model: &Path) {
+    let mut tensors = rlft::engine::weights::NamedTensors::new();
+    let file = model.join("model.safetensors");
+    rlft::engine::model::hf::read_safetensors(&file, &mut tensors).unwrap();
+    tensors.get_mut("model.norm.weight").unwrap().data[0] = f32::NAN;
+    rlft::engine::model::hf::write_safetensors(&file, &tensors).unwrap();
+}
+
+/// A NaN loss ends an RM or DPO run with an error naming the step, and writes no checkpoint.
+#[test]
+fn a_nan_loss_fails_rm_and_dpo_naming_the_step_and_saves_nothing() {
+    let s = setup(1, 6);
+    poison(&s.model);
+    for method in ["rm", "dpo"] {
+        let cfg = config(method, &s.model, &s.train, &s.eval, 4, "");
+        let (events, dir) = run_to_end(cfg, &s.root);
+        let (step, error) = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Failed { step, error, .. } => Some((*step, error.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{method}: the run should fail"));
+        assert_eq!(step, Some(1), "{method}: {error}");
+        assert!(
+            error.contains("step 1") && error.to_lowercase().contains("nan"),
+            "{method}: {error}"
+        );
+        assert!(!dir.join("checkpoints").read_dir().unwrap().any(|_| true));
+    }
+}
