@@ -30,6 +30,7 @@ const DEFAULT_CONFIG: &str = "configs/grpo.toml";
   rlft generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt 'Hi!'
   rlft pretrain configs/pretrain.toml
   rlft convert models/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-hf
+  rlft serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8080
   rlft bench --model assets/base"
 )]
 struct Cli {
@@ -64,6 +65,25 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
+    },
+    /// Serve a model folder or .gguf file over an OpenAI-compatible HTTP API.
+    #[command(
+        after_help = "Example:\n  rlft serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8080\n\n\
+                      Endpoints: GET /v1/models, POST /v1/chat/completions (stream supported)."
+    )]
+    Serve {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+        /// The model id clients see (default: the file or folder name).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Train from a TOML config (see configs/).
     #[command(after_help = "Example:\n  rlft train configs/sft.toml --headless --max-steps 50")]
@@ -107,6 +127,32 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         iters: usize,
         /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+    /// Measure an AI judge on preference pairs with a known answer (TRL prompt/chosen/rejected
+    /// JSONL): accuracy, ties, order consistency and position bias.
+    #[command(
+        after_help = "Example:\n  rlft judge --model models/SmolLM2-135M-Instruct.Q4_1.gguf \\\n    --pairs assets/data/sentiment_prefs_eval.jsonl \\\n    --principle 'Prefer the answer that is more positive.' --limit 60"
+    )]
+    Judge {
+        /// A chat model folder or .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "Prefer the answer that is more helpful, correct and polite.")]
+        principle: String,
+        /// Preference pairs: JSONL with prompt, chosen and rejected.
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Judge only the first N pairs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Seed of the random assignment of chosen/rejected to answers a/b.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
         #[arg(long, default_value = "cpu")]
@@ -159,6 +205,13 @@ fn run(cli: Cli) -> Result<()> {
             },
             device,
         ),
+        Some(Cmd::Serve {
+            model,
+            host,
+            port,
+            device,
+            name,
+        }) => serve(&model, host, port, device, name),
         Some(Cmd::Train {
             config,
             headless,
@@ -188,6 +241,15 @@ fn run(cli: Cli) -> Result<()> {
             json,
             device,
         }) => bench(&model, batch, seq, iters.max(1), json, device),
+        Some(Cmd::Judge {
+            model,
+            principle,
+            pairs,
+            limit,
+            seed,
+            json,
+            device,
+        }) => judge(&model, &principle, &pairs, limit, seed, json, device),
     }
 }
 
@@ -209,6 +271,23 @@ fn workbench(
         device,
         ..Default::default()
     })
+}
+
+fn serve(
+    path: &std::path::Path,
+    host: String,
+    port: u16,
+    device: DeviceChoice,
+    name: Option<String>,
+) -> Result<()> {
+    use rlft::engine::serve::{ServeOptions, Server};
+    let device = device.init().map_err(anyhow::Error::msg)?;
+    let opts = ServeOptions { host, port, name };
+    let server = Server::start(path, &device, &opts)?;
+    println!("serving {} on {}", server.name(), server.base_url());
+    std::io::stdout().flush()?;
+    server.wait();
+    Ok(())
 }
 
 fn generate(
@@ -346,6 +425,10 @@ fn headless_line(event: &Event) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
+        Event::Pairs { step, pairs, .. } => Some(format!(
+            "step {step}: {} pair(s) queued for labelling in the workbench",
+            pairs.len()
+        )),
         Event::Log { level, message, .. } => Some(match level {
             LogLevel::Info => format!("info: {message}"),
             LogLevel::Warn => format!("warning: {message}"),
@@ -381,6 +464,50 @@ fn convert(gguf: &std::path::Path, out: &std::path::Path) -> Result<()> {
         generation_config.as_ref(),
     )?;
     println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `rlft judge`: loads a model judge and prints its figures on known preference pairs.
+fn judge(
+    path: &std::path::Path,
+    principle: &str,
+    pairs_path: &std::path::Path,
+    limit: Option<usize>,
+    seed: u64,
+    json: bool,
+    device: DeviceChoice,
+) -> Result<()> {
+    use rlft::engine::judge::{eval, model::ModelJudge};
+    let mut pairs = eval::read_pairs(pairs_path)?;
+    if let Some(n) = limit {
+        pairs.truncate(n);
+    }
+    if pairs.is_empty() {
+        bail!("{}: no preference pairs", pairs_path.display());
+    }
+    let device = device.init().map_err(anyhow::Error::msg)?;
+    let mut judge = ModelJudge::load(path, &device)?;
+    let (e, _) = eval::measure(&mut judge, principle, &pairs, seed, &mut |done, total| {
+        eprint!("\rjudged {done}/{total} pairs");
+    });
+    eprintln!();
+    if json {
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(());
+    }
+    let pct = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{:.1}%", 100.0 * x));
+    println!("judge              {}", path.display());
+    println!("principle          {principle}");
+    println!("pairs              {} ({} failed)", e.pairs, e.failed);
+    println!("accuracy           {} ({} of {} pairs; ties count as wrong)", pct(e.accuracy), e.correct, e.pairs);
+    println!("decisive accuracy  {} (of {} decisive verdicts)", pct(e.decisive_accuracy), e.decisive);
+    println!("tie rate           {}", pct(e.tie_rate));
+    println!("order consistency  {}", pct(e.consistency));
+    println!("first-position     {} (0.5 = no position bias)", pct(e.first_position_rate));
+    if let Some(p) = e.mean_p_chosen {
+        println!("mean p(chosen)     {p:.3}; p-accuracy {}", pct(e.p_accuracy));
+    }
+    println!("seconds            {:.1} ({:.2} s/pair)", e.seconds, e.seconds / e.pairs as f64);
     Ok(())
 }
 

@@ -424,3 +424,76 @@ fn a_nan_loss_fails_ppo_naming_the_step_and_saves_nothing() {
     );
     assert!(!dir.join("checkpoints/final").exists());
 }
+
+/// RLHF from live labels: people's labels (here written to the preference file directly, as
+/// the Pairs pane does) retrain the reward model every `retrain_every` labels, and the PPO run
+/// scores with the new version. The labels say the opposite of what the starting reward model
+/// learned, so the new version must rank the other way.
+#[test]
+fn rlhf_retrains_the_reward_model_from_labels_and_ppo_picks_it_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path(), "tiny", false);
+    let rm_dir = tmp.path().join("rm");
+    train_tiny_rm(&base, &rm_dir); // prefers "77" over "11"
+    let labels = tmp.path().join("preferences.jsonl");
+    let write_labels = |n: usize| {
+        let rows: Vec<String> = (0..n)
+            .map(|i| {
+                serde_json::json!({"prompt": format!("{}+{}=", i % 9, i % 7), "chosen": "11", "rejected": "77"})
+                    .to_string()
+            })
+            .collect();
+        std::fs::write(&labels, rows.join("\n") + "\n").unwrap();
+    };
+    write_labels(8);
+
+    // The refresher on its own: a version per `retrain_every` new labels.
+    let slot_rm = load_path(&rm_dir, &Device::flex()).unwrap();
+    let section = rlft::engine::algo::rlhf::RlhfSection {
+        labels: Some(labels.clone()),
+        retrain_every: 4,
+        rm_steps: 30,
+        rm_learning_rate: 1e-2,
+        rm_batch_size: 8,
+        rm_max_length: 32,
+    };
+    let run_dir = tmp.path().join("runs/manual");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut refresher = rlft::engine::algo::rlhf::Refresher::new(
+        section.clone(),
+        &run_dir,
+        rm_dir.clone(),
+        slot_rm.handle(),
+        0,
+    )
+    .unwrap();
+    let m = refresher.maybe_refresh(&Device::flex()).unwrap().expect("due");
+    assert_eq!(m["reward_model/version"], 1.0);
+    assert_eq!(m["reward_model/labels"], 8.0);
+    assert!(m["reward_model/train_accuracy"] > 0.9, "{m:?}");
+    let s = slot_rm.score_texts(&[("2+2=", "11"), ("2+2=", "77")]).unwrap();
+    assert!(s[0] > s[1], "the swapped-in model follows the labels: {s:?}");
+    assert!(run_dir.join("reward_model/v1/model.safetensors").exists());
+    assert!(refresher.maybe_refresh(&Device::flex()).unwrap().is_none());
+    write_labels(12);
+    let m = refresher.maybe_refresh(&Device::flex()).unwrap().expect("due again");
+    assert_eq!(m["reward_model/version"], 2.0);
+
+    // In a PPO run: the first step refreshes, and every step reports the version in use.
+    let train = tmp.path().join("prompts.jsonl");
+    write_prompts(&train, 16);
+    let rewards = format!(
+        "[[rewards]]\ntype = \"reward_model\"\npath = \"{}\"\nname = \"rm\"\n[rlhf]\nlabels = \"{}\"\n\
+         retrain_every = 4\nrm_steps = 10\nrm_learning_rate = 1e-2\nrm_batch_size = 8\n",
+        rm_dir.display(),
+        labels.display()
+    );
+    let cfg = ppo_config(&base, &train, 2, "", &rewards);
+    let (events, dir) = run_to_end(cfg, &tmp.path().join("runs"));
+    assert_finished(&events, 2);
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows[0].values["reward_model/version"], 1.0);
+    assert_eq!(rows[0].values["reward_model/labels"], 12.0);
+    assert_eq!(rows[1].values["reward_model/version"], 1.0);
+    assert!(dir.join("reward_model/v1/config.json").exists());
+}

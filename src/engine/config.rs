@@ -34,6 +34,9 @@ pub enum Method {
     Dpo,
     /// PPO for RLHF with a value model and KL-penalised rewards (TRL's `PPOTrainer`).
     Ppo,
+    /// DPO on pairs the policy writes as it trains, labelled live by an AI judge (RLAIF) or
+    /// people (TRL's `OnlineDPOTrainer`).
+    OnlineDpo,
 }
 
 impl Method {
@@ -45,6 +48,7 @@ impl Method {
             Method::Rm => "rm",
             Method::Dpo => "dpo",
             Method::Ppo => "ppo",
+            Method::OnlineDpo => "online_dpo",
         }
     }
 }
@@ -80,6 +84,15 @@ pub struct RunConfig {
     /// PPO settings (TRL's `PPOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ppo: Option<crate::engine::algo::ppo::PpoSection>,
+    /// Online DPO settings (TRL's `OnlineDPOConfig` names where TRL has them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_dpo: Option<crate::engine::algo::online_dpo::OnlineDpoSection>,
+    /// PPO only: retrain the reward model from live labels (RLHF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rlhf: Option<crate::engine::algo::rlhf::RlhfSection>,
+    /// The AI judge that labels pairs (RLAIF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<crate::engine::judge::JudgeConfig>,
     /// Reward sources, summed with their weights.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rewards: Vec<crate::engine::reward::RewardConfig>,
@@ -243,7 +256,12 @@ impl RunConfig {
             return Err("[optim] learning_rate must be a positive number".into());
         }
         match self.method {
-            Method::Sft | Method::Grpo | Method::Rm | Method::Dpo | Method::Ppo => {
+            Method::Sft
+            | Method::Grpo
+            | Method::Rm
+            | Method::Dpo
+            | Method::Ppo
+            | Method::OnlineDpo => {
                 if self.model.path.as_os_str().is_empty() {
                     return Err("[model] path is required (a model folder or .gguf file)".into());
                 }
@@ -270,6 +288,18 @@ impl RunConfig {
         }
         if let Some(dpo) = &self.dpo {
             dpo.validate()?;
+        }
+        if let Some(r) = &self.rlhf {
+            if self.method != Method::Ppo {
+                return Err("[rlhf] is for method = \"ppo\"".into());
+            }
+            r.validate()?;
+        }
+        if self.method == Method::OnlineDpo {
+            self.online_dpo
+                .clone()
+                .unwrap_or_default()
+                .validate(self.judge.is_some())?;
         }
         Ok(())
     }
@@ -298,9 +328,15 @@ impl RunConfig {
             if let crate::engine::reward::RewardConfig::RewardModel(c) = r {
                 fix(&mut c.path);
             }
+            if let crate::engine::reward::RewardConfig::Sentiment(c) = r {
+                c.lexicon.iter_mut().for_each(fix);
+            }
         }
         if let Some(v) = self.ppo.as_mut().and_then(|p| p.value_model.as_mut()) {
             fix(v);
+        }
+        if let Some(crate::engine::judge::JudgeConfig::Model(j)) = self.judge.as_mut() {
+            fix(&mut j.path);
         }
     }
 }

@@ -63,6 +63,13 @@ pub enum Event {
         step: usize,
         samples: Vec<SampleRecord>,
     },
+    /// Pairs the run asks people to label (online DPO / RLAIF with human labels), each with
+    /// the AI judge's verdict when one judged it. Also appended to the run's `pairs.jsonl`.
+    Pairs {
+        run: RunId,
+        step: usize,
+        pairs: Vec<crate::engine::labels::ProposedPair>,
+    },
     Log {
         run: RunId,
         level: LogLevel,
@@ -96,6 +103,7 @@ impl Event {
             Event::Started { run, .. }
             | Event::Metrics { run, .. }
             | Event::Samples { run, .. }
+            | Event::Pairs { run, .. }
             | Event::Log { run, .. }
             | Event::Status { run, .. }
             | Event::Checkpoint { run, .. }

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::events::SampleRecord;
+use crate::engine::judge::{Judgement, Verdict};
 
 /// Two answers to one prompt, waiting for a human to compare them.
 ///
@@ -138,6 +139,9 @@ pub struct DecisionEntry {
     /// Whether `a` was on the left when the decision was made (for position-bias counts).
     pub a_on_left: bool,
     pub decision: Decision,
+    /// The AI judge's verdict shown beside the pair when the person decided (for agreement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Verdict>,
 }
 
 impl DecisionEntry {
@@ -395,6 +399,17 @@ impl LabelLog {
         a_on_left: bool,
         decision: Decision,
     ) -> io::Result<u64> {
+        self.record_audited(pair, a_on_left, decision, None)
+    }
+
+    /// [`LabelLog::record`] with the AI judge's verdict that was shown beside the pair.
+    pub fn record_audited(
+        &mut self,
+        pair: &PairItem,
+        a_on_left: bool,
+        decision: Decision,
+        judge: Option<Verdict>,
+    ) -> io::Result<u64> {
         let seq = self.next_seq;
         self.append(LogEntry::Decision(DecisionEntry {
             seq,
@@ -407,6 +422,7 @@ impl LabelLog {
             origin_b: pair.origin_b.clone(),
             a_on_left,
             decision,
+            judge,
         }))?;
         Ok(seq)
     }
@@ -489,6 +505,61 @@ fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Reads a label log without opening it for writing (a trainer polling for new labels while
+/// the workbench appends). A missing file is an empty log; unparseable lines are skipped.
+pub fn read_log(path: &Path) -> io::Result<Vec<LogEntry>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_str::<LogEntry>(String::from_utf8_lossy(line).trim()).ok())
+        .collect())
+}
+
+/// A pair a run asks people to label, with the AI judge's verdict when a judge saw it first.
+/// Runs append these to `pairs.jsonl` in their folder (the persisted queue) and send them as
+/// [`crate::engine::events::Event::Pairs`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProposedPair {
+    #[serde(flatten)]
+    pub pair: PairItem,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Judgement>,
+    /// Why the judge gave no verdict (timeout, garbage reply), shown beside the pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_error: Option<String>,
+}
+
+/// Appends proposed pairs to a queue file and syncs it, so a crash loses none of them.
+pub fn append_proposed(path: &Path, pairs: &[ProposedPair]) -> io::Result<()> {
+    let mut text = String::new();
+    for p in pairs {
+        text.push_str(&serde_json::to_string(p).map_err(io::Error::other)?);
+        text.push('\n');
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_data()
+}
+
+/// Reads a queue file written by [`append_proposed`]; torn lines are skipped.
+pub fn read_proposed(path: &Path) -> io::Result<Vec<ProposedPair>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            serde_json::from_str::<ProposedPair>(String::from_utf8_lossy(line).trim()).ok()
+        })
+        .collect())
 }
 
 /// Pairs waiting to be labelled, in order; a pair id is only ever queued once.

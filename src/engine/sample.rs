@@ -114,6 +114,31 @@ pub fn generate(
     tokenizer: Option<&Tokenizer>,
     max_positions: usize,
 ) -> Vec<Generation> {
+    generate_with(
+        model,
+        prompts,
+        params,
+        eos_ids,
+        pad_id,
+        tokenizer,
+        max_positions,
+        &mut |_, _| true,
+    )
+}
+
+/// [`generate`], calling `on_token(row, generation so far)` after each token a row produces
+/// (for streaming). Returning `false` stops that row (a client that went away).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_with(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    eos_ids: &[u32],
+    pad_id: u32,
+    tokenizer: Option<&Tokenizer>,
+    max_positions: usize,
+    on_token: &mut dyn FnMut(usize, &Generation) -> bool,
+) -> Vec<Generation> {
     let device = model.embed_tokens.val().device();
     let b = prompts.len();
     if b == 0 {
@@ -172,6 +197,9 @@ pub fn generate(
                     .any(|s| text.contains(s.as_str()))
             {
                 g.finish = FinishReason::Stop;
+                done[row] = true;
+            }
+            if !on_token(row, g) {
                 done[row] = true;
             }
         }

@@ -98,6 +98,7 @@ pub fn launch(
                     Method::Ppo => algo::ppo::run(&cfg, &device, &mut ctx),
                     Method::Rm => algo::rm::run(&cfg, &device, &mut ctx),
                     Method::Dpo => algo::dpo::run(&cfg, &device, &mut ctx),
+                    Method::OnlineDpo => algo::online_dpo::run(&cfg, &device, &mut ctx),
                 }
             }));
             let event = match result {

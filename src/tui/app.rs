@@ -398,6 +398,7 @@ impl App {
                 self.pairs.add_samples(&id, step, &samples);
                 run.push_samples(step, samples);
             }
+            Event::Pairs { pairs, .. } => self.pairs.add_proposed(pairs),
             Event::Log { level, message, .. } => self.log.push(Some(&id), level, message),
             Event::Status { status, .. } => {
                 // A late status must not revive a run that has ended.

@@ -85,6 +85,7 @@ pub enum Action {
     BothBad,
     Skip,
     Undo,
+    AcceptJudge,
     Yes,
     No,
 }
@@ -543,6 +544,13 @@ pub const BINDINGS: &[Binding] = &[
         Action::Skip,
         "skip this pair",
         "skip",
+    ),
+    b(
+        S::Pairs,
+        &[Key::ch('j')],
+        Action::AcceptJudge,
+        "accept the AI judge's verdict shown under the answers",
+        "",
     ),
     b(
         S::Pairs,

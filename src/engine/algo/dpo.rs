@@ -103,10 +103,10 @@ impl DpoSection {
 }
 
 /// A pair with the cached reference log-probability sums of its two completions.
-struct RefPair {
-    pair: PreferencePair,
-    ref_chosen: f32,
-    ref_rejected: f32,
+pub(super) struct RefPair {
+    pub(super) pair: PreferencePair,
+    pub(super) ref_chosen: f32,
+    pub(super) ref_rejected: f32,
 }
 
 /// Sums of completion-token log-probabilities, `[2B]` (chosen rows then rejected rows), and the
@@ -124,7 +124,7 @@ fn forward(
 }
 
 /// Reference log-probability sums of every pair, with the no-grad starting policy.
-fn cache_reference(
+pub(super) fn cache_reference(
     reference: &Llama,
     pairs: Vec<PreferencePair>,
     pad: u32,
@@ -150,7 +150,7 @@ fn cache_reference(
 
 /// What one batch contributes to the metrics.
 #[derive(Default)]
-struct DpoStats {
+pub(super) struct DpoStats {
     loss_sum: f64,
     nll_sum: f64,
     chosen_rewards: Vec<f32>,
@@ -161,7 +161,7 @@ struct DpoStats {
 
 impl DpoStats {
     /// TRL's names, each preceded by `prefix` ("" for training, "eval_" for eval).
-    fn metrics(&self, prefix: &str, with_nll: bool) -> BTreeMap<String, f64> {
+    pub(super) fn metrics(&self, prefix: &str, with_nll: bool) -> BTreeMap<String, f64> {
         let n = self.chosen_rewards.len().max(1) as f64;
         let mean = |v: &[f32]| preference::stats(v).0;
         let pairs = self.chosen_rewards.iter().zip(&self.rejected_rewards);
@@ -186,7 +186,7 @@ impl DpoStats {
 }
 
 /// Loss (differentiable) of one batch, and its statistics added to `stats`.
-fn batch_loss(
+pub(super) fn batch_loss(
     model: &Llama,
     rows: &[&RefPair],
     d: &DpoSection,

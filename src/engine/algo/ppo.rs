@@ -40,7 +40,6 @@ use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
 use crate::engine::model::{self, Heads, Llama, LlamaConfig, hf, host_f32};
 use crate::engine::optim::Optimizer;
-use crate::engine::reward;
 use crate::engine::run::{Control, RunContext};
 use crate::engine::sample::{FinishReason, SamplingParams};
 use crate::engine::tokenizer::Tokenizer;
@@ -423,12 +422,39 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     if p.eval_max_items > 0 {
         eval.truncate(p.eval_max_items);
     }
-    let mut sources = reward::model::build_all_on(&cfg.rewards, &plain)
-        .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
+    let (mut sources, rm_slot) = super::rlhf::build_sources(&cfg.rewards, &plain)?;
     if sources.is_empty() {
         return Err(TrainError::Invalid(
             "PPO needs at least one [[rewards]] source".into(),
         ));
+    }
+    // RLHF from live labels: the reward model is retrained as people label pairs.
+    let mut refresher = match (&cfg.rlhf, rm_slot) {
+        (Some(r), Some((base, slot))) => Some(super::rlhf::Refresher::new(
+            r.clone(),
+            &ctx.dir.path,
+            base,
+            slot,
+            cfg.seed,
+        )?),
+        (Some(_), None) => {
+            return Err(TrainError::Invalid(
+                "[rlhf] retrains a reward model, but no [[rewards]] source has \
+                 type = \"reward_model\""
+                    .into(),
+            ));
+        }
+        (None, _) => None,
+    };
+    if let Some(r) = &refresher {
+        ctx.log(
+            LogLevel::Info,
+            format!(
+                "RLHF: the reward model retrains every {} new labels in {}",
+                r.retrain_every(),
+                r.labels_path().display()
+            ),
+        );
     }
 
     let reference = loaded.model.valid();
@@ -570,6 +596,26 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &model_cfg,
         )?;
         let gen_time = gen_started.elapsed().as_secs_f64();
+        let mut refresh_metrics = None;
+        if let Some(r) = refresher.as_mut() {
+            match r.maybe_refresh(&plain) {
+                Ok(Some(m)) => {
+                    ctx.log(
+                        LogLevel::Info,
+                        format!(
+                            "reward model v{} trained on {} labels; scoring with it from step {}",
+                            r.version,
+                            m.get("reward_model/labels").copied().unwrap_or(0.0),
+                            step + 1
+                        ),
+                    );
+                    refresh_metrics = Some(m);
+                }
+                Ok(None) => {}
+                // A bad label file must not end a long PPO run: keep the current version.
+                Err(e) => ctx.log(LogLevel::Warn, format!("reward model refresh failed: {e}")),
+            }
+        }
         let rewards = grpo::compute_rewards(&mut sources, &prompts, &ro)?;
         let scores = penalised_scores(&rewards.total, &ro, p.missing_eos_penalty);
 
@@ -725,6 +771,12 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 &tokenizer,
                 &model_cfg,
             )?);
+        }
+        if let Some(r) = &refresher {
+            values.insert("reward_model/version".into(), r.version as f64);
+        }
+        if let Some(m) = refresh_metrics {
+            values.extend(m);
         }
         ctx.metrics(step, values);
         let samples = (0..ro.texts.len().min(SAMPLES_PER_STEP))

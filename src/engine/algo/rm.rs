@@ -86,13 +86,13 @@ impl PairStats {
 }
 
 /// Bradley-Terry loss (a differentiable scalar) and the rewards of one batch of pairs.
-struct BatchOut {
-    loss: Tensor<1>,
-    chosen: Vec<f32>,
-    rejected: Vec<f32>,
+pub(super) struct BatchOut {
+    pub(super) loss: Tensor<1>,
+    pub(super) chosen: Vec<f32>,
+    pub(super) rejected: Vec<f32>,
 }
 
-fn pair_loss(
+pub(super) fn pair_loss(
     model: &Llama,
     pairs: &[&PreferencePair],
     use_margin: bool,

@@ -59,7 +59,7 @@ impl CommandReward {
     }
 
     /// The command line as a user would type it, for error messages.
-    fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         let quoted: Vec<String> = self
             .argv
             .iter()
@@ -74,7 +74,7 @@ impl CommandReward {
         quoted.join(" ")
     }
 
-    fn run(&self, input: Vec<u8>) -> Result<Vec<u8>, RewardError> {
+    pub(crate) fn run(&self, input: Vec<u8>) -> Result<Vec<u8>, RewardError> {
         let command = self.display();
         let mut cmd = Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..])
@@ -196,7 +196,7 @@ fn kill_group(child: &mut Child) {
 }
 
 /// The first [`QUOTE_BYTES`] of some output, lossily decoded.
-fn quote(bytes: &[u8]) -> String {
+pub(crate) fn quote(bytes: &[u8]) -> String {
     let head = &bytes[..bytes.len().min(QUOTE_BYTES)];
     let mut text = String::from_utf8_lossy(head).into_owned();
     if bytes.len() > QUOTE_BYTES {

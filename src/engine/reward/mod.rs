@@ -25,6 +25,11 @@
 //! [[rewards]]
 //! type = "reward_model"       # a Bradley-Terry model folder, scored by the trainer
 //! path = "runs/rm/checkpoints/final"
+//!
+//! [[rewards]]
+//! type = "sentiment"          # VADER compound score of the completion, -1 to 1
+//! weight = 1.0                # see `SentimentReward`; default name "sentiment"
+//! lexicon = "assets/lexicons/vader_lexicon.txt"   # optional; this is the default
 //! ```
 //!
 //! Logging follows TRL: each source's raw (unweighted) scores are `rewards/<name>/mean` and
@@ -41,6 +46,7 @@ mod command;
 mod exact;
 mod format;
 pub mod model;
+mod sentiment;
 mod weighted;
 
 use std::path::PathBuf;
@@ -49,8 +55,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use command::CommandReward;
+pub(crate) use command::quote as quote_output;
 pub use exact::ExactMatch;
 pub use format::FormatReward;
+pub use sentiment::{SentimentReward, Vader};
 pub use weighted::{RewardBreakdown, WeightedSum};
 
 use crate::engine::tasks::{AnswerKind, Task};
@@ -152,6 +160,7 @@ pub enum RewardConfig {
     Format(FormatConfig),
     Command(CommandConfig),
     RewardModel(RewardModelConfig),
+    Sentiment(SentimentConfig),
 }
 
 fn one() -> f32 {
@@ -215,6 +224,19 @@ pub struct RewardModelConfig {
     pub name: Option<String>,
 }
 
+/// `type = "sentiment"`: see [`SentimentReward`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentimentConfig {
+    #[serde(default = "one")]
+    pub weight: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// VADER lexicon file; default: the shipped `assets/lexicons/vader_lexicon.txt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexicon: Option<PathBuf>,
+}
+
 impl RewardConfig {
     /// Multiplies this source's scores in the total `reward`.
     pub fn weight(&self) -> f32 {
@@ -223,17 +245,19 @@ impl RewardConfig {
             RewardConfig::Format(c) => c.weight,
             RewardConfig::Command(c) => c.weight,
             RewardConfig::RewardModel(c) => c.weight,
+            RewardConfig::Sentiment(c) => c.weight,
         }
     }
 
     /// The logging name: `name` if given, else the type (`exact_match`, `format`,
-    /// `command`, `reward_model`).
+    /// `command`, `reward_model`, `sentiment`).
     pub fn name(&self) -> &str {
         let (name, default) = match self {
             RewardConfig::ExactMatch(c) => (&c.name, "exact_match"),
             RewardConfig::Format(c) => (&c.name, "format"),
             RewardConfig::Command(c) => (&c.name, "command"),
             RewardConfig::RewardModel(c) => (&c.name, "reward_model"),
+            RewardConfig::Sentiment(c) => (&c.name, "sentiment"),
         };
         name.as_deref().unwrap_or(default)
     }
@@ -294,6 +318,9 @@ pub fn build(
         }
         RewardConfig::RewardModel(c) => {
             return Err(RewardError::NeedsModel { config: c.clone() });
+        }
+        RewardConfig::Sentiment(c) => {
+            Box::new(SentimentReward::load(c.lexicon.as_deref())?.named(name))
         }
     })
 }
@@ -427,8 +454,10 @@ mod tests {
         let err =
             parse("[[rewards]]\ntype = \"command\"\ncommand = [\"x\"]\ntimeout = 1\n").unwrap_err();
         assert!(err.contains("timeout"), "{err}");
-        let err = parse("[[rewards]]\ntype = \"sentiment\"\n").unwrap_err();
-        assert!(err.contains("sentiment"), "{err}");
+        let err = parse("[[rewards]]\ntype = \"vibes\"\n").unwrap_err();
+        assert!(err.contains("vibes"), "{err}");
+        let err = parse("[[rewards]]\ntype = \"sentiment\"\nlexicon_path = \"x\"\n").unwrap_err();
+        assert!(err.contains("lexicon_path"), "{err}");
         assert!(
             parse("[[rewards]]\nweight = 1.0\n").is_err(),
             "type is required"

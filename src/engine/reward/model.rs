@@ -3,6 +3,7 @@
 //! without autodiff. Trainers plug it in through [`super::build_all_with`] with [`loader`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::prelude::*;
 
@@ -18,7 +19,9 @@ const SCORE_BATCH: usize = 32;
 pub struct RewardModel {
     name: String,
     path: PathBuf,
-    model: Llama,
+    /// Shared so an RLHF run can swap in a retrained model while the source is in use
+    /// ([`RewardModel::handle`]).
+    model: Arc<Mutex<Llama>>,
     tokenizer: Tokenizer,
     pad_id: u32,
     max_len: usize,
@@ -88,7 +91,7 @@ impl RewardModel {
         Ok(Self {
             name: cfg.name.clone().unwrap_or_else(|| "reward_model".into()),
             path,
-            model: loaded.model,
+            model: Arc::new(Mutex::new(loaded.model)),
             tokenizer,
             pad_id,
             max_len: loaded.config.max_position_embeddings.max(2),
@@ -98,6 +101,21 @@ impl RewardModel {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The slot holding the model: replacing what it holds changes what this source scores
+    /// with from the next batch on (RLHF's reward-model refresh).
+    pub fn handle(&self) -> Arc<Mutex<Llama>> {
+        Arc::clone(&self.model)
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn model(&self) -> MutexGuard<'_, Llama> {
+        // A panic while the lock was held left a whole model behind; keep using it.
+        self.model.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Scores already tokenised sequences, one scalar each (the head at the last token).
@@ -123,7 +141,7 @@ impl RewardModel {
             }
             let empty: Vec<&[u32]> = vec![&[]; seqs.len()];
             let batch = SeqBatch::new(&seqs, &empty, self.pad_id, &self.device);
-            let scores = host_f32(last_token_scores(&self.model, &batch));
+            let scores = host_f32(last_token_scores(&self.model(), &batch));
             for (&i, s) in chunk.iter().zip(scores) {
                 if !s.is_finite() {
                     return Err(RewardError::Model {

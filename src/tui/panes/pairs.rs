@@ -4,7 +4,7 @@
 //! back. After each change the log is folded into TRL preference JSONL for RM and DPO runs.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use ratatui::Frame;
@@ -14,9 +14,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
 use crate::engine::events::SampleRecord;
+use crate::engine::judge::{JudgeStats, Judgement, Verdict};
 use crate::engine::labels::{
-    Counters, Decision, LabelLog, PairBuilder, PairItem, PairQueue, read_pairs_jsonl,
-    write_preferences,
+    Counters, Decision, LabelLog, LogEntry, PairBuilder, PairItem, PairQueue, ProposedPair,
+    read_pairs_jsonl, read_proposed, standing_decisions, write_preferences,
 };
 use crate::tui::app::{EventState, PaneId};
 use crate::tui::keymap::Action;
@@ -28,6 +29,8 @@ use crate::tui::theme;
 pub const LOG_FILE: &str = "labels.jsonl";
 pub const PAIRS_FILE: &str = "pairs.jsonl";
 pub const PREFERENCES_FILE: &str = "preferences.jsonl";
+/// A run's queue of pairs proposed for labelling, inside its run folder.
+pub const RUN_PAIRS_FILE: &str = "pairs.jsonl";
 /// Prompt lines shown above the answers before it is cut (answers matter more).
 const PROMPT_MAX_LINES: usize = 4;
 
@@ -47,6 +50,46 @@ pub struct PairsState {
     pub scroll: u16,
     max_scroll: Cell<u16>,
     startup_note: Option<String>,
+    /// The AI judge's verdict (or its failure) per pair id, for pairs runs proposed.
+    judged: HashMap<String, JudgeView>,
+    judge_stats: JudgeStats,
+    audit: Audit,
+}
+
+/// What the judge said about a pair, as shown beside it.
+#[derive(Clone, Debug, PartialEq)]
+enum JudgeView {
+    Verdict(Judgement),
+    Failed(String),
+}
+
+/// Person-vs-judge agreement over standing decisions made with a judge verdict in view.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Audit {
+    pub audited: usize,
+    pub agreed: usize,
+}
+
+impl Audit {
+    fn from_entries(entries: &[LogEntry]) -> Self {
+        let mut audit = Audit::default();
+        for d in standing_decisions(entries) {
+            let Some(judge) = d.judge else { continue };
+            let person = match d.decision {
+                Decision::A => Verdict::A,
+                Decision::B => Verdict::B,
+                Decision::Tie | Decision::BothBad => Verdict::Tie,
+                Decision::Skip => continue,
+            };
+            audit.audited += 1;
+            audit.agreed += usize::from(person == judge);
+        }
+        audit
+    }
+
+    pub fn agreement(&self) -> Option<f64> {
+        (self.audited > 0).then(|| self.agreed as f64 / self.audited as f64)
+    }
 }
 
 impl PairsState {
@@ -89,11 +132,33 @@ impl PairsState {
         if let Err(e) = &log {
             notes.push(e.clone());
         }
+        // Pairs live runs proposed (each run's persisted queue), not yet decided.
+        let mut proposed = Vec::new();
+        if let Some(runs_root) = dir.parent()
+            && let Ok(read) = std::fs::read_dir(runs_root)
+        {
+            let mut files: Vec<PathBuf> = read
+                .flatten()
+                .map(|e| e.path().join(RUN_PAIRS_FILE))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for f in files {
+                match read_proposed(&f) {
+                    Ok(p) => proposed.extend(p),
+                    Err(e) => notes.push(format!("cannot read {}: {e}", f.display())),
+                }
+            }
+        }
+        let audit = log
+            .as_ref()
+            .map(|l| Audit::from_entries(l.entries()))
+            .unwrap_or_default();
         let dir_name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Self {
+        let mut state = Self {
             log,
             queue,
             builder: PairBuilder::new(),
@@ -106,7 +171,49 @@ impl PairsState {
             scroll: 0,
             max_scroll: Cell::new(0),
             startup_note: (!notes.is_empty()).then(|| notes.join("; ")),
+            judged: HashMap::new(),
+            judge_stats: JudgeStats::default(),
+            audit,
+        };
+        state.add_proposed(proposed);
+        state
+    }
+
+    /// Queues pairs a run proposed, keeping the judge's verdict to show beside each.
+    pub fn add_proposed(&mut self, pairs: Vec<ProposedPair>) {
+        for p in pairs {
+            let view = match (p.judge, p.judge_error) {
+                (Some(j), _) => Some(JudgeView::Verdict(j)),
+                (None, Some(e)) => Some(JudgeView::Failed(e)),
+                (None, None) => None,
+            };
+            if let Some(view) = view
+                && !self.judged.contains_key(&p.pair.id)
+            {
+                match &view {
+                    JudgeView::Verdict(j) => self.judge_stats.add(j),
+                    JudgeView::Failed(_) => self.judge_stats.failed += 1,
+                }
+                self.judged.insert(p.pair.id.clone(), view);
+            }
+            self.queue.push(p.pair, &self.decided);
         }
+    }
+
+    /// The judge's verdict on the current pair, if a judge saw it.
+    fn current_judgement(&self) -> Option<&Judgement> {
+        match self.judged.get(&self.current()?.id)? {
+            JudgeView::Verdict(j) => Some(j),
+            JudgeView::Failed(_) => None,
+        }
+    }
+
+    pub fn audit(&self) -> Audit {
+        self.audit
+    }
+
+    pub fn judge_stats(&self) -> JudgeStats {
+        self.judge_stats
     }
 
     /// Problems met while opening, for the Log pane.
@@ -147,11 +254,30 @@ impl PairsState {
             Action::BothBad => self.decide(Side::BothBad),
             Action::Skip => self.decide(Side::Skip),
             Action::Undo => self.undo(),
+            Action::AcceptJudge => self.accept_judge(),
             Action::Up => self.scroll = self.scroll.saturating_sub(1),
             Action::Down => self.scroll = (self.scroll + 1).min(self.max_scroll.get()),
             _ => return EventState::NotConsumed,
         }
         EventState::Consumed
+    }
+
+    /// Takes the judge's verdict as the person's decision (it is logged as theirs, with the
+    /// judge's verdict beside it, so it counts as agreement).
+    fn accept_judge(&mut self) {
+        let Some(j) = self.current_judgement().copied() else {
+            self.message = Some((false, "No judge verdict for this pair.".into()));
+            return;
+        };
+        let a_left = self.a_on_left();
+        let side = match j.verdict {
+            Verdict::A if a_left => Side::Left,
+            Verdict::A => Side::Right,
+            Verdict::B if a_left => Side::Right,
+            Verdict::B => Side::Left,
+            Verdict::Tie => Side::Tie,
+        };
+        self.decide(side);
     }
 
     fn decide(&mut self, side: Side) {
@@ -177,7 +303,11 @@ impl PairsState {
             }
         };
         // Only once the line is on disk does the screen confirm and move on.
-        match log.record(&pair, a_left, decision) {
+        let judge = match self.judged.get(&pair.id) {
+            Some(JudgeView::Verdict(j)) => Some(j.verdict),
+            _ => None,
+        };
+        match log.record_audited(&pair, a_left, decision, judge) {
             Ok(_) => {
                 self.queue.pop();
                 self.scroll = 0;
@@ -228,6 +358,7 @@ impl PairsState {
         let Ok(log) = &self.log else { return };
         self.decided = log.decided_ids();
         self.counters = log.counters();
+        self.audit = Audit::from_entries(log.entries());
         if let Err(e) = write_preferences(&self.prefs_path, &log.preferences()) {
             self.message = Some((
                 false,
@@ -269,12 +400,27 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     let bias = c
         .left_chosen_pct()
         .map_or("-".to_string(), |p| format!("{p:.0}%"));
-    let counts = format!(
+    let mut counts = format!(
         "labeled {} · skipped {} · left chosen {bias} · {} queued",
         c.labeled,
         c.skipped,
         st.queued()
     );
+    // The judge audit, once a judge is in the loop.
+    let js = st.judge_stats;
+    if js.judged + js.failed > 0 || st.audit.audited > 0 {
+        let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.0}%", 100.0 * v));
+        counts.push_str(&format!(
+            " · judge: agrees {} of {}, consistent {}, 1st slot {}",
+            pct(st.audit.agreement()),
+            st.audit.audited,
+            pct(js.consistency()),
+            pct(js.first_position_rate()),
+        ));
+        if js.failed > 0 {
+            counts.push_str(&format!(", {} failed", js.failed));
+        }
+    }
     let rows = if c.preferences == 1 { "row" } else { "rows" };
     let block = pane_block(PaneId::Pairs, &counts, view.focused).title_bottom(Line::styled(
         format!(" {} preference {rows} → {} ", c.preferences, st.prefs_label),
@@ -321,11 +467,44 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
             l.push_str(" …");
         }
     }
-    let [prompt_area, answers] = Layout::vertical([
+    let judge_line = st.judged.get(&pair.id).map(|view| {
+        let a_left = pair.a_on_left(st.seed);
+        match view {
+            JudgeView::Verdict(j) => {
+                let said = match (j.verdict, a_left) {
+                    (Verdict::A, true) | (Verdict::B, false) => "A better",
+                    (Verdict::A, false) | (Verdict::B, true) => "B better",
+                    (Verdict::Tie, _) if j.consistent => "tie",
+                    (Verdict::Tie, _) => "tie (the two orders disagreed)",
+                };
+                let p = j
+                    .p_a
+                    .map(|p| {
+                        let p_left = if a_left { p } else { 1.0 - p };
+                        format!(", P(A) {p_left:.2}")
+                    })
+                    .unwrap_or_default();
+                Line::from(vec![
+                    Span::styled("AI judge: ", theme::dim()),
+                    Span::styled(format!("{said}{p}"), theme::title()),
+                    Span::styled(" · j accepts, a/b/t/x override", theme::dim()),
+                ])
+            }
+            JudgeView::Failed(e) => Line::from(vec![
+                Span::styled("AI judge failed: ", theme::warning()),
+                Span::styled(e.clone(), theme::dim()),
+            ]),
+        }
+    });
+    let [prompt_area, answers, judge_area] = Layout::vertical([
         Constraint::Length(prompt_lines.len() as u16),
         Constraint::Fill(1),
+        Constraint::Length(u16::from(judge_line.is_some())),
     ])
     .areas(body);
+    if let Some(line) = judge_line {
+        frame.render_widget(Paragraph::new(line), judge_area);
+    }
     let prompt: Vec<Line> = prompt_lines
         .into_iter()
         .enumerate()

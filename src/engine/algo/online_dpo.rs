@@ -1,0 +1,704 @@
+//! Online DPO with live feedback (Guo et al. 2024, "Direct Language Model Alignment from
+//! Online AI Feedback"; TRL's `OnlineDPOTrainer`): each round the policy writes two answers
+//! per prompt, a labeller says which is better, and DPO steps on the labelled pairs as they
+//! arrive. The labeller is an AI judge (RLAIF), people in the workbench's Pairs pane, or both:
+//!
+//! - `labeler = "judge"`: the `[judge]` compares each pair in both orders; a consistent verdict
+//!   labels it at once, a tie or inconsistent verdict leaves it unlabelled, and a judge failure
+//!   (timeout, garbage reply) is a warning and an unlabelled pair, never the end of the run.
+//! - `labeler = "human"`: pairs are appended to the run's `pairs.jsonl` (a bounded, synced
+//!   queue: at most `queue_limit` wait at once) and sent as [`Event::Pairs`]; the trainer reads
+//!   the label log the Pairs pane writes and steps on each new decision. While nothing is
+//!   labelled it waits, still obeying pause/stop.
+//! - `labeler = "both"`: the judge labels for training and people audit: the judge's verdict
+//!   is shown beside each pair, and a person's decision, when it comes, is trained on too.
+//!
+//! `[[rewards]]` here are never trained on: they are the ground truth logged beside the
+//! judge's labels (`rewards/<name>/mean`), e.g. VADER sentiment for "more positive" judges.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::dpo::{DpoStats, RefPair, batch_loss, cache_reference};
+use super::grpo::{PromptItem, compute_rewards, evaluate, load_prompts, rollout};
+use super::losses::DpoLoss;
+use super::preference::{self, Overlong, PairOptions, Saver};
+use super::sequences::{SeqBatch, score, sequence_logprob};
+use super::state::TrainerState;
+use super::{TrainError, TrainOutcome, scalar};
+use crate::engine::config::RunConfig;
+use crate::engine::data::{EpochSampler, Prompt};
+use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
+use crate::engine::judge::{self, Judge, JudgeStats, Verdict};
+use crate::engine::labels::{
+    self, Decision, LogEntry, PairItem, ProposedPair, append_proposed, read_proposed,
+};
+use crate::engine::model::{self, Heads, Llama, host_f32};
+use crate::engine::optim::Optimizer;
+use crate::engine::reward;
+use crate::engine::run::{Control, RunContext};
+use crate::engine::sample::{FinishReason, SamplingParams};
+use crate::engine::tokenizer::{ChatMessage, Tokenizer};
+
+/// The run's queue of pairs for people, inside its folder.
+pub const PAIRS_FILE: &str = "pairs.jsonl";
+/// How often a run waiting for human labels looks at the label log again: quick enough that
+/// a label feels picked up at once, rare enough to cost nothing.
+const LABEL_POLL: Duration = Duration::from_millis(200);
+
+/// Who labels the pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Labeler {
+    #[default]
+    Judge,
+    Human,
+    Both,
+}
+
+impl Labeler {
+    fn uses_judge(self) -> bool {
+        self != Labeler::Human
+    }
+    fn uses_people(self) -> bool {
+        self != Labeler::Judge
+    }
+}
+
+/// `[online_dpo]`: TRL `OnlineDPOConfig` names where TRL has them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnlineDpoSection {
+    pub beta: f64,
+    pub loss_type: DpoLoss,
+    /// Prompts per round; each gets two answers.
+    pub prompts_per_step: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub stop: Vec<String>,
+    /// Wrap prompts in the model's chat template.
+    pub chat: bool,
+    pub labeler: Labeler,
+    /// The label log people write (default: `labels/labels.jsonl` beside the run folder,
+    /// where the workbench keeps it).
+    pub labels: Option<PathBuf>,
+    /// Most pairs waiting for people at once; the run stops proposing more until some are
+    /// labelled.
+    pub queue_limit: usize,
+    pub max_prompt_length: usize,
+}
+
+impl Default for OnlineDpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            loss_type: DpoLoss::Sigmoid,
+            prompts_per_step: 8,
+            max_new_tokens: 24,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Vec::new(),
+            chat: false,
+            labeler: Labeler::Judge,
+            labels: None,
+            queue_limit: 64,
+            max_prompt_length: 128,
+        }
+    }
+}
+
+impl OnlineDpoSection {
+    pub fn validate(&self, has_judge: bool) -> Result<(), String> {
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(format!(
+                "[online_dpo] beta must be a number > 0, not {}",
+                self.beta
+            ));
+        }
+        if !matches!(self.loss_type, DpoLoss::Sigmoid | DpoLoss::Ipo) {
+            return Err("[online_dpo] loss_type must be \"sigmoid\" or \"ipo\"".into());
+        }
+        if self.prompts_per_step == 0 || self.max_new_tokens == 0 || self.queue_limit == 0 {
+            return Err(
+                "[online_dpo] prompts_per_step, max_new_tokens and queue_limit must be positive"
+                    .into(),
+            );
+        }
+        if self.labeler.uses_judge() && !has_judge {
+            return Err(format!(
+                "[online_dpo] labeler = \"{}\" needs a [judge] section (type = \"model\", \
+                 \"openai\" or \"command\")",
+                if self.labeler == Labeler::Both {
+                    "both"
+                } else {
+                    "judge"
+                }
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A pair waiting for a person, with what is needed to train on it once labelled.
+struct Waiting {
+    prompt: Prompt,
+    item: PairItem,
+}
+
+/// The label log's decisions on this run's pairs that were not yet used, as (pair id,
+/// decision); retractions of decisions already trained on are ignored (the step is done).
+fn new_decisions(
+    entries: &[LogEntry],
+    waiting: &HashMap<String, Waiting>,
+    used: &HashSet<u64>,
+) -> Vec<(u64, String, Decision)> {
+    labels::standing_decisions(entries)
+        .into_iter()
+        .filter(|d| waiting.contains_key(&d.pair_id) && !used.contains(&d.seq))
+        .map(|d| (d.seq, d.pair_id.clone(), d.decision))
+        .collect()
+}
+
+/// Ground-truth rewards and the KL/entropy of a rollout's completions.
+struct RolloutStats {
+    values: BTreeMap<String, f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rollout_stats(
+    policy: &Llama,
+    reference: &Llama,
+    prompts: &[&PromptItem],
+    tokens: &[Vec<u32>],
+    prompt_index: &[usize],
+    pad: u32,
+    temperature: f32,
+    device: &Device,
+) -> RolloutStats {
+    let prompt_rows: Vec<&[u32]> = prompt_index
+        .iter()
+        .map(|&i| prompts[i].ids.as_slice())
+        .collect();
+    let completions: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+    let mut values = BTreeMap::new();
+    if completions.iter().all(|c| c.is_empty()) {
+        return RolloutStats { values };
+    }
+    let batch = SeqBatch::new(&prompt_rows, &completions, pad, device);
+    let t = temperature.max(1e-3);
+    let pol = host_f32(sequence_logprob(
+        score(policy, &batch, t).logprobs,
+        batch.completion_mask.clone(),
+    ));
+    let refr = host_f32(sequence_logprob(
+        score(reference, &batch, t).logprobs,
+        batch.completion_mask.clone(),
+    ));
+    let n = pol.len().max(1) as f64;
+    let kl = pol.iter().zip(&refr).map(|(p, r)| (p - r) as f64).sum::<f64>() / n;
+    let entropy = -pol.iter().map(|&p| p as f64).sum::<f64>() / n;
+    values.insert("objective/kl".into(), kl);
+    values.insert("objective/entropy".into(), entropy);
+    RolloutStats { values }
+}
+
+fn prompt_of(item: &PromptItem, chat: bool) -> Prompt {
+    if chat {
+        Prompt::Messages(vec![ChatMessage {
+            role: "user".into(),
+            content: item.text.clone(),
+        }])
+    } else {
+        Prompt::Text(item.text.clone())
+    }
+}
+
+/// Tokenises labelled pairs and caches their reference log-probabilities.
+fn to_training_pairs(
+    labelled: Vec<(Prompt, String, String)>,
+    tokenizer: &Tokenizer,
+    opts: &PairOptions,
+    reference: &Llama,
+    pad: u32,
+    device: &Device,
+) -> Result<Vec<RefPair>, TrainError> {
+    let mut pairs = Vec::with_capacity(labelled.len());
+    for (prompt, chosen, rejected) in labelled {
+        let p = preference::tokenize_pair(
+            &prompt,
+            &Prompt::Text(chosen),
+            &Prompt::Text(rejected),
+            None,
+            tokenizer,
+        )
+        .map_err(TrainError::Invalid)?;
+        if let Some(p) = preference::fit(p, opts) {
+            pairs.push(p);
+        }
+    }
+    Ok(cache_reference(reference, pairs, pad, device))
+}
+
+pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
+    let o = cfg.online_dpo.clone().unwrap_or_default();
+    o.validate(cfg.judge.is_some()).map_err(TrainError::Invalid)?;
+    let dpo = super::dpo::DpoSection {
+        beta: o.beta,
+        loss_type: o.loss_type,
+        max_prompt_length: o.max_prompt_length,
+        ..Default::default()
+    };
+    let train_cfg = &cfg.train;
+    let train_device = device.clone().autodiff();
+    let plain = device.clone().without_autodiff();
+    let loaded = model::load(&cfg.model.path, &train_device, Heads::Lm)?;
+    let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{}: online DPO needs a tokenizer",
+            cfg.model.path.display()
+        ))
+    })?;
+    let model_cfg = loaded.config.clone();
+    let prompts = load_prompts(&cfg.data.train, &tokenizer, o.chat, "")?;
+    let eval = match &cfg.data.eval {
+        Some(p) => load_prompts(p, &tokenizer, o.chat, "")?,
+        None => Vec::new(),
+    };
+    let mut truth = reward::model::build_all_on(&cfg.rewards, &plain)
+        .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
+    let mut judge: Option<Box<dyn Judge>> = match (&cfg.judge, o.labeler.uses_judge()) {
+        (Some(j), true) => Some(judge::build(j, &plain).map_err(|e| TrainError::Invalid(e.to_string()))?),
+        _ => None,
+    };
+    let principle = cfg
+        .judge
+        .as_ref()
+        .map(|j| j.principle().to_string())
+        .unwrap_or_default();
+    let label_log = o.labels.clone().unwrap_or_else(|| {
+        ctx.dir
+            .path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("labels")
+            .join("labels.jsonl")
+    });
+    let pairs_file = ctx.dir.path.join(PAIRS_FILE);
+    let opts = PairOptions {
+        max_length: train_cfg.max_length.min(model_cfg.max_position_embeddings),
+        max_prompt_length: o.max_prompt_length,
+        overlong: Overlong::Truncate,
+    };
+    let pad = preference::pad_id(&tokenizer);
+    let reference = loaded.model.valid();
+    let mut policy = loaded.model;
+    let mut optim = Optimizer::new(cfg.optim.clone());
+    let mut sampler = EpochSampler::new(prompts.len(), cfg.seed);
+    let mut num_tokens = 0usize;
+    let mut step = 0;
+    if let Some(ck) = ctx.resume_from.clone() {
+        let state = TrainerState::load(&ck)?;
+        let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
+        (policy, optim, sampler) =
+            state.restore(&ck, weights, optim, prompts.len(), cfg.seed)?;
+        step = state.step;
+        num_tokens = state.num_tokens;
+        ctx.resume_at(step, state.wall_time);
+        ctx.log(
+            LogLevel::Info,
+            format!("resumed from {} at step {step}", ck.display()),
+        );
+    }
+    // Pairs proposed before a restart and not labelled yet are still waiting.
+    let mut waiting: HashMap<String, Waiting> = HashMap::new();
+    let mut used_decisions: HashSet<u64> = HashSet::new();
+    if o.labeler.uses_people() {
+        let decided: HashSet<String> = labels::read_log(&label_log)
+            .map(|e| {
+                labels::standing_decisions(&e)
+                    .into_iter()
+                    .map(|d| d.pair_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in read_proposed(&pairs_file).unwrap_or_default() {
+            if !decided.contains(&p.pair.id) {
+                let prompt = Prompt::Text(p.pair.prompt.clone());
+                waiting.insert(
+                    p.pair.id.clone(),
+                    Waiting {
+                        prompt,
+                        item: p.pair,
+                    },
+                );
+            }
+        }
+        // Decisions already in the log belong to pairs trained on before a restart.
+        if let Ok(entries) = labels::read_log(&label_log) {
+            used_decisions.extend(labels::standing_decisions(&entries).iter().map(|d| d.seq));
+        }
+    }
+    let saver = Saver {
+        config: &model_cfg,
+        tokenizer: &tokenizer,
+        generation_config: &loaded.generation_config,
+    };
+    let total = train_cfg.max_steps;
+    let bs = train_cfg.per_device_train_batch_size;
+    ctx.send(Event::Started {
+        run: ctx.id.clone(),
+        method: cfg.method.name().into(),
+        run_dir: ctx.dir.path.clone(),
+        total_steps: total,
+    });
+    ctx.status(RunStatus::Running);
+    ctx.log(
+        LogLevel::Info,
+        format!(
+            "online DPO: {} prompts, {} x 2 answers per round, labeled by {}{}, beta {}",
+            prompts.len(),
+            o.prompts_per_step,
+            match o.labeler {
+                Labeler::Judge => "the AI judge",
+                Labeler::Human => "people (Pairs pane)",
+                Labeler::Both => "the AI judge, audited by people",
+            },
+            judge
+                .as_ref()
+                .map(|j| format!(" (judge `{}`)", j.name()))
+                .unwrap_or_default(),
+            o.beta
+        ),
+    );
+    let greedy_params = SamplingParams {
+        max_new_tokens: o.max_new_tokens,
+        temperature: 0.0,
+        stop_strings: o.stop.clone(),
+        ..Default::default()
+    };
+    if !eval.is_empty() && ctx.resume_from.is_none() && !truth.is_empty() {
+        let m = evaluate(
+            &policy.valid(),
+            &eval,
+            &mut truth,
+            &greedy_params,
+            &tokenizer,
+            &model_cfg,
+        )?;
+        ctx.metrics(0, m);
+    }
+
+    let mut ready: VecDeque<RefPair> = VecDeque::new();
+    let mut judge_stats = JudgeStats::default();
+    let mut labelled_by_judge = 0usize;
+    let mut labelled_by_people = 0usize;
+    let mut round_no = 0u64;
+    let mut said_waiting = false;
+    // Metrics of the newest rollout, reported with the next optimisation step.
+    let mut pending_values: BTreeMap<String, f64> = BTreeMap::new();
+    while step < total {
+        match ctx.poll() {
+            Control::Stop => {
+                saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
+                return Ok(RunStatus::Stopped);
+            }
+            Control::Save => {
+                saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?
+            }
+            Control::Continue => {}
+        }
+        let started = Instant::now();
+        // 1. A new round of pairs, unless people are the only labellers and their queue is full
+        //    or enough labelled pairs are ready already.
+        let room_for_people = waiting.len() + o.prompts_per_step <= o.queue_limit;
+        let want_round = ready.len() < bs && (o.labeler.uses_judge() || room_for_people);
+        if want_round {
+            round_no += 1;
+            let idx = sampler.next_batch(o.prompts_per_step);
+            let batch: Vec<&PromptItem> = idx.iter().map(|&i| &prompts[i]).collect();
+            let params = SamplingParams {
+                max_new_tokens: o.max_new_tokens,
+                temperature: o.temperature,
+                top_k: o.top_k,
+                top_p: o.top_p,
+                stop_strings: o.stop.clone(),
+                seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(round_no),
+            };
+            let valid = policy.valid();
+            let r = rollout(&valid, &batch, 2, &params, &tokenizer, &model_cfg)?;
+            let mut values = rollout_stats(
+                &valid,
+                &reference,
+                &batch,
+                &r.tokens,
+                &r.prompt_index,
+                pad,
+                o.temperature,
+                &plain,
+            )
+            .values;
+            let eos = r.finish.iter().filter(|f| **f == FinishReason::Eos).count();
+            values.insert(
+                "val/contain_eos_token".into(),
+                eos as f64 / r.finish.len().max(1) as f64,
+            );
+            let mut records: Vec<SampleRecord> = r
+                .texts
+                .iter()
+                .zip(&r.prompt_index)
+                .map(|(c, &i)| SampleRecord {
+                    step: step + 1,
+                    prompt: batch[i].text.clone(),
+                    completion: c.clone(),
+                    rewards: BTreeMap::new(),
+                    advantage: None,
+                })
+                .collect();
+            if !truth.is_empty() {
+                let rewards = compute_rewards(&mut truth, &batch, &r)?;
+                for (name, v) in &rewards.per_source {
+                    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+                    values.insert(format!("rewards/{name}/mean"), mean);
+                    for (rec, x) in records.iter_mut().zip(v) {
+                        rec.rewards.insert(name.clone(), *x as f64);
+                    }
+                }
+                let mean_total =
+                    rewards.total.iter().map(|&x| x as f64).sum::<f64>() / rewards.total.len().max(1) as f64;
+                values.insert("objective/scores".into(), mean_total);
+            }
+            // Two answers per prompt, in order: rows 2i and 2i+1.
+            let mut candidates: Vec<(usize, String, String)> = Vec::new();
+            for (k, pi) in (0..batch.len()).enumerate() {
+                let (a, b) = (&r.texts[2 * k], &r.texts[2 * k + 1]);
+                if a != b && !a.trim().is_empty() && !b.trim().is_empty() {
+                    candidates.push((pi, a.clone(), b.clone()));
+                }
+            }
+            values.insert(
+                "labels/identical_frac".into(),
+                1.0 - candidates.len() as f64 / batch.len().max(1) as f64,
+            );
+            // 2. The judge, both orders.
+            let mut verdicts: Vec<Option<Result<judge::Judgement, String>>> =
+                vec![None; candidates.len()];
+            if let Some(j) = judge.as_mut() {
+                let triples: Vec<(&str, &str, &str)> = candidates
+                    .iter()
+                    .map(|(pi, a, b)| (batch[*pi].text.as_str(), a.as_str(), b.as_str()))
+                    .collect();
+                let results = judge::judge_pairs(j.as_mut(), &principle, &triples);
+                let mut failures = Vec::new();
+                for (slot, res) in verdicts.iter_mut().zip(results) {
+                    *slot = Some(match res {
+                        Ok(v) => {
+                            judge_stats.add(&v);
+                            Ok(v)
+                        }
+                        Err(e) => {
+                            judge_stats.failed += 1;
+                            failures.push(e.to_string());
+                            Err(e.to_string())
+                        }
+                    });
+                }
+                if let Some(first) = failures.first() {
+                    ctx.log(
+                        LogLevel::Warn,
+                        format!(
+                            "judge failed on {} of {} pairs (left unlabeled): {first}",
+                            failures.len(),
+                            candidates.len()
+                        ),
+                    );
+                }
+            }
+            let mut labelled = Vec::new();
+            let mut proposed = Vec::new();
+            for ((pi, a, b), verdict) in candidates.iter().zip(&verdicts) {
+                let prompt = prompt_of(batch[*pi], o.chat);
+                if let Some(Ok(v)) = verdict
+                    && o.labeler.uses_judge()
+                {
+                    match v.verdict {
+                        Verdict::A => labelled.push((prompt.clone(), a.clone(), b.clone())),
+                        Verdict::B => labelled.push((prompt.clone(), b.clone(), a.clone())),
+                        Verdict::Tie => {}
+                    }
+                }
+                if o.labeler.uses_people() && waiting.len() + proposed.len() < o.queue_limit {
+                    let item = PairItem::new(
+                        batch[*pi].text.clone(),
+                        a.clone(),
+                        b.clone(),
+                        format!("{}@{}#a", ctx.id, step + 1),
+                        format!("{}@{}#b", ctx.id, step + 1),
+                    );
+                    if waiting.contains_key(&item.id) {
+                        continue;
+                    }
+                    let (judge_v, judge_error) = match verdict {
+                        Some(Ok(v)) => (Some(*v), None),
+                        Some(Err(e)) => (None, Some(e.clone())),
+                        None => (None, None),
+                    };
+                    waiting.insert(
+                        item.id.clone(),
+                        Waiting {
+                            prompt,
+                            item: item.clone(),
+                        },
+                    );
+                    proposed.push(ProposedPair {
+                        pair: item,
+                        judge: judge_v,
+                        judge_error,
+                    });
+                }
+            }
+            if !proposed.is_empty() {
+                // On disk before anyone sees them, so a crash loses no queued pair.
+                append_proposed(&pairs_file, &proposed).map_err(|e| {
+                    TrainError::Invalid(format!("{}: {e}", pairs_file.display()))
+                })?;
+                ctx.send(Event::Pairs {
+                    run: ctx.id.clone(),
+                    step: step + 1,
+                    pairs: proposed,
+                });
+            }
+            labelled_by_judge += labelled.len();
+            ready.extend(to_training_pairs(
+                labelled, &tokenizer, &opts, &reference, pad, &plain,
+            )?);
+            ctx.samples(step + 1, records);
+            pending_values.extend(values);
+        }
+        // 3. People's new decisions.
+        if o.labeler.uses_people() && !waiting.is_empty() {
+            let entries = labels::read_log(&label_log).unwrap_or_default();
+            let mut labelled = Vec::new();
+            for (seq, id, decision) in new_decisions(&entries, &waiting, &used_decisions) {
+                used_decisions.insert(seq);
+                let Some(w) = waiting.remove(&id) else { continue };
+                match decision {
+                    Decision::A => labelled.push((w.prompt, w.item.a, w.item.b)),
+                    Decision::B => labelled.push((w.prompt, w.item.b, w.item.a)),
+                    Decision::Tie | Decision::BothBad | Decision::Skip => {}
+                }
+            }
+            labelled_by_people += labelled.len();
+            ready.extend(to_training_pairs(
+                labelled, &tokenizer, &opts, &reference, pad, &plain,
+            )?);
+        }
+        if ready.is_empty() {
+            if o.labeler == Labeler::Human {
+                if !said_waiting {
+                    ctx.log(
+                        LogLevel::Info,
+                        format!(
+                            "waiting for labels: {} pair(s) queued in the Pairs pane",
+                            waiting.len()
+                        ),
+                    );
+                    said_waiting = true;
+                }
+                std::thread::sleep(LABEL_POLL);
+            }
+            continue;
+        }
+        said_waiting = false;
+        // 4. One DPO step on the oldest labelled pairs.
+        let take = ready.len().min(bs);
+        let rows: Vec<RefPair> = ready.drain(..take).collect();
+        let refs: Vec<&RefPair> = rows.iter().collect();
+        num_tokens += refs.iter().map(|r| r.pair.num_tokens()).sum::<usize>();
+        let mut stats = DpoStats::default();
+        let loss = batch_loss(&policy, &refs, &dpo, pad, &train_device, &mut stats)?;
+        let value = scalar(loss.clone().detach());
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                value,
+            });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &policy);
+        let lr = cfg.optim.lr_at(step, total);
+        let (next, grad_norm) = optim.step(lr, policy, grads);
+        policy = next;
+        step += 1;
+
+        let mut values = stats.metrics("", false);
+        values.extend(std::mem::take(&mut pending_values));
+        values.insert("beta".into(), o.beta);
+        values.insert("num_tokens".into(), num_tokens as f64);
+        values.insert("learning_rate".into(), lr);
+        values.insert("grad_norm".into(), grad_norm as f64);
+        values.insert("labels/batch".into(), take as f64);
+        values.insert("labels/judge".into(), labelled_by_judge as f64);
+        values.insert("labels/human".into(), labelled_by_people as f64);
+        values.insert("labels/pending".into(), waiting.len() as f64);
+        values.insert("labels/ready".into(), ready.len() as f64);
+        if judge.is_some() {
+            if let Some(c) = judge_stats.consistency() {
+                values.insert("judge/consistency".into(), c);
+            }
+            if let Some(f) = judge_stats.first_position_rate() {
+                values.insert("judge/first_position_rate".into(), f);
+            }
+            values.insert("judge/failures".into(), judge_stats.failed as f64);
+        }
+        values.insert("step_time".into(), started.elapsed().as_secs_f64());
+        if train_cfg.eval_steps > 0 && step % train_cfg.eval_steps == 0 && !eval.is_empty() && !truth.is_empty() {
+            values.extend(evaluate(
+                &policy.valid(),
+                &eval,
+                &mut truth,
+                &greedy_params,
+                &tokenizer,
+                &model_cfg,
+            )?);
+        }
+        ctx.metrics(step, values);
+        if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total {
+            saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?;
+            if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
+                ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
+            }
+        }
+    }
+    saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
+    Ok(RunStatus::Finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_judge_labeler_needs_a_judge_section() {
+        let o = OnlineDpoSection::default();
+        assert!(o.validate(false).unwrap_err().contains("[judge]"));
+        assert!(o.validate(true).is_ok());
+        let people = OnlineDpoSection {
+            labeler: Labeler::Human,
+            ..Default::default()
+        };
+        assert!(people.validate(false).is_ok());
+        let hinge = OnlineDpoSection {
+            loss_type: DpoLoss::Hinge,
+            ..Default::default()
+        };
+        assert!(hinge.validate(true).is_err());
+    }
+}

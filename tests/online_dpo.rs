@@ -1,0 +1,261 @@
+//! Online DPO with live labels: an AI judge (an external command here), people (a label log
+//! written while the run goes on), judge failures, and a label log that survives `kill -9`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rlft::engine::config::RunConfig;
+use rlft::engine::events::{Command, Event, LogLevel, RunStatus};
+use rlft::engine::labels::{Decision, LabelLog, read_proposed};
+use rlft::engine::run::read_metrics;
+use rlft::engine::session::{self, LaunchOptions};
+
+fn write_prompts(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| serde_json::json!({"prompt": format!("{}+{}=", i % 10, (i * 3) % 10)}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// A judge program: prefers the answer with more `1` characters, ties broken by length (so
+/// the policy visibly learns to write ones).
+const ONES_JUDGE: &str = r#"import json, sys
+batch = json.load(sys.stdin)
+def key(t): return (t.count("1"), len(t))
+print(json.dumps([1 if key(c["first"]) > key(c["second"]) else 2 if key(c["second"]) > key(c["first"]) else 0 for c in batch]))
+"#;
+
+fn config(model: &Path, prompts: &Path, steps: usize, online: &str, judge: &str) -> RunConfig {
+    RunConfig::from_toml(&format!(
+        r#"method = "online_dpo"
+name = "odpo"
+seed = 1
+[model]
+path = "{}"
+[data]
+train = "{}"
+[train]
+max_steps = {steps}
+per_device_train_batch_size = 4
+max_length = 32
+[optim]
+learning_rate = 1e-2
+lr_scheduler_type = "constant"
+[online_dpo]
+prompts_per_step = 4
+max_new_tokens = 6
+beta = 0.1
+{online}
+{judge}
+"#,
+        model.display(),
+        prompts.display(),
+    ))
+    .unwrap()
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    model: PathBuf,
+    prompts: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(tmp.path());
+    let prompts = tmp.path().join("p.jsonl");
+    write_prompts(&prompts, 32);
+    Setup {
+        tmp,
+        model,
+        prompts,
+    }
+}
+
+fn judge_section(tmp: &Path, script: &str) -> String {
+    let path = tmp.join("judge.py");
+    std::fs::write(&path, script).unwrap();
+    format!(
+        "[judge]\ntype = \"command\"\ncommand = [\"python3\", \"{}\"]\nprinciple = \"more ones\"\ntimeout_secs = 20\n",
+        path.display()
+    )
+}
+
+#[test]
+fn an_ai_judge_labels_pairs_and_dpo_steps_on_them() {
+    let s = setup();
+    let judge = judge_section(s.tmp.path(), ONES_JUDGE);
+    let cfg = config(&s.model, &s.prompts, 6, "", &judge);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        runs_root: s.tmp.path().join("runs"),
+        ..Default::default()
+    };
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    let dir = handle.dir.clone();
+    handle.thread.join().unwrap();
+    let events: Vec<Event> = rx.try_iter().collect();
+    let failed: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Failed { .. }))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 6);
+    let last = &rows.last().unwrap().values;
+    for key in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "objective/kl",
+        "objective/entropy",
+        "judge/consistency",
+        "judge/first_position_rate",
+        "labels/judge",
+        "beta",
+    ] {
+        assert!(rows.iter().any(|r| r.values.contains_key(key)), "{key} missing");
+    }
+    assert!(last["labels/judge"] >= 6.0, "{last:?}");
+    // This judge has no position bias, so every decided pair is consistent.
+    assert_eq!(last["judge/consistency"], 1.0);
+    assert!(dir.join("checkpoints/final/model.safetensors").exists());
+    // Samples are recorded for the Samples pane.
+    assert!(std::fs::read_to_string(dir.join("samples.jsonl")).unwrap().lines().count() >= 8);
+}
+
+#[test]
+fn a_judge_that_prints_garbage_warns_and_leaves_pairs_unlabelled_without_failing() {
+    let s = setup();
+    let judge = judge_section(s.tmp.path(), "print('I think they are both lovely')\n");
+    let cfg = config(&s.model, &s.prompts, 3, "", &judge);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        runs_root: s.tmp.path().join("runs"),
+        ..Default::default()
+    };
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut warning = None;
+    while warning.is_none() && Instant::now() < deadline {
+        if let Ok(Event::Log {
+            level: LogLevel::Warn,
+            message,
+            ..
+        }) = rx.recv_timeout(Duration::from_secs(1))
+        {
+            warning = Some(message);
+        }
+    }
+    let warning = warning.expect("a warning about the judge");
+    assert!(
+        warning.contains("judge failed") && warning.contains("lovely"),
+        "{warning}"
+    );
+    // Still running; it stops cleanly when asked.
+    handle.commands.send(Command::Stop).unwrap();
+    handle.thread.join().unwrap();
+    let rest: Vec<Event> = rx.try_iter().collect();
+    assert!(!rest.iter().any(|e| matches!(e, Event::Failed { .. })), "{rest:?}");
+    assert!(rest.iter().any(|e| matches!(
+        e,
+        Event::Finished {
+            status: RunStatus::Stopped,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn people_label_proposed_pairs_while_the_run_waits_and_it_trains_on_them() {
+    let s = setup();
+    let labels = s.tmp.path().join("labels.jsonl");
+    let online = format!(
+        "labeler = \"human\"\nqueue_limit = 8\nlabels = \"{}\"",
+        labels.display()
+    );
+    let cfg = config(&s.model, &s.prompts, 2, &online, "");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        runs_root: s.tmp.path().join("runs"),
+        ..Default::default()
+    };
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    let dir = handle.dir.clone();
+    // Label every proposed pair as a person would in the Pairs pane: A better.
+    let mut log = LabelLog::open(&labels).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut proposed = 0;
+    while !handle.thread.is_finished() && Instant::now() < deadline {
+        if let Ok(Event::Pairs { pairs, .. }) = rx.recv_timeout(Duration::from_millis(200)) {
+            for p in pairs {
+                assert!(p.judge.is_none());
+                log.record(&p.pair, true, Decision::A).unwrap();
+                proposed += 1;
+            }
+        }
+    }
+    handle.thread.join().unwrap();
+    assert!(proposed >= 2, "{proposed} pairs proposed");
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 2, "two steps on people's labels");
+    assert!(rows[1].values["labels/human"] >= 2.0);
+    // The queue was persisted before it was shown, and stayed within its bound.
+    let queued = read_proposed(&dir.join("pairs.jsonl")).unwrap();
+    assert_eq!(queued.len(), proposed);
+    assert!(queued.len() <= 8 + 4);
+}
+
+/// A labeller process killed with SIGKILL mid-way loses no label it had confirmed: every
+/// decision `record` returned for is in the log when it is opened again.
+#[test]
+fn kill_9_while_labelling_loses_no_confirmed_label() {
+    if let Ok(path) = std::env::var("RLFT_LABEL_CHILD") {
+        // The child: label as fast as possible, announcing each confirmed decision.
+        let mut log = LabelLog::open(Path::new(&path)).unwrap();
+        for i in 0.. {
+            let pair = rlft::engine::labels::PairItem::new(format!("p{i}"), "a", "b", "", "");
+            let seq = log.record(&pair, i % 2 == 0, Decision::A).unwrap();
+            println!("confirmed {seq}");
+        }
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("labels.jsonl");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "kill_9_while_labelling_loses_no_confirmed_label",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RLFT_LABEL_CHILD", &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut confirmed = Vec::new();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(seq) = line.strip_prefix("confirmed ") {
+            confirmed.push(seq.trim().parse::<u64>().unwrap());
+            if confirmed.len() == 200 {
+                child.kill().unwrap(); // SIGKILL, mid-write of the next label
+                break;
+            }
+        }
+    }
+    child.wait().unwrap();
+    let log = LabelLog::open(&path).unwrap();
+    let seqs: std::collections::HashSet<u64> = log.entries().iter().map(|e| e.seq()).collect();
+    for seq in &confirmed {
+        assert!(seqs.contains(seq), "confirmed label {seq} lost");
+    }
+    assert!(confirmed.len() == 200);
+}
