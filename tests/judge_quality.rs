@@ -9,17 +9,23 @@ use rlft::engine::tokenizer::ChatMessage;
 
 type Variant = fn(&str, &str) -> (Option<String>, String, String);
 
-fn p1(p: &str, x: &str) -> (Option<String>, String, String) {
-    (None, format!("{p}\n\nPrompt: Review:\n\nAnswer: {x}\n\nDoes this answer follow the principle? Reply yes or no."), String::new())
+fn p1(_p: &str, x: &str) -> (Option<String>, String, String) {
+    (None, format!("Review:{x}\n\nIs this review positive? Reply yes or no."), String::new())
 }
 fn p2(_p: &str, x: &str) -> (Option<String>, String, String) {
-    (None, format!("Review: {x}\n\nIs this review positive? Reply yes or no."), String::new())
+    (None, format!("Review: {x}\n\nPrefer the answer that is more positive. Does this answer follow that? Reply yes or no."), String::new())
 }
-fn p3(p: &str, x: &str) -> (Option<String>, String, String) {
-    (Some(format!("You are a judge. Principle: {p}")), format!("Prompt: Review:\n\nAnswer: {x}\n\nIs this a good answer under the principle? Reply yes or no."), String::new())
+fn p3(_p: &str, x: &str) -> (Option<String>, String, String) {
+    (Some("Prefer the answer that is more positive.".into()), format!("Review: {x}\n\nIs this review positive? Reply yes or no."), String::new())
 }
-fn p4(p: &str, x: &str) -> (Option<String>, String, String) {
-    (None, format!("{p}\n\nPrompt: Review:\nAnswer: {x}\n\nDoes this answer follow the principle?"), "Answer:".into())
+fn p4(_p: &str, x: &str) -> (Option<String>, String, String) {
+    (None, format!("Review: {x}\n\nIs this review more positive? Reply yes or no."), String::new())
+}
+fn p5(_p: &str, x: &str) -> (Option<String>, String, String) {
+    (None, format!("Review: {x}\n\nIs this positive? Reply yes or no."), String::new())
+}
+fn p6(_p: &str, x: &str) -> (Option<String>, String, String) {
+    (None, format!("Text: Review: {x}\n\nQuestion: Is the text positive?\nReply yes or no."), String::new())
 }
 
 #[test]
@@ -37,9 +43,9 @@ fn probe() {
     let mut pairs = read_pairs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data/sentiment_prefs_eval.jsonl")).unwrap();
     pairs.truncate(n);
     let _ = chosen_as_a(n, 0);
-    let which: String = std::env::var("V").unwrap_or("1234".into());
+    let which: String = std::env::var("V").unwrap_or("123456".into());
     let principle = "Prefer the answer that is more positive.";
-    for (k, v) in [p1 as Variant, p1, p2, p3, p4].iter().enumerate() {
+    for (k, v) in [p1 as Variant, p1, p2, p3, p4, p5, p6].iter().enumerate() {
         if k == 0 || !which.contains(&k.to_string()) { continue; }
         let t = std::time::Instant::now();
         let mut rows = Vec::new();

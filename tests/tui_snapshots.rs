@@ -385,6 +385,56 @@ fn pairs_pane_at_large_size_and_a_new_session_resumes_the_counts() {
     assert_eq!(again.app.pairs.queued(), 2);
 }
 
+/// Pairs an online DPO run proposes with the AI judge's verdicts: the verdict is shown beside
+/// the pair, `j` accepts it, a/b override it, and agreement is counted and logged.
+#[test]
+fn pairs_pane_shows_the_ai_judge_verdict_and_audits_agreement() {
+    use rlft::engine::judge::{Judgement, Verdict};
+    use rlft::engine::labels::{PairItem, ProposedPair};
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.start("rlaif", "online_dpo", 100);
+    let judged = |prompt: &str, a: &str, b: &str, verdict: Verdict, p_a: f64| ProposedPair {
+        pair: PairItem::new(prompt, a, b, "rlaif@1#a", "rlaif@1#b"),
+        judge: Some(Judgement {
+            verdict,
+            consistent: true,
+            chose_first: (Some(verdict == Verdict::A), Some(verdict == Verdict::B)),
+            p_a: Some(p_a),
+        }),
+        judge_error: None,
+    };
+    d.app.on_engine_event(Event::Pairs {
+        run: "rlaif".into(),
+        step: 1,
+        pairs: vec![
+            judged("Review:", "What a lovely, joyful evening.", "A dull and sorry play.", Verdict::A, 0.81),
+            judged("Review:", "I hated every minute.", "Sweet music, kind friends.", Verdict::B, 0.22),
+            ProposedPair {
+                pair: PairItem::new("Review:", "Fine.", "Bad.", "rlaif@1#a", "rlaif@1#b"),
+                judge: None,
+                judge_error: Some("judge `smollm2` timed out after 30 s".into()),
+            },
+        ],
+    });
+    d.key(KeyCode::Char('4'));
+    let screen = d.render();
+    assert!(screen.contains("AI judge:"), "{screen}");
+    insta::assert_snapshot!("pairs_judge_1_verdict_shown_80x24", screen);
+    // Accept the judge's verdict, then override the next one.
+    d.keys("j");
+    let second = d.app.pairs.current().expect("pair").clone();
+    let judge_side_is_left = !second.a_on_left(d.app.config.pair_seed); // the judge chose b
+    d.keys(if judge_side_is_left { "b" } else { "a" });
+    let audit = d.app.pairs.audit();
+    assert_eq!((audit.audited, audit.agreed), (2, 1));
+    let screen = d.render();
+    assert!(screen.contains("AI judge failed"), "{screen}");
+    insta::assert_snapshot!("pairs_judge_2_after_accept_and_override_80x24", screen);
+    let log = std::fs::read_to_string(ws.path().join("labels/labels.jsonl")).expect("log");
+    assert_eq!(log.lines().filter(|l| l.contains("\"judge\":")).count(), 2);
+}
+
 #[test]
 fn pairs_pane_empty_queue_explains_where_pairs_come_from() {
     let ws = Workspace::new();

@@ -549,7 +549,7 @@ pub const BINDINGS: &[Binding] = &[
         S::Pairs,
         &[Key::ch('j')],
         Action::AcceptJudge,
-        "accept the AI judge's verdict shown under the answers",
+        "accept the AI judge's verdict (shown below)",
         "",
     ),
     b(

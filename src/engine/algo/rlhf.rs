@@ -75,11 +75,14 @@ impl RlhfSection {
     }
 }
 
-/// Loads the run's reward sources, keeping a handle on the reward model's slot.
+/// The configured reward model's folder and the slot its source scores with.
+pub type RewardModelSlot = (PathBuf, Arc<Mutex<Llama>>);
+
+/// Loads the run's reward sources, keeping a handle on the (first) reward model's slot.
 pub fn build_sources(
     cfgs: &[RewardConfig],
     device: &Device,
-) -> Result<(WeightedSources, Option<(PathBuf, Arc<Mutex<Llama>>)>), TrainError> {
+) -> Result<(WeightedSources, Option<RewardModelSlot>), TrainError> {
     let mut slot = None;
     let mut load = |c: &reward::RewardModelConfig| {
         let rm = reward::model::RewardModel::load(c, device)?;

@@ -46,10 +46,10 @@ impl CommandJudge {
 
 fn verdict_of(v: &Value) -> Option<Ordered> {
     match v {
-        Value::Number(n) => match n.as_f64()? {
-            x if x == 1.0 => Some(Ordered::First),
-            x if x == 2.0 => Some(Ordered::Second),
-            x if x == 0.0 => Some(Ordered::Tie),
+        Value::Number(n) => match n.as_i64()? {
+            1 => Some(Ordered::First),
+            2 => Some(Ordered::Second),
+            0 => Some(Ordered::Tie),
             _ => None,
         },
         Value::String(s) => super::parse_verdict(s),

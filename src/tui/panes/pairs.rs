@@ -400,7 +400,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     let bias = c
         .left_chosen_pct()
         .map_or("-".to_string(), |p| format!("{p:.0}%"));
-    let mut counts = format!(
+    let counts = format!(
         "labeled {} · skipped {} · left chosen {bias} · {} queued",
         c.labeled,
         c.skipped,
@@ -408,19 +408,21 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     );
     // The judge audit, once a judge is in the loop.
     let js = st.judge_stats;
-    if js.judged + js.failed > 0 || st.audit.audited > 0 {
+    let audit_line = (js.judged + js.failed > 0 || st.audit.audited > 0).then(|| {
         let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.0}%", 100.0 * v));
-        counts.push_str(&format!(
-            " · judge: agrees {} of {}, consistent {}, 1st slot {}",
-            pct(st.audit.agreement()),
+        let mut text = format!(
+            "judge vs you: agree {}/{} ({}) · consistent {} · 1st slot {}",
+            st.audit.agreed,
             st.audit.audited,
+            pct(st.audit.agreement()),
             pct(js.consistency()),
             pct(js.first_position_rate()),
-        ));
+        );
         if js.failed > 0 {
-            counts.push_str(&format!(", {} failed", js.failed));
+            text.push_str(&format!(" · {} failed", js.failed));
         }
-    }
+        Line::styled(text, theme::dim())
+    });
     let rows = if c.preferences == 1 { "row" } else { "rows" };
     let block = pane_block(PaneId::Pairs, &counts, view.focused).title_bottom(Line::styled(
         format!(" {} preference {rows} → {} ", c.preferences, st.prefs_label),
@@ -429,8 +431,15 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     let inner = block.inner(area);
     frame.render_widget(block, area);
 
-    let [msg_area, body] =
-        Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(inner);
+    let [msg_area, audit_area, body] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(u16::from(audit_line.is_some())),
+        Constraint::Fill(1),
+    ])
+    .areas(inner);
+    if let Some(line) = audit_line {
+        frame.render_widget(line, audit_area);
+    }
     if let Some((ok, text)) = &st.message {
         let style = if *ok { theme::ok() } else { theme::warning() };
         frame.render_widget(Line::styled(text.clone(), style), msg_area);
