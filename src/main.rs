@@ -126,6 +126,9 @@ enum Cmd {
         seq: usize,
         #[arg(long, default_value_t = 3)]
         iters: usize,
+        /// Completions per prompt (G) in the timed GRPO step (batch / G prompts).
+        #[arg(long, default_value_t = 4)]
+        generations: usize,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -137,27 +140,37 @@ enum Cmd {
     #[command(
         after_help = "Example:\n  rlft judge --model models/SmolLM2-135M-Instruct.Q4_1.gguf \\\n    --pairs assets/data/sentiment_prefs_eval.jsonl \\\n    --principle 'Prefer the answer that is more positive.' --limit 60"
     )]
-    Judge {
-        /// A chat model folder or .gguf file.
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, default_value = "Prefer the answer that is more helpful, correct and polite.")]
-        principle: String,
-        /// Preference pairs: JSONL with prompt, chosen and rejected.
-        #[arg(long)]
-        pairs: PathBuf,
-        /// Judge only the first N pairs.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Seed of the random assignment of chosen/rejected to answers a/b.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// One JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceChoice,
-    },
+    Judge(JudgeArgs),
+}
+
+#[derive(clap::Args)]
+struct JudgeArgs {
+    /// A chat model folder or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(
+        long,
+        default_value = "Prefer the answer that is more helpful, correct and polite."
+    )]
+    principle: String,
+    /// The principle's opposite: score each answer by log p(answer | principle) -
+    /// log p(answer | contrast) instead of asking the model "1 or 2?" (what small models need).
+    #[arg(long)]
+    contrast: Option<String>,
+    /// Preference pairs: JSONL with prompt, chosen and rejected.
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Judge only the first N pairs.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed of the random assignment of chosen/rejected to answers a/b.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 fn main() {
@@ -238,18 +251,11 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             seq,
             iters,
+            generations,
             json,
             device,
-        }) => bench(&model, batch, seq, iters.max(1), json, device),
-        Some(Cmd::Judge {
-            model,
-            principle,
-            pairs,
-            limit,
-            seed,
-            json,
-            device,
-        }) => judge(&model, &principle, &pairs, limit, seed, json, device),
+        }) => bench(&model, batch, seq, iters.max(1), generations, json, device),
+        Some(Cmd::Judge(args)) => judge(args),
     }
 }
 
@@ -468,17 +474,19 @@ fn convert(gguf: &std::path::Path, out: &std::path::Path) -> Result<()> {
 }
 
 /// `rlft judge`: loads a model judge and prints its figures on known preference pairs.
-fn judge(
-    path: &std::path::Path,
-    principle: &str,
-    pairs_path: &std::path::Path,
-    limit: Option<usize>,
-    seed: u64,
-    json: bool,
-    device: DeviceChoice,
-) -> Result<()> {
+fn judge(args: JudgeArgs) -> Result<()> {
     use rlft::engine::judge::{eval, model::ModelJudge};
-    let mut pairs = eval::read_pairs(pairs_path)?;
+    let JudgeArgs {
+        model: path,
+        principle,
+        contrast,
+        pairs: pairs_path,
+        limit,
+        seed,
+        json,
+        device,
+    } = args;
+    let mut pairs = eval::read_pairs(&pairs_path)?;
     if let Some(n) = limit {
         pairs.truncate(n);
     }
@@ -486,8 +494,8 @@ fn judge(
         bail!("{}: no preference pairs", pairs_path.display());
     }
     let device = device.init().map_err(anyhow::Error::msg)?;
-    let mut judge = ModelJudge::load(path, &device)?;
-    let (e, _) = eval::measure(&mut judge, principle, &pairs, seed, &mut |done, total| {
+    let mut judge = ModelJudge::load(&path, &device)?.with_contrast(contrast.clone());
+    let (e, _) = eval::measure(&mut judge, &principle, &pairs, seed, &mut |done, total| {
         eprint!("\rjudged {done}/{total} pairs");
     });
     eprintln!();
@@ -498,16 +506,38 @@ fn judge(
     let pct = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{:.1}%", 100.0 * x));
     println!("judge              {}", path.display());
     println!("principle          {principle}");
+    if let Some(c) = &contrast {
+        println!("contrast           {c}");
+    }
     println!("pairs              {} ({} failed)", e.pairs, e.failed);
-    println!("accuracy           {} ({} of {} pairs; ties count as wrong)", pct(e.accuracy), e.correct, e.pairs);
-    println!("decisive accuracy  {} (of {} decisive verdicts)", pct(e.decisive_accuracy), e.decisive);
+    println!(
+        "accuracy           {} ({} of {} pairs; ties count as wrong)",
+        pct(e.accuracy),
+        e.correct,
+        e.pairs
+    );
+    println!(
+        "decisive accuracy  {} (of {} decisive verdicts)",
+        pct(e.decisive_accuracy),
+        e.decisive
+    );
     println!("tie rate           {}", pct(e.tie_rate));
     println!("order consistency  {}", pct(e.consistency));
-    println!("first-position     {} (0.5 = no position bias)", pct(e.first_position_rate));
+    println!(
+        "first-position     {} (0.5 = no position bias)",
+        pct(e.first_position_rate)
+    );
     if let Some(p) = e.mean_p_chosen {
-        println!("mean p(chosen)     {p:.3}; p-accuracy {}", pct(e.p_accuracy));
+        println!(
+            "mean p(chosen)     {p:.3}; p-accuracy {}",
+            pct(e.p_accuracy)
+        );
     }
-    println!("seconds            {:.1} ({:.2} s/pair)", e.seconds, e.seconds / e.pairs as f64);
+    println!(
+        "seconds            {:.1} ({:.2} s/pair)",
+        e.seconds,
+        e.seconds / e.pairs as f64
+    );
     Ok(())
 }
 
@@ -516,17 +546,24 @@ fn bench(
     batch: usize,
     seq: usize,
     iters: usize,
+    generations: usize,
     json: bool,
     choice: DeviceChoice,
 ) -> Result<()> {
     let device = choice.init().map_err(anyhow::Error::msg)?;
     let loaded = model::load(path, &device.clone().autodiff(), Heads::Lm)?;
-    let opts = rlft::engine::bench::BenchOptions { batch, seq, iters };
+    let opts = rlft::engine::bench::BenchOptions {
+        batch,
+        seq,
+        iters,
+        generations,
+    };
     let name = path.display().to_string();
     let r = rlft::engine::bench::run(
         &name,
         &loaded.config,
         loaded.model,
+        loaded.tokenizer.as_ref(),
         &device,
         &choice.to_string(),
         &opts,
@@ -548,7 +585,35 @@ fn bench(
             r.rollout_tokens_per_s, r.rollout_new_tokens
         );
         println!("score (no grad)  {:>10.1} tokens/s", r.score_tokens_per_s);
+        if let (Some(step), Some(gen_s), Some(score_s), Some(update_s)) = (
+            r.grpo_step_s,
+            r.grpo_generation_s,
+            r.grpo_scoring_s,
+            r.grpo_update_s,
+        ) {
+            println!(
+                "GRPO step        {step:>10.3} s  ({} prompts x {} completions of {} tokens)",
+                r.grpo_prompts.unwrap_or(0),
+                r.grpo_generations.unwrap_or(0),
+                r.grpo_new_tokens.unwrap_or(0)
+            );
+            println!(
+                "  generation     {gen_s:>10.3} s  ({:.0} %)",
+                100.0 * gen_s / step
+            );
+            println!(
+                "  scoring        {score_s:>10.3} s  ({:.0} %, rewards + reference log-probs)",
+                100.0 * score_s / step
+            );
+            println!(
+                "  update         {update_s:>10.3} s  ({:.0} %, forward + backward + AdamW)",
+                100.0 * update_s / step
+            );
+        } else {
+            println!("GRPO step        skipped (the model folder has no tokenizer)");
+        }
         println!("peak RSS         {:>10.1} MB", r.peak_rss_mb);
+        println!("threads          {:>10}", r.threads);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Throughput of the three things RL fine-tuning spends its time on: training steps
 //! (forward + backward + AdamW), rollouts (batched KV-cache generation) and scoring
-//! (no-grad forward, as for a reference model). Used by `rlft bench`.
+//! (no-grad forward, as for a reference model), plus one full GRPO step split into
+//! generation / scoring / update. Used by `rlft bench`.
 
 use std::time::Instant;
 
@@ -9,12 +10,22 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::Serialize;
 
+use crate::engine::algo::grpo::{PromptItem, Rollout, compute_rewards};
 use crate::engine::algo::lm::lm_loss;
-use crate::engine::algo::{BatchTensors, scalar};
+use crate::engine::algo::losses::{self, GrpoLossType, ScaleRewards};
+use crate::engine::algo::sequences::{SeqBatch, score};
+use crate::engine::algo::{BatchTensors, masked_mean, scalar};
 use crate::engine::data::{PaddedBatch, TokenizedExample, pad_batch};
 use crate::engine::model::{Llama, LlamaConfig};
 use crate::engine::optim::{OptimConfig, Optimizer};
+use crate::engine::reward::{ExactMatch, RewardSource};
 use crate::engine::sample::{self, SamplingParams};
+use crate::engine::tasks::AnswerKind;
+use crate::engine::tokenizer::Tokenizer;
+
+/// KL coefficient of the benchmarked GRPO step: non-zero, so the step scores a frozen
+/// reference model as most RLHF recipes do.
+const GRPO_BENCH_BETA: f64 = 0.04;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -22,6 +33,8 @@ pub struct BenchOptions {
     pub seq: usize,
     /// Timed iterations after one warm-up.
     pub iters: usize,
+    /// Completions per prompt (G) of the GRPO step; `batch` is rounded down to a multiple.
+    pub generations: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +53,38 @@ pub struct BenchReport {
     /// Model FLOPs utilisation basis: 6 * params * tokens / s for training, in GFLOP/s.
     pub train_gflops: f64,
     pub peak_rss_mb: f64,
+    /// Worker threads the CPU backend may use (see [`cpu_threads`]).
+    pub threads: usize,
+    /// One GRPO step (`grpo_prompts` x `grpo_generations` completions of
+    /// `grpo_new_tokens` tokens after `seq - grpo_new_tokens` prompt tokens, exact-match
+    /// reward on sums, k3 KL to a frozen reference, one AdamW update); `None` without a
+    /// tokenizer. Seconds, mean over the timed steps.
+    pub grpo_step_s: Option<f64>,
+    /// Sampling the completions (no-grad KV-cache decoding) and decoding them to text.
+    pub grpo_generation_s: Option<f64>,
+    /// Rewards, group advantages and the reference model's log-probs (no-grad forward).
+    pub grpo_scoring_s: Option<f64>,
+    /// Policy forward with autodiff, GRPO loss, backward and AdamW.
+    pub grpo_update_s: Option<f64>,
+    pub grpo_prompts: Option<usize>,
+    pub grpo_generations: Option<usize>,
+    pub grpo_new_tokens: Option<usize>,
+}
+
+/// Per-phase seconds of one GRPO step.
+#[derive(Clone, Copy, Debug, Default)]
+struct GrpoTimes {
+    generation: f64,
+    scoring: f64,
+    update: f64,
+}
+
+impl std::ops::AddAssign for GrpoTimes {
+    fn add_assign(&mut self, o: Self) {
+        self.generation += o.generation;
+        self.scoring += o.scoring;
+        self.update += o.update;
+    }
 }
 
 /// Peak resident set size of this process, from `/proc/self/status` (0 where unavailable).
@@ -53,6 +98,16 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Worker threads of the CPU backend's pool: `RAYON_NUM_THREADS` when set to a positive
+/// number (rayon reads it), else the machine's available parallelism.
+pub fn cpu_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Deterministic pseudo-random token rows (no tokenizer needed).
@@ -84,12 +139,161 @@ fn batch_of(rows: &[Vec<u32>]) -> PaddedBatch {
     pad_batch(&refs, 0, false)
 }
 
-/// Runs the three measurements on `model`, which must be loaded on `device.autodiff()`:
-/// training uses it directly, scoring and rollouts a no-grad `valid()` copy.
+/// Arithmetic prompts of exactly `prompt_len` tokens: few-shot sums `a + b = c` ending in a
+/// question whose sum is the answer (the left end of the few-shot text is cut off).
+fn arithmetic_prompts(n: usize, prompt_len: usize, tokenizer: &Tokenizer) -> Vec<PromptItem> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        10 + (x % 90)
+    };
+    (0..n)
+        .map(|_| {
+            let mut shots = String::new();
+            let (a, b) = (next(), next());
+            let question = format!("{a} + {b} =");
+            let ids = loop {
+                let ids = tokenizer
+                    .encode(&format!("{shots}{question}"), false)
+                    .unwrap_or_default();
+                // Stop once long enough, or if the tokenizer yields nothing.
+                if ids.len() >= prompt_len || (ids.is_empty() && shots.len() > 4096) {
+                    break ids[ids.len().saturating_sub(prompt_len)..].to_vec();
+                }
+                let (c, d) = (next(), next());
+                shots.push_str(&format!("{c} + {d} = {}\n", c + d));
+            };
+            PromptItem {
+                text: question,
+                ids,
+                answer: Some((a + b).to_string()),
+                demo: None,
+            }
+        })
+        .collect()
+}
+
+/// One GRPO step as `algo::grpo::run` takes it (μ = 1, DAPO loss, group-scaled advantages),
+/// with a fixed completion length (EOS ignored) so steps compare across engines.
+#[allow(clippy::too_many_arguments)]
+fn grpo_step(
+    policy: Llama,
+    optim: &mut Optimizer,
+    reference: &Llama,
+    prompts: &[PromptItem],
+    generations: usize,
+    new_tokens: usize,
+    tokenizer: &Tokenizer,
+    config: &LlamaConfig,
+    seed: u64,
+) -> (Llama, GrpoTimes) {
+    let train_device = policy.embed_tokens.val().device();
+    let plain = train_device.clone().without_autodiff();
+    let pad = tokenizer
+        .pad_id()
+        .or_else(|| tokenizer.eos_ids().first().copied())
+        .unwrap_or(0);
+    let refs: Vec<&PromptItem> = prompts.iter().collect();
+    let mut times = GrpoTimes::default();
+
+    // Generation: G samples per prompt from a no-grad copy of the policy.
+    let start = Instant::now();
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.ids.clone(), generations))
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: new_tokens,
+        temperature: 1.0,
+        seed,
+        ..Default::default()
+    };
+    let gens = sample::generate(
+        &policy.valid(),
+        &rows,
+        &params,
+        &[],
+        pad,
+        None,
+        config.max_position_embeddings,
+    );
+    let mut ro = Rollout {
+        prompt_index: (0..rows.len()).map(|i| i / generations).collect(),
+        tokens: Vec::with_capacity(gens.len()),
+        texts: Vec::with_capacity(gens.len()),
+        finish: Vec::with_capacity(gens.len()),
+    };
+    for g in gens {
+        ro.texts
+            .push(tokenizer.decode(&g.tokens, true).unwrap_or_default());
+        ro.tokens.push(g.tokens);
+        ro.finish.push(g.finish);
+    }
+    times.generation = start.elapsed().as_secs_f64();
+
+    // Scoring: rewards, advantages and the frozen reference's log-probs.
+    let start = Instant::now();
+    let mut sources: Vec<(Box<dyn RewardSource>, f32)> =
+        vec![(Box::new(ExactMatch::new(AnswerKind::Integer)), 1.0)];
+    let rewards = compute_rewards(&mut sources, &refs, &ro).expect("exact-match rewards");
+    let (advantages, _) = losses::grpo_advantages(&rewards.total, generations, ScaleRewards::Group)
+        .expect("group advantages");
+    let prompt_rows: Vec<&[u32]> = ro
+        .prompt_index
+        .iter()
+        .map(|&i| prompts[i].ids.as_slice())
+        .collect();
+    let completion_rows: Vec<&[u32]> = ro.tokens.iter().map(Vec::as_slice).collect();
+    let plain_batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &plain);
+    let ref_lp = score(reference, &plain_batch, 1.0).logprobs;
+    let _ = ref_lp.clone().slice([0..1, 0..1]).into_data();
+    let ref_lp = ref_lp.autodiff();
+    times.scoring = start.elapsed().as_secs_f64();
+
+    // Update: policy forward with autodiff, loss, backward, AdamW.
+    let start = Instant::now();
+    let batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &train_device);
+    let adv = Tensor::<1>::from_data(
+        TensorData::new(advantages.clone(), [advantages.len()]),
+        &train_device,
+    );
+    let scored = score(&policy, &batch, 1.0);
+    let _entropy = scalar(masked_mean(
+        losses::token_entropy(scored.logits.clone().detach()),
+        batch.completion_mask.clone(),
+    ));
+    let old = scored.logprobs.clone().detach();
+    let out = losses::grpo_loss(
+        scored.logprobs,
+        old,
+        Some(ref_lp),
+        adv,
+        batch.completion_mask.clone(),
+        0.2,
+        0.2,
+        GRPO_BENCH_BETA,
+        GrpoLossType::Dapo,
+        new_tokens,
+    )
+    .expect("grpo loss");
+    let _ = scalar(out.loss.clone());
+    let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
+    let (next, _) = optim.step(1e-6, policy, grads);
+    let _ = next.embed_tokens.val().slice([0..1, 0..1]).into_data();
+    times.update = start.elapsed().as_secs_f64();
+    (next, times)
+}
+
+/// Runs the measurements on `model`, which must be loaded on `device.autodiff()`: training
+/// uses it directly, scoring and rollouts a no-grad `valid()` copy. The GRPO step needs
+/// `tokenizer` (its reward reads text); without one it is skipped.
 pub fn run(
     name: &str,
     config: &LlamaConfig,
     model: Llama,
+    tokenizer: Option<&Tokenizer>,
     device: &Device,
     device_name: &str,
     opts: &BenchOptions,
@@ -158,6 +362,43 @@ pub fn run(
         train_s += s;
     }
     train_s /= opts.iters as f64;
+
+    // One GRPO step: B/G prompts of T/2 tokens x G completions of T - T/2 tokens.
+    let g = opts.generations.clamp(1, b);
+    let grpo = if let Some(tok) = tokenizer {
+        let prompt_len = (t / 2).max(1);
+        let new_tokens = t - prompt_len;
+        let prompts = arithmetic_prompts(b / g, prompt_len, tok);
+        let mut total = GrpoTimes::default();
+        for i in 0..opts.iters {
+            let (next, times) = grpo_step(
+                policy,
+                &mut optim,
+                &score_model,
+                &prompts,
+                g,
+                new_tokens,
+                tok,
+                config,
+                i as u64 + 1,
+            );
+            policy = next;
+            total += times;
+        }
+        let n = opts.iters as f64;
+        Some((
+            GrpoTimes {
+                generation: total.generation / n,
+                scoring: total.scoring / n,
+                update: total.update / n,
+            },
+            prompts.len(),
+            new_tokens,
+        ))
+    } else {
+        None
+    };
+    drop(policy);
     let params = config.num_params();
     BenchReport {
         model: name.into(),
@@ -172,5 +413,13 @@ pub fn run(
         score_tokens_per_s: tokens / score_s,
         train_gflops: 6.0 * params as f64 * tokens / train_s / 1e9,
         peak_rss_mb: peak_rss_mb(),
+        threads: cpu_threads(),
+        grpo_step_s: grpo.map(|(x, _, _)| x.generation + x.scoring + x.update),
+        grpo_generation_s: grpo.map(|(x, _, _)| x.generation),
+        grpo_scoring_s: grpo.map(|(x, _, _)| x.scoring),
+        grpo_update_s: grpo.map(|(x, _, _)| x.update),
+        grpo_prompts: grpo.map(|(_, p, _)| p),
+        grpo_generations: grpo.map(|_| g),
+        grpo_new_tokens: grpo.map(|(_, _, n)| n),
     }
 }

@@ -271,7 +271,10 @@ mod tests {
         let (e, results) = measure(&mut Plus, "more +", &pairs, 7, &mut |_, _| calls += 1);
         assert_eq!(results.len(), 40);
         assert_eq!(calls, 3);
-        assert_eq!((e.accuracy, e.consistency, e.tie_rate), (Some(1.0), Some(1.0), Some(0.0)));
+        assert_eq!(
+            (e.accuracy, e.consistency, e.tie_rate),
+            (Some(1.0), Some(1.0), Some(0.0))
+        );
         assert_eq!(e.first_position_rate, Some(0.5));
         assert_eq!(e.mean_p_chosen, None);
     }

@@ -13,6 +13,7 @@
 //! type = "model"              # model | openai | command
 //! path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! principle = "Prefer the answer that is more positive and enthusiastic."
+//! contrast = "Prefer the answer that is more negative."   # optional, model judges only
 //!
 //! # type = "openai": base_url = "http://127.0.0.1:8080/v1", model = "smollm2",
 //! #   api_key_env = "OPENAI_API_KEY" (the key is read from there, never stored),
@@ -139,6 +140,12 @@ pub struct ModelJudgeConfig {
     pub path: PathBuf,
     #[serde(default = "default_principle")]
     pub principle: String,
+    /// The principle's opposite ("Prefer the review that is more negative."). When set, the
+    /// judge scores each answer by how much more likely the model finds it under the principle
+    /// than under this (contrastive, as RLCD does) instead of asking "1 or 2?": small models
+    /// such as SmolLM2-135M judge far better this way (see [`model::ModelJudge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<String>,
 }
 
 /// `type = "openai"`: see [`openai::OpenAiJudge`].
@@ -185,7 +192,9 @@ impl JudgeConfig {
 /// Builds the judge a config describes. A model judge loads on `device`.
 pub fn build(cfg: &JudgeConfig, device: &burn::tensor::Device) -> Result<Box<dyn Judge>, JudgeError> {
     Ok(match cfg {
-        JudgeConfig::Model(c) => Box::new(model::ModelJudge::load(&c.path, device)?),
+        JudgeConfig::Model(c) => Box::new(
+            model::ModelJudge::load(&c.path, device)?.with_contrast(c.contrast.clone()),
+        ),
         JudgeConfig::OpenAi(c) => Box::new(openai::OpenAiJudge::new(c)?),
         JudgeConfig::Command(c) => Box::new(command::CommandJudge::new(c)?),
     })

@@ -1,14 +1,24 @@
-//! `type = "model"`: a local chat model as the judge. Each ordered comparison becomes one user
-//! message ([`super::judge_prompt`]) in the model's chat template, followed by the generation
-//! prompt; one batched no-grad forward pass reads the next-token logits of the verdict tokens
-//! `1` and `2`, and `p_first` is the softmax over those two. No text is generated, so a reply
-//! can never fail to parse.
+//! `type = "model"`: a local chat model as the judge, in one of two ways.
+//!
+//! - **Ask "1 or 2?"** (the default): each ordered comparison becomes one user message
+//!   ([`super::judge_prompt`]) in the model's chat template, followed by the generation prompt;
+//!   one batched no-grad forward pass reads the next-token logits of the verdict tokens `1` and
+//!   `2`, and `p_first` is the softmax over those two. No text is generated, so a reply can never
+//!   fail to parse. This needs a capable instruct model: SmolLM2-135M answers `1` whatever the
+//!   answers say (measured on 200 sentiment pairs: every pair inconsistent, 100 % first slot).
+//! - **Contrast** (`contrast = "..."`, the principle's opposite): each answer is scored on its
+//!   own as `log p(answer | principle) - log p(answer | contrast)`, both as the system turn
+//!   before the prompt, and `p_first = sigmoid(score(first) - score(second))`. This is the
+//!   contrastive preference signal of RLCD (Yang et al. 2023). A small model can do it well
+//!   (SmolLM2-135M: 90+ % on the sentiment pairs, see tests/judge_quality.rs), and it has no
+//!   position bias by construction: both orders always agree.
 
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
 use super::{Comparison, Judge, JudgeError, Ordered, OrderedVerdict};
+use crate::engine::algo::sequences::{SeqBatch, score, sequence_logprob};
 use crate::engine::model::{self, Heads, Llama, LoadedModel, host_f32};
 use crate::engine::sample::left_pad;
 use crate::engine::tokenizer::{ChatMessage, Tokenizer};
@@ -19,7 +29,7 @@ pub const DEFAULT_JUDGE_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Comparisons run through the model together; bounds activation memory.
 const JUDGE_BATCH: usize = 8;
 
-/// A chat model that answers "1" or "2".
+/// A chat model as a judge: asked "1 or 2?", or scoring answers by contrast (module docs).
 pub struct ModelJudge {
     name: String,
     path: PathBuf,
@@ -30,6 +40,8 @@ pub struct ModelJudge {
     /// Token ids that mean "the first answer" and "the second answer" (`1`, and ` 1` where the
     /// tokenizer has it as one token).
     verdict_ids: [Vec<u32>; 2],
+    /// The principle's opposite, for contrastive scoring.
+    contrast: Option<String>,
 }
 
 impl ModelJudge {
@@ -89,7 +101,15 @@ impl ModelJudge {
             pad_id,
             max_len: loaded.config.max_position_embeddings.max(2),
             verdict_ids,
+            contrast: None,
         })
+    }
+
+    /// Scores by contrast with the principle's opposite instead of asking "1 or 2?" (module
+    /// docs); `None` (or blank) keeps the question.
+    pub fn with_contrast(mut self, contrast: Option<String>) -> Self {
+        self.contrast = contrast.filter(|c| !c.trim().is_empty());
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -114,6 +134,17 @@ impl ModelJudge {
             .map_err(|e| self.error(e.to_string()))
     }
 
+    /// `e` again, for the comparisons that share a failed answer.
+    fn copy_error(&self, e: &JudgeError) -> JudgeError {
+        match e {
+            JudgeError::Model { path, message } => JudgeError::Model {
+                path: path.clone(),
+                message: message.clone(),
+            },
+            other => self.error(other.to_string()),
+        }
+    }
+
     fn error(&self, message: String) -> JudgeError {
         JudgeError::Model {
             path: self.path.clone(),
@@ -134,7 +165,12 @@ impl ModelJudge {
         // onto the vocabulary.
         let last = hidden.narrow(1, t - 1, 1);
         let logits = self.model.logits(last).squeeze_dim::<2>(1);
-        let ids: Vec<i64> = self.verdict_ids.iter().flatten().map(|&i| i as i64).collect();
+        let ids: Vec<i64> = self
+            .verdict_ids
+            .iter()
+            .flatten()
+            .map(|&i| i as i64)
+            .collect();
         let n = ids.len();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
         let picked = host_f32(logits.select(1, idx));
@@ -188,12 +224,21 @@ fn verdict_token_ids(tokenizer: &Tokenizer) -> Result<[Vec<u32>; 2], String> {
     Ok([first, second])
 }
 
-impl Judge for ModelJudge {
-    fn name(&self) -> &str {
-        &self.name
+/// The verdict for a probability that the first answer is better; exactly even is a tie
+/// (identical answers under contrast scoring).
+fn verdict(p: f64) -> Ordered {
+    if p > 0.5 {
+        Ordered::First
+    } else if p < 0.5 {
+        Ordered::Second
+    } else {
+        Ordered::Tie
     }
+}
 
-    fn compare(&mut self, batch: &[Comparison]) -> Vec<Result<OrderedVerdict, JudgeError>> {
+impl ModelJudge {
+    /// "1 or 2?" for each comparison.
+    fn ask(&self, batch: &[Comparison]) -> Vec<Result<OrderedVerdict, JudgeError>> {
         let mut out: Vec<Result<OrderedVerdict, JudgeError>> = Vec::with_capacity(batch.len());
         let mut rows: Vec<(usize, Vec<u32>)> = Vec::with_capacity(batch.len());
         for (i, c) in batch.iter().enumerate() {
@@ -221,11 +266,7 @@ impl Judge for ModelJudge {
             for ((i, _), p) in chunk.iter().zip(self.p_first(&ids)) {
                 out[*i] = if p.is_finite() {
                     Ok(OrderedVerdict {
-                        verdict: if p > 0.5 {
-                            Ordered::First
-                        } else {
-                            Ordered::Second
-                        },
+                        verdict: verdict(p),
                         p_first: Some(p),
                     })
                 } else {
@@ -234,6 +275,130 @@ impl Judge for ModelJudge {
             }
         }
         out
+    }
+
+    /// The tokens of `prompt` as the user turn after `system`, with the generation prompt.
+    fn context(&self, system: &str, prompt: &str) -> Result<Vec<u32>, JudgeError> {
+        let messages = [
+            ChatMessage::system(system.trim()),
+            ChatMessage::user(prompt),
+        ];
+        let text = self
+            .tokenizer
+            .apply_chat_template(&messages, true)
+            .map_err(|e| self.error(format!("chat template: {e}")))?;
+        self.tokenizer
+            .encode(&text, false)
+            .map_err(|e| self.error(e.to_string()))
+    }
+
+    /// Contrast scores `log p(answer | principle) - log p(answer | contrast)` of
+    /// `(principle, prompt, answer)` items.
+    pub fn contrast_scores(
+        &self,
+        contrast: &str,
+        items: &[(&str, &str, &str)],
+    ) -> Vec<Result<f64, JudgeError>> {
+        let mut out: Vec<Result<f64, JudgeError>> = Vec::with_capacity(items.len());
+        // (item, +1 or -1, context ++ answer split)
+        let mut rows: Vec<(usize, f64, Vec<u32>, Vec<u32>)> = Vec::new();
+        for (i, &(principle, prompt, answer)) in items.iter().enumerate() {
+            let encoded = (|| {
+                let answer = self
+                    .tokenizer
+                    .encode(answer.trim(), false)
+                    .map_err(|e| self.error(e.to_string()))?;
+                let pos = self.context(principle, prompt)?;
+                let neg = self.context(contrast, prompt)?;
+                let longest = pos.len().max(neg.len()) + answer.len();
+                if longest > self.max_len {
+                    return Err(self.error(format!(
+                        "prompt and answer are {longest} tokens with the principle, longer \
+                         than the model's context of {}",
+                        self.max_len
+                    )));
+                }
+                Ok([(1.0, pos, answer.clone()), (-1.0, neg, answer)])
+            })();
+            match encoded {
+                Ok(two) => {
+                    out.push(Ok(0.0));
+                    rows.extend(two.into_iter().map(|(sign, ctx, ans)| (i, sign, ctx, ans)));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        rows.sort_by_key(|(_, _, ctx, ans)| ctx.len() + ans.len());
+        let device = self.model.embed_tokens.val().device();
+        for chunk in rows.chunks(JUDGE_BATCH) {
+            let prompts: Vec<&[u32]> = chunk.iter().map(|r| r.2.as_slice()).collect();
+            let answers: Vec<&[u32]> = chunk.iter().map(|r| r.3.as_slice()).collect();
+            let batch = SeqBatch::new(&prompts, &answers, self.pad_id, &device);
+            let scored = score(&self.model, &batch, 1.0);
+            let logprobs = host_f32(sequence_logprob(scored.logprobs, batch.completion_mask));
+            for ((i, sign, _, _), lp) in chunk.iter().zip(logprobs) {
+                if let Ok(total) = &mut out[*i] {
+                    *total += sign * lp as f64;
+                }
+            }
+        }
+        for s in &mut out {
+            if let Ok(x) = s
+                && !x.is_finite()
+            {
+                *s = Err(self.error(format!("contrast score is {x}")));
+            }
+        }
+        out
+    }
+
+    /// Contrast scoring for each comparison; each distinct answer is scored once.
+    fn by_contrast(
+        &self,
+        contrast: &str,
+        batch: &[Comparison],
+    ) -> Vec<Result<OrderedVerdict, JudgeError>> {
+        let mut items: Vec<(&str, &str, &str)> = Vec::new();
+        let mut slots: Vec<[usize; 2]> = Vec::with_capacity(batch.len());
+        for c in batch {
+            let mut slot = [0; 2];
+            for (k, answer) in [c.first, c.second].into_iter().enumerate() {
+                let item = (c.principle, c.prompt, answer);
+                slot[k] = items.iter().position(|&x| x == item).unwrap_or_else(|| {
+                    items.push(item);
+                    items.len() - 1
+                });
+            }
+            slots.push(slot);
+        }
+        let scores = self.contrast_scores(contrast, &items);
+        slots
+            .into_iter()
+            .map(|[a, b]| {
+                let (sa, sb) = match (&scores[a], &scores[b]) {
+                    (Ok(sa), Ok(sb)) => (*sa, *sb),
+                    (Err(e), _) | (_, Err(e)) => return Err(self.copy_error(e)),
+                };
+                let p = 1.0 / (1.0 + (sb - sa).exp());
+                Ok(OrderedVerdict {
+                    verdict: if sa == sb { Ordered::Tie } else { verdict(p) },
+                    p_first: Some(p),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Judge for ModelJudge {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn compare(&mut self, batch: &[Comparison]) -> Vec<Result<OrderedVerdict, JudgeError>> {
+        match &self.contrast {
+            Some(contrast) => self.by_contrast(contrast, batch),
+            None => self.ask(batch),
+        }
     }
 }
 
@@ -270,7 +435,13 @@ mod tests {
     #[test]
     fn one_verdict_per_comparison_with_a_probability() {
         let mut judge = ModelJudge::from_loaded(Path::new("tiny"), tiny(true)).unwrap();
-        let texts = ["1 1 1", "2 is better", "answer 0", "1", "2 2 2 2 2 2 2 2 2 2 2"];
+        let texts = [
+            "1 1 1",
+            "2 is better",
+            "answer 0",
+            "1",
+            "2 2 2 2 2 2 2 2 2 2 2",
+        ];
         // More comparisons than one forward batch, of different lengths.
         let batch: Vec<Comparison> = (0..11)
             .map(|i| Comparison {
@@ -289,12 +460,54 @@ mod tests {
             assert_eq!(v.verdict == Ordered::First, p > 0.5);
             // Batching and padding do not change a comparison's answer.
             let alone = judge.compare(&batch[i..=i]).pop().unwrap().unwrap();
-            assert!((alone.p_first.unwrap() - p).abs() < 1e-4, "{i}: {alone:?} vs {v:?}");
+            assert!(
+                (alone.p_first.unwrap() - p).abs() < 1e-4,
+                "{i}: {alone:?} vs {v:?}"
+            );
         }
         let pairs = [("Answer:", "1", "2"), ("Answer:", "2 2", "1")];
         let judged = super::super::judge_pairs(&mut judge, "Prefer 1.", &pairs);
         assert_eq!(judged.len(), 2);
         assert!(judged.iter().all(|j| j.as_ref().unwrap().p_a.is_some()));
+    }
+
+    #[test]
+    fn contrast_scoring_is_order_consistent_and_ties_identical_answers() {
+        let judge = ModelJudge::from_loaded(Path::new("tiny"), tiny(true)).unwrap();
+        let mut judge = judge.with_contrast(Some("Prefer 2.".into()));
+        let pairs = [
+            ("Answer:", "1 1 1", "2 is better"),
+            ("Answer:", "answer 0", "2 2 2 2 2 2 2 2 2 2 2"),
+            ("Answer:", "1", "1"),
+        ];
+        let batch: Vec<Comparison> = pairs
+            .iter()
+            .flat_map(|&(prompt, a, b)| {
+                [(a, b), (b, a)].map(|(first, second)| Comparison {
+                    principle: "Prefer 1.",
+                    prompt,
+                    first,
+                    second,
+                })
+            })
+            .collect();
+        let out: Vec<OrderedVerdict> = judge
+            .compare(&batch)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(out.len(), 6);
+        for pair in out.chunks(2) {
+            let (p, q) = (pair[0].p_first.unwrap(), pair[1].p_first.unwrap());
+            assert!(p > 0.0 && p < 1.0, "p_first {p}");
+            assert!((p + q - 1.0).abs() < 1e-9, "{p} and {q} disagree");
+        }
+        assert_eq!(out[4].verdict, Ordered::Tie);
+        assert_eq!(out[4].p_first, Some(0.5));
+        let judged = super::super::judge_pairs(&mut judge, "Prefer 1.", &pairs[..2]);
+        assert!(judged.iter().all(|j| j.as_ref().unwrap().consistent));
+        // Without a contrast the judge asks "1 or 2?" again.
+        assert!(judge.with_contrast(Some("  ".into())).contrast.is_none());
     }
 
     #[test]

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# rlft bench and the PyTorch / HF transformers reference, one after the other, same model and
+# batch shape, then rlft-vs-torch ratios. See benches/reference/README.md.
+#
+#   benches/reference/run.sh [MODEL_DIR] [BATCH] [SEQ]
+#
+# Environment: RLFT (the rlft binary), PYTHON (a python with torch + transformers), ITERS (3),
+# GENERATIONS (GRPO completions per prompt, 4), THREADS (threads of both engines; default:
+# all CPUs, os.cpu_count() for torch), OMP_WAIT_POLICY (PASSIVE unless set), OUT_DIR (where
+# the JSON lines go).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+MODEL=${1:-assets/base}
+BATCH=${2:-8}
+SEQ=${3:-128}
+ITERS=${ITERS:-3}
+GENERATIONS=${GENERATIONS:-4}
+RLFT=${RLFT:-${CARGO_TARGET_DIR:-target}/release/rlft}
+PYTHON=${PYTHON:-python3}
+OUT_DIR=${OUT_DIR:-$(mktemp -d -t rlft-bench-XXXXXX)}
+# libgomp's default busy-waiting collapses when other processes share the cores (10x and
+# worse at load 7 on 2 cores); PASSIVE costs little on an idle machine.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
+if [ ! -x "$RLFT" ]; then
+    echo "no rlft binary at $RLFT: build with cargo build --release or set RLFT" >&2
+    exit 1
+fi
+if ! "$PYTHON" -c 'import torch, transformers' 2>/dev/null; then
+    echo "$PYTHON cannot import torch and transformers: set PYTHON (see README.md)" >&2
+    exit 1
+fi
+mkdir -p "$OUT_DIR"
+# THREADS pins both engines: rayon's pool for rlft, torch.set_num_threads for torch.
+threads=()
+if [ -n "${THREADS:-}" ]; then
+    threads=(--threads "$THREADS")
+    export RAYON_NUM_THREADS=$THREADS
+fi
+echo "# $(date -u +%FT%TZ) $(uname -n) nproc=$(nproc) loadavg: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# model $MODEL, batch $BATCH, seq $SEQ, iters $ITERS, G $GENERATIONS"
+echo
+echo "## rlft: $RLFT bench --model $MODEL --batch $BATCH --seq $SEQ --iters $ITERS --generations $GENERATIONS --json"
+"$RLFT" bench --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --iters "$ITERS" \
+    --generations "$GENERATIONS" --json | tee "$OUT_DIR/rlft.json"
+echo
+echo "## torch: loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+"$PYTHON" benches/reference/torch_reference.py --model "$MODEL" --batch "$BATCH" \
+    --seq "$SEQ" --iters "$ITERS" --generations "$GENERATIONS" "${threads[@]}" \
+    --rlft-json "$OUT_DIR/rlft.json" --save-json "$OUT_DIR/torch.json" 2> >(grep -v -E "Loading weights|^\s*$" >&2)
+echo
+echo "# JSON lines in $OUT_DIR"
