@@ -80,7 +80,10 @@ fn dpo_arith_heldout_preference_accuracy() {
     let (rows, seconds) = train("configs/dpo_arith.toml");
     curve(&rows, "eval_rewards/margins");
     let (_, last) = last_accuracy(&rows, "eval_rewards/accuracies", "dpo-arith", seconds);
-    assert!(last >= 0.90, "held-out preference accuracy {last:.3} < 0.90");
+    assert!(
+        last >= 0.90,
+        "held-out preference accuracy {last:.3} < 0.90"
+    );
 }
 
 /// Reward model on the UCI sentiment pairs (positive review preferred). The base model saw
@@ -103,7 +106,10 @@ fn dpo_sentiment_heldout_preference_accuracy() {
     let (rows, seconds) = train("configs/dpo.toml");
     curve(&rows, "eval_rewards/margins");
     let (_, last) = last_accuracy(&rows, "eval_rewards/accuracies", "dpo-sentiment", seconds);
-    assert!(last >= 0.83, "held-out preference accuracy {last:.3} < 0.83");
+    assert!(
+        last >= 0.83,
+        "held-out preference accuracy {last:.3} < 0.83"
+    );
 }
 
 /// PPO with a learned reward: trains a small sentiment reward model first (the RM setup of
@@ -206,7 +212,9 @@ fn ppo_raises_reward_model_score() {
 #[ignore = "slow: a teacher model judges pairs for minutes"]
 fn rlaif_sentiment_ground_truth_rises() {
     if !repo("models/SmolLM2-135M-Instruct.Q4_1.gguf").is_file() {
-        eprintln!("SKIPPED: models/SmolLM2-135M-Instruct.Q4_1.gguf missing (bash scripts/fetch-smollm2.sh)");
+        eprintln!(
+            "SKIPPED: models/SmolLM2-135M-Instruct.Q4_1.gguf missing (bash scripts/fetch-smollm2.sh)"
+        );
         return;
     }
     let (rows, seconds) = train("configs/rlaif.toml");
@@ -227,5 +235,8 @@ fn rlaif_sentiment_ground_truth_rises() {
         mean(&kl[kl.len() - 10..]),
         consistency.last().copied().unwrap_or(f64::NAN),
     );
-    assert!(last > first + 0.05, "ground truth did not rise: {first:.3} -> {last:.3}");
+    assert!(
+        last > first + 0.05,
+        "ground truth did not rise: {first:.3} -> {last:.3}"
+    );
 }

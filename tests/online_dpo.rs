@@ -119,14 +119,23 @@ fn an_ai_judge_labels_pairs_and_dpo_steps_on_them() {
         "labels/judge",
         "beta",
     ] {
-        assert!(rows.iter().any(|r| r.values.contains_key(key)), "{key} missing");
+        assert!(
+            rows.iter().any(|r| r.values.contains_key(key)),
+            "{key} missing"
+        );
     }
     assert!(last["labels/judge"] >= 6.0, "{last:?}");
     // This judge has no position bias, so every decided pair is consistent.
     assert_eq!(last["judge/consistency"], 1.0);
     assert!(dir.join("checkpoints/final/model.safetensors").exists());
     // Samples are recorded for the Samples pane.
-    assert!(std::fs::read_to_string(dir.join("samples.jsonl")).unwrap().lines().count() >= 8);
+    assert!(
+        std::fs::read_to_string(dir.join("samples.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+            >= 8
+    );
 }
 
 #[test]
@@ -161,7 +170,10 @@ fn a_judge_that_prints_garbage_warns_and_leaves_pairs_unlabelled_without_failing
     handle.commands.send(Command::Stop).unwrap();
     handle.thread.join().unwrap();
     let rest: Vec<Event> = rx.try_iter().collect();
-    assert!(!rest.iter().any(|e| matches!(e, Event::Failed { .. })), "{rest:?}");
+    assert!(
+        !rest.iter().any(|e| matches!(e, Event::Failed { .. })),
+        "{rest:?}"
+    );
     assert!(rest.iter().any(|e| matches!(
         e,
         Event::Finished {

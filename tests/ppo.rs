@@ -467,16 +467,27 @@ fn rlhf_retrains_the_reward_model_from_labels_and_ppo_picks_it_up() {
         0,
     )
     .unwrap();
-    let m = refresher.maybe_refresh(&Device::flex()).unwrap().expect("due");
+    let m = refresher
+        .maybe_refresh(&Device::flex())
+        .unwrap()
+        .expect("due");
     assert_eq!(m["reward_model/version"], 1.0);
     assert_eq!(m["reward_model/labels"], 8.0);
     assert!(m["reward_model/train_accuracy"] > 0.9, "{m:?}");
-    let s = slot_rm.score_texts(&[("2+2=", "11"), ("2+2=", "77")]).unwrap();
-    assert!(s[0] > s[1], "the swapped-in model follows the labels: {s:?}");
+    let s = slot_rm
+        .score_texts(&[("2+2=", "11"), ("2+2=", "77")])
+        .unwrap();
+    assert!(
+        s[0] > s[1],
+        "the swapped-in model follows the labels: {s:?}"
+    );
     assert!(run_dir.join("reward_model/v1/model.safetensors").exists());
     assert!(refresher.maybe_refresh(&Device::flex()).unwrap().is_none());
     write_labels(12);
-    let m = refresher.maybe_refresh(&Device::flex()).unwrap().expect("due again");
+    let m = refresher
+        .maybe_refresh(&Device::flex())
+        .unwrap()
+        .expect("due again");
     assert_eq!(m["reward_model/version"], 2.0);
 
     // In a PPO run: the first step refreshes, and every step reports the version in use.

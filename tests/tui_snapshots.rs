@@ -408,8 +408,20 @@ fn pairs_pane_shows_the_ai_judge_verdict_and_audits_agreement() {
         run: "rlaif".into(),
         step: 1,
         pairs: vec![
-            judged("Review:", "What a lovely, joyful evening.", "A dull and sorry play.", Verdict::A, 0.81),
-            judged("Review:", "I hated every minute.", "Sweet music, kind friends.", Verdict::B, 0.22),
+            judged(
+                "Review:",
+                "What a lovely, joyful evening.",
+                "A dull and sorry play.",
+                Verdict::A,
+                0.81,
+            ),
+            judged(
+                "Review:",
+                "I hated every minute.",
+                "Sweet music, kind friends.",
+                Verdict::B,
+                0.22,
+            ),
             ProposedPair {
                 pair: PairItem::new("Review:", "Fine.", "Bad.", "rlaif@1#a", "rlaif@1#b"),
                 judge: None,

@@ -370,4 +370,43 @@ mod tests {
         let err = RunConfig::from_toml("method = \"sft\"\n[model]\npath = \"m\"\n").unwrap_err();
         assert!(err.contains("[data] train"), "{err}");
     }
+
+    /// Every shipped config parses, names a method the new-run picker can show, and points at
+    /// data that ships (model and reward-model folders made by other runs, and the optional
+    /// SmolLM2 download, are not checked).
+    #[test]
+    fn every_shipped_config_parses_and_its_data_ships() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut methods = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let cfg = RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            methods.push(cfg.method);
+            if cfg.method == Method::Pretrain {
+                continue;
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            for data in std::iter::once(&cfg.data.train).chain(cfg.data.eval.as_ref()) {
+                assert!(
+                    root.join(data).is_file(),
+                    "{}: {}",
+                    path.display(),
+                    data.display()
+                );
+            }
+        }
+        for m in [
+            Method::Sft,
+            Method::Rm,
+            Method::Ppo,
+            Method::Dpo,
+            Method::Grpo,
+            Method::OnlineDpo,
+        ] {
+            assert!(methods.contains(&m), "no shipped config for {m:?}");
+        }
+    }
 }

@@ -517,7 +517,9 @@ pub fn read_log(path: &Path) -> io::Result<Vec<LogEntry>> {
     };
     Ok(bytes
         .split(|&b| b == b'\n')
-        .filter_map(|line| serde_json::from_str::<LogEntry>(String::from_utf8_lossy(line).trim()).ok())
+        .filter_map(|line| {
+            serde_json::from_str::<LogEntry>(String::from_utf8_lossy(line).trim()).ok()
+        })
         .collect())
 }
 

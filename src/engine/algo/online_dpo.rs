@@ -204,7 +204,12 @@ fn rollout_stats(
         batch.completion_mask.clone(),
     ));
     let n = pol.len().max(1) as f64;
-    let kl = pol.iter().zip(&refr).map(|(p, r)| (p - r) as f64).sum::<f64>() / n;
+    let kl = pol
+        .iter()
+        .zip(&refr)
+        .map(|(p, r)| (p - r) as f64)
+        .sum::<f64>()
+        / n;
     let entropy = -pol.iter().map(|&p| p as f64).sum::<f64>() / n;
     values.insert("objective/kl".into(), kl);
     values.insert("objective/entropy".into(), entropy);
@@ -250,7 +255,8 @@ fn to_training_pairs(
 
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
     let o = cfg.online_dpo.clone().unwrap_or_default();
-    o.validate(cfg.judge.is_some()).map_err(TrainError::Invalid)?;
+    o.validate(cfg.judge.is_some())
+        .map_err(TrainError::Invalid)?;
     let dpo = super::dpo::DpoSection {
         beta: o.beta,
         loss_type: o.loss_type,
@@ -276,7 +282,9 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut truth = reward::model::build_all_on(&cfg.rewards, &plain)
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     let mut judge: Option<Box<dyn Judge>> = match (&cfg.judge, o.labeler.uses_judge()) {
-        (Some(j), true) => Some(judge::build(j, &plain).map_err(|e| TrainError::Invalid(e.to_string()))?),
+        (Some(j), true) => {
+            Some(judge::build(j, &plain).map_err(|e| TrainError::Invalid(e.to_string()))?)
+        }
         _ => None,
     };
     let principle = cfg
@@ -308,8 +316,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     if let Some(ck) = ctx.resume_from.clone() {
         let state = TrainerState::load(&ck)?;
         let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
-        (policy, optim, sampler) =
-            state.restore(&ck, weights, optim, prompts.len(), cfg.seed)?;
+        (policy, optim, sampler) = state.restore(&ck, weights, optim, prompts.len(), cfg.seed)?;
         step = state.step;
         num_tokens = state.num_tokens;
         ctx.resume_at(step, state.wall_time);
@@ -472,8 +479,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                         rec.rewards.insert(name.clone(), *x as f64);
                     }
                 }
-                let mean_total =
-                    rewards.total.iter().map(|&x| x as f64).sum::<f64>() / rewards.total.len().max(1) as f64;
+                let mean_total = rewards.total.iter().map(|&x| x as f64).sum::<f64>()
+                    / rewards.total.len().max(1) as f64;
                 values.insert("objective/scores".into(), mean_total);
             }
             // Two answers per prompt, in order: rows 2i and 2i+1.
@@ -567,9 +574,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             }
             if !proposed.is_empty() {
                 // On disk before anyone sees them, so a crash loses no queued pair.
-                append_proposed(&pairs_file, &proposed).map_err(|e| {
-                    TrainError::Invalid(format!("{}: {e}", pairs_file.display()))
-                })?;
+                append_proposed(&pairs_file, &proposed)
+                    .map_err(|e| TrainError::Invalid(format!("{}: {e}", pairs_file.display())))?;
                 ctx.send(Event::Pairs {
                     run: ctx.id.clone(),
                     step: step + 1,
@@ -589,7 +595,9 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             let mut labelled = Vec::new();
             for (seq, id, decision) in new_decisions(&entries, &waiting, &used_decisions) {
                 used_decisions.insert(seq);
-                let Some(w) = waiting.remove(&id) else { continue };
+                let Some(w) = waiting.remove(&id) else {
+                    continue;
+                };
                 match decision {
                     Decision::A => labelled.push((w.prompt, w.item.a, w.item.b)),
                     Decision::B => labelled.push((w.prompt, w.item.b, w.item.a)),
@@ -659,7 +667,11 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             values.insert("judge/failures".into(), judge_stats.failed as f64);
         }
         values.insert("step_time".into(), started.elapsed().as_secs_f64());
-        if train_cfg.eval_steps > 0 && step % train_cfg.eval_steps == 0 && !eval.is_empty() && !truth.is_empty() {
+        if train_cfg.eval_steps > 0
+            && step % train_cfg.eval_steps == 0
+            && !eval.is_empty()
+            && !truth.is_empty()
+        {
             values.extend(evaluate(
                 &policy.valid(),
                 &eval,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Comparison, CommandJudgeConfig, Judge, JudgeError, Ordered, OrderedVerdict};
+use super::{CommandJudgeConfig, Comparison, Judge, JudgeError, Ordered, OrderedVerdict};
 use crate::engine::reward::{CommandReward, RewardError, quote_output};
 
 /// Runs a program once per batch of comparisons.
@@ -63,10 +63,7 @@ fn parse_verdicts(stdout: &[u8], n: usize) -> Result<Vec<Ordered>, String> {
     let items: Vec<Option<Ordered>> = match serde_json::from_str::<Value>(text.trim()) {
         Ok(Value::Array(items)) => items.iter().map(verdict_of).collect(),
         Ok(single) if n == 1 => vec![verdict_of(&single)],
-        _ => text
-            .split_whitespace()
-            .map(super::parse_verdict)
-            .collect(),
+        _ => text.split_whitespace().map(super::parse_verdict).collect(),
     };
     if items.len() != n {
         return Err(format!("{} verdicts for {n} comparisons", items.len()));
@@ -151,7 +148,11 @@ mod tests {
         let script = "python3 -c 'import json,sys; b=json.load(sys.stdin); \
                       print(json.dumps([1 if len(c[\"first\"])>len(c[\"second\"]) else 2 for c in b]))'";
         let mut j = sh(script, 10.0);
-        let out = judge_pairs(&mut j, "longer", &[("p", "long answer", "s"), ("p", "x", "yyyy")]);
+        let out = judge_pairs(
+            &mut j,
+            "longer",
+            &[("p", "long answer", "s"), ("p", "x", "yyyy")],
+        );
         let v: Vec<Verdict> = out.into_iter().map(|r| r.unwrap().verdict).collect();
         assert_eq!(v, vec![Verdict::A, Verdict::B]);
     }
@@ -161,13 +162,22 @@ mod tests {
         let mut j = sh("echo what", 10.0);
         let out = judge_pairs(&mut j, "x", &[("p", "a", "b")]);
         let e = out[0].as_ref().unwrap_err().to_string();
-        assert!(e.contains("no verdict") || e.contains("verdicts for"), "{e}");
+        assert!(
+            e.contains("no verdict") || e.contains("verdicts for"),
+            "{e}"
+        );
         assert!(e.contains("what"), "{e}");
 
         let mut j = sh("sleep 5", 0.3);
         let started = std::time::Instant::now();
         let out = judge_pairs(&mut j, "x", &[("p", "a", "b")]);
         assert!(started.elapsed().as_secs_f64() < 3.0);
-        assert!(out[0].as_ref().unwrap_err().to_string().contains("timed out"));
+        assert!(
+            out[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("timed out")
+        );
     }
 }

@@ -190,11 +190,14 @@ impl JudgeConfig {
 }
 
 /// Builds the judge a config describes. A model judge loads on `device`.
-pub fn build(cfg: &JudgeConfig, device: &burn::tensor::Device) -> Result<Box<dyn Judge>, JudgeError> {
+pub fn build(
+    cfg: &JudgeConfig,
+    device: &burn::tensor::Device,
+) -> Result<Box<dyn Judge>, JudgeError> {
     Ok(match cfg {
-        JudgeConfig::Model(c) => Box::new(
-            model::ModelJudge::load(&c.path, device)?.with_contrast(c.contrast.clone()),
-        ),
+        JudgeConfig::Model(c) => {
+            Box::new(model::ModelJudge::load(&c.path, device)?.with_contrast(c.contrast.clone()))
+        }
         JudgeConfig::OpenAi(c) => Box::new(openai::OpenAiJudge::new(c)?),
         JudgeConfig::Command(c) => Box::new(command::CommandJudge::new(c)?),
     })
