@@ -386,7 +386,7 @@ fn pairs_pane_at_large_size_and_a_new_session_resumes_the_counts() {
 }
 
 /// Pairs an online DPO run proposes with the AI judge's verdicts: the verdict is shown beside
-/// the pair, `j` accepts it, a/b override it, and agreement is counted and logged.
+/// the pair, `g` accepts it, a/b override it, and agreement is counted and logged.
 #[test]
 fn pairs_pane_shows_the_ai_judge_verdict_and_audits_agreement() {
     use rlft::engine::judge::{Judgement, Verdict};
@@ -434,7 +434,7 @@ fn pairs_pane_shows_the_ai_judge_verdict_and_audits_agreement() {
     assert!(screen.contains("AI judge:"), "{screen}");
     insta::assert_snapshot!("pairs_judge_1_verdict_shown_80x24", screen);
     // Accept the judge's verdict, then override the next one.
-    d.keys("j");
+    d.keys("g");
     let second = d.app.pairs.current().expect("pair").clone();
     let judge_side_is_left = !second.a_on_left(d.app.config.pair_seed); // the judge chose b
     d.keys(if judge_side_is_left { "b" } else { "a" });

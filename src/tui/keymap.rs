@@ -547,9 +547,9 @@ pub const BINDINGS: &[Binding] = &[
     ),
     b(
         S::Pairs,
-        &[Key::ch('j')],
+        &[Key::ch('g')],
         Action::AcceptJudge,
-        "accept the AI judge's verdict (shown below)",
+        "go with the AI judge's verdict (shown below)",
         "",
     ),
     b(

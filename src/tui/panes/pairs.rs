@@ -496,7 +496,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
                 Line::from(vec![
                     Span::styled("AI judge: ", theme::dim()),
                     Span::styled(format!("{said}{p}"), theme::title()),
-                    Span::styled(" · j accepts, a/b/t/x override", theme::dim()),
+                    Span::styled(" · g accepts, a/b/t/x override", theme::dim()),
                 ])
             }
             JudgeView::Failed(e) => Line::from(vec![
