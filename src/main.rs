@@ -141,6 +141,13 @@ enum Cmd {
         after_help = "Example:\n  rlft judge --model models/SmolLM2-135M-Instruct.Q4_1.gguf \\\n    --pairs assets/data/sentiment_prefs_eval.jsonl \\\n    --principle 'Prefer the answer that is more positive.' --limit 60"
     )]
     Judge(JudgeArgs),
+    /// Label waiting pairs on the command line (what the Pairs pane does, without a full-screen
+    /// terminal): decisions go to RUNS/labels/labels.jsonl and preferences.jsonl.
+    Label {
+        /// The runs folder whose runs proposed the pairs.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -256,7 +263,105 @@ fn run(cli: Cli) -> Result<()> {
             device,
         }) => bench(&model, batch, seq, iters.max(1), generations, json, device),
         Some(Cmd::Judge(args)) => judge(args),
+        Some(Cmd::Label { runs }) => label(&runs),
     }
+}
+
+/// A line-based labeller: the same log, order randomisation and judge audit as the Pairs pane.
+fn label(runs: &std::path::Path) -> Result<()> {
+    use rlft::engine::judge::Verdict;
+    use rlft::engine::labels::{Decision, LabelLog, pending_pairs, write_preferences};
+    use std::io::BufRead;
+    // The workbench's default, so a pair shows the same way round in both.
+    const PAIR_SEED: u64 = 0x5eed;
+    let dir = runs.join("labels");
+    let mut log = LabelLog::open(&dir.join("labels.jsonl"))
+        .with_context(|| format!("opening {}", dir.join("labels.jsonl").display()))?;
+    let mut queue: std::collections::VecDeque<_> =
+        pending_pairs(runs, log.entries())?.into_iter().collect();
+    if queue.is_empty() {
+        println!("No pairs waiting under {}.", runs.display());
+        return Ok(());
+    }
+    println!(
+        "{} pair(s) waiting. a / b: that answer is better, t tie, x both bad, s skip, u undo, q quit.",
+        queue.len()
+    );
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    while let Some(p) = queue.front().cloned() {
+        let a_left = p.pair.a_on_left(PAIR_SEED);
+        let (left, right) = if a_left {
+            (&p.pair.a, &p.pair.b)
+        } else {
+            (&p.pair.b, &p.pair.a)
+        };
+        println!(
+            "\nPrompt: {}\n[A] {}\n[B] {}",
+            p.pair.prompt,
+            left.trim(),
+            right.trim()
+        );
+        if let Some(j) = &p.judge {
+            let said = match (j.verdict, a_left) {
+                (Verdict::A, true) | (Verdict::B, false) => "A better",
+                (Verdict::A, false) | (Verdict::B, true) => "B better",
+                (Verdict::Tie, _) => "tie",
+            };
+            println!("AI judge: {said}");
+        } else if let Some(e) = &p.judge_error {
+            println!("AI judge failed: {e}");
+        }
+        print!("> ");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let Some(line) = lines.next() else { break };
+        let decision = match line?.trim() {
+            "a" | "A" => Some(if a_left { Decision::A } else { Decision::B }),
+            "b" | "B" => Some(if a_left { Decision::B } else { Decision::A }),
+            "t" => Some(Decision::Tie),
+            "x" => Some(Decision::BothBad),
+            "s" => Some(Decision::Skip),
+            "u" => {
+                match log.undo()? {
+                    Some(entry) => {
+                        println!(
+                            "Undone: {} retracted; the pair is back.",
+                            entry.decision.describe()
+                        );
+                        if let Some(p) = pending_pairs(runs, log.entries())?
+                            .into_iter()
+                            .find(|p| p.pair.id == entry.pair_id)
+                        {
+                            queue.push_front(p);
+                        }
+                    }
+                    None => println!("Nothing to undo."),
+                }
+                None
+            }
+            "q" => break,
+            other => {
+                println!("{other:?}: type a, b, t, x, s, u or q.");
+                None
+            }
+        };
+        if let Some(d) = decision {
+            // Synced to disk before it is confirmed.
+            log.record_audited(&p.pair, a_left, d, p.judge.map(|j| j.verdict))?;
+            queue.pop_front();
+            println!("Saved: {}.", d.describe());
+        }
+        write_preferences(&dir.join("preferences.jsonl"), &log.preferences())?;
+    }
+    let c = log.counters();
+    println!(
+        "{} labeled, {} skipped, {} preference rows in {}",
+        c.labeled,
+        c.skipped,
+        c.preferences,
+        dir.join("preferences.jsonl").display()
+    );
+    Ok(())
 }
 
 /// Opens the terminal workbench with `configs` started.

@@ -271,3 +271,51 @@ fn kill_9_while_labelling_loses_no_confirmed_label() {
     }
     assert!(confirmed.len() == 200);
 }
+
+/// `rlft label`: the same labelling from a plain terminal or a script, into the same log.
+#[test]
+fn rlft_label_labels_waiting_pairs_from_stdin() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir_all(runs.join("r1")).unwrap();
+    let pairs: Vec<rlft::engine::labels::ProposedPair> = (0..3)
+        .map(|i| rlft::engine::labels::ProposedPair {
+            pair: rlft::engine::labels::PairItem::new(
+                format!("{i}+1="),
+                format!("{}", i + 1),
+                "7",
+                "r1@1#a",
+                "r1@1#b",
+            ),
+            judge: None,
+            judge_error: None,
+        })
+        .collect();
+    rlft::engine::labels::append_proposed(&runs.join("r1/pairs.jsonl"), &pairs).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlft"))
+        .args(["label", "--runs"])
+        .arg(&runs)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // a, a, undo the second, b, then quit before the third.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a\na\nu\nb\nq\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Undone"), "{text}");
+    let log = LabelLog::open(&runs.join("labels/labels.jsonl")).unwrap();
+    assert_eq!(log.counters().labeled, 2, "{text}");
+    let prefs = std::fs::read_to_string(runs.join("labels/preferences.jsonl")).unwrap();
+    assert_eq!(prefs.lines().count(), 2);
+    // The third pair is still waiting for the workbench or the next `rlft label`.
+    let waiting = rlft::engine::labels::pending_pairs(&runs, log.entries()).unwrap();
+    assert_eq!(waiting.len(), 1);
+}

@@ -564,6 +564,35 @@ pub fn read_proposed(path: &Path) -> io::Result<Vec<ProposedPair>> {
         .collect())
 }
 
+/// Pairs proposed under `runs_root` (each run folder's `pairs.jsonl`, then the labels folder's
+/// `pairs.jsonl`) that `entries` holds no standing decision for, oldest run folder first.
+pub fn pending_pairs(runs_root: &Path, entries: &[LogEntry]) -> io::Result<Vec<ProposedPair>> {
+    let decided: HashSet<&str> = standing_decisions(entries)
+        .into_iter()
+        .map(|d| d.pair_id.as_str())
+        .collect();
+    let mut files: Vec<PathBuf> = match fs::read_dir(runs_root) {
+        Ok(read) => read
+            .flatten()
+            .map(|e| e.path().join("pairs.jsonl"))
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for f in files {
+        for p in read_proposed(&f)? {
+            if !decided.contains(p.pair.id.as_str()) && seen.insert(p.pair.id.clone()) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Pairs waiting to be labelled, in order; a pair id is only ever queued once.
 #[derive(Debug, Default)]
 pub struct PairQueue {
