@@ -28,12 +28,12 @@ use serde::{Deserialize, Serialize};
 use super::dpo::{DpoStats, RefPair, batch_loss, cache_reference};
 use super::grpo::{PromptItem, compute_rewards, evaluate, load_prompts, rollout};
 use super::losses::DpoLoss;
-use super::preference::{self, Overlong, PairOptions, Saver};
+use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::{SeqBatch, score, sequence_logprob};
 use super::state::TrainerState;
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
-use crate::engine::data::{EpochSampler, Prompt};
+use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
 use crate::engine::judge::{self, Judge, JudgeStats, Verdict};
 use crate::engine::labels::{
@@ -44,7 +44,7 @@ use crate::engine::optim::Optimizer;
 use crate::engine::reward;
 use crate::engine::run::{Control, RunContext};
 use crate::engine::sample::{FinishReason, SamplingParams};
-use crate::engine::tokenizer::{ChatMessage, Tokenizer};
+use crate::engine::tokenizer::ChatMessage;
 
 /// The run's queue of pairs for people, inside its folder.
 pub const PAIRS_FILE: &str = "pairs.jsonl";
@@ -150,8 +150,39 @@ impl OnlineDpoSection {
 
 /// A pair waiting for a person, with what is needed to train on it once labelled.
 struct Waiting {
-    prompt: Prompt,
+    /// Token ids to train on once labelled: the prompt and each answer as sampled.
+    tokens: Answers,
     item: PairItem,
+}
+
+/// A prompt's token ids and two answers' token ids.
+#[derive(Clone)]
+struct Answers {
+    prompt: Vec<u32>,
+    a: Vec<u32>,
+    b: Vec<u32>,
+}
+
+impl Answers {
+    /// The pair to train on, `a` chosen when `a_better`. The answers are the tokens the policy
+    /// sampled (ending in EOS only where it wrote one), as TRL's online DPO trains on them;
+    /// re-encoding the text would add an EOS and teach the policy to stop early.
+    fn labelled(&self, item: &PairItem, a_better: bool) -> PreferencePair {
+        let (chosen, rejected, chosen_text, rejected_text) = if a_better {
+            (&self.a, &self.b, &item.a, &item.b)
+        } else {
+            (&self.b, &self.a, &item.b, &item.a)
+        };
+        PreferencePair {
+            prompt_text: item.prompt.clone(),
+            chosen_text: chosen_text.clone(),
+            rejected_text: rejected_text.clone(),
+            prompt: self.prompt.clone(),
+            chosen: chosen.clone(),
+            rejected: rejected.clone(),
+            margin: None,
+        }
+    }
 }
 
 /// The label log's decisions on this run's pairs that were not yet used, as (pair id,
@@ -216,41 +247,19 @@ fn rollout_stats(
     RolloutStats { values }
 }
 
-fn prompt_of(item: &PromptItem, chat: bool) -> Prompt {
-    if chat {
-        Prompt::Messages(vec![ChatMessage {
-            role: "user".into(),
-            content: item.text.clone(),
-        }])
-    } else {
-        Prompt::Text(item.text.clone())
-    }
-}
-
-/// Tokenises labelled pairs and caches their reference log-probabilities.
+/// Fits labelled pairs to the length limits and caches their reference log-probabilities.
 fn to_training_pairs(
-    labelled: Vec<(Prompt, String, String)>,
-    tokenizer: &Tokenizer,
+    labelled: Vec<PreferencePair>,
     opts: &PairOptions,
     reference: &Llama,
     pad: u32,
     device: &Device,
-) -> Result<Vec<RefPair>, TrainError> {
-    let mut pairs = Vec::with_capacity(labelled.len());
-    for (prompt, chosen, rejected) in labelled {
-        let p = preference::tokenize_pair(
-            &prompt,
-            &Prompt::Text(chosen),
-            &Prompt::Text(rejected),
-            None,
-            tokenizer,
-        )
-        .map_err(TrainError::Invalid)?;
-        if let Some(p) = preference::fit(p, opts) {
-            pairs.push(p);
-        }
-    }
-    Ok(cache_reference(reference, pairs, pad, device))
+) -> Vec<RefPair> {
+    let pairs: Vec<PreferencePair> = labelled
+        .into_iter()
+        .filter_map(|p| preference::fit(p, opts))
+        .collect();
+    cache_reference(reference, pairs, pad, device)
 }
 
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
@@ -339,11 +348,29 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             .unwrap_or_default();
         for p in read_proposed(&pairs_file).unwrap_or_default() {
             if !decided.contains(&p.pair.id) {
-                let prompt = Prompt::Text(p.pair.prompt.clone());
+                // Proposed before a restart: the sampled tokens are gone, so the texts are
+                // encoded again (without an EOS the policy may not have written).
+                let prompt = if o.chat {
+                    let text = tokenizer.apply_chat_template(
+                        &[ChatMessage {
+                            role: "user".into(),
+                            content: p.pair.prompt.clone(),
+                        }],
+                        true,
+                    )?;
+                    tokenizer.encode(&text, false)?
+                } else {
+                    tokenizer.encode(&p.pair.prompt, true)?
+                };
+                let tokens = Answers {
+                    prompt,
+                    a: tokenizer.encode(&p.pair.a, false)?,
+                    b: tokenizer.encode(&p.pair.b, false)?,
+                };
                 waiting.insert(
                     p.pair.id.clone(),
                     Waiting {
-                        prompt,
+                        tokens,
                         item: p.pair,
                     },
                 );
@@ -484,11 +511,16 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 values.insert("objective/scores".into(), mean_total);
             }
             // Two answers per prompt, in order: rows 2i and 2i+1.
-            let mut candidates: Vec<(usize, String, String)> = Vec::new();
+            let mut candidates: Vec<(usize, String, String, Answers)> = Vec::new();
             for (k, pi) in (0..batch.len()).enumerate() {
                 let (a, b) = (&r.texts[2 * k], &r.texts[2 * k + 1]);
                 if a != b && !a.trim().is_empty() && !b.trim().is_empty() {
-                    candidates.push((pi, a.clone(), b.clone()));
+                    let tokens = Answers {
+                        prompt: batch[pi].ids.clone(),
+                        a: r.tokens[2 * k].clone(),
+                        b: r.tokens[2 * k + 1].clone(),
+                    };
+                    candidates.push((pi, a.clone(), b.clone(), tokens));
                 }
             }
             values.insert(
@@ -501,7 +533,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             if let Some(j) = judge.as_mut() {
                 let triples: Vec<(&str, &str, &str)> = candidates
                     .iter()
-                    .map(|(pi, a, b)| (batch[*pi].text.as_str(), a.as_str(), b.as_str()))
+                    .map(|(pi, a, b, _)| (batch[*pi].text.as_str(), a.as_str(), b.as_str()))
                     .collect();
                 let results = judge::judge_pairs(j.as_mut(), &principle, &triples);
                 let mut failures = Vec::new();
@@ -531,25 +563,24 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             }
             let mut labelled = Vec::new();
             let mut proposed = Vec::new();
-            for ((pi, a, b), verdict) in candidates.iter().zip(&verdicts) {
-                let prompt = prompt_of(batch[*pi], o.chat);
+            for ((pi, a, b, tokens), verdict) in candidates.iter().zip(&verdicts) {
+                let item = PairItem::new(
+                    batch[*pi].text.clone(),
+                    a.clone(),
+                    b.clone(),
+                    format!("{}@{}#a", ctx.id, step + 1),
+                    format!("{}@{}#b", ctx.id, step + 1),
+                );
                 if let Some(Ok(v)) = verdict
                     && o.labeler.uses_judge()
                 {
                     match v.verdict {
-                        Verdict::A => labelled.push((prompt.clone(), a.clone(), b.clone())),
-                        Verdict::B => labelled.push((prompt.clone(), b.clone(), a.clone())),
+                        Verdict::A => labelled.push(tokens.labelled(&item, true)),
+                        Verdict::B => labelled.push(tokens.labelled(&item, false)),
                         Verdict::Tie => {}
                     }
                 }
                 if o.labeler.uses_people() && waiting.len() + proposed.len() < o.queue_limit {
-                    let item = PairItem::new(
-                        batch[*pi].text.clone(),
-                        a.clone(),
-                        b.clone(),
-                        format!("{}@{}#a", ctx.id, step + 1),
-                        format!("{}@{}#b", ctx.id, step + 1),
-                    );
                     if waiting.contains_key(&item.id) {
                         continue;
                     }
@@ -561,7 +592,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     waiting.insert(
                         item.id.clone(),
                         Waiting {
-                            prompt,
+                            tokens: tokens.clone(),
                             item: item.clone(),
                         },
                     );
@@ -583,9 +614,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 });
             }
             labelled_by_judge += labelled.len();
-            ready.extend(to_training_pairs(
-                labelled, &tokenizer, &opts, &reference, pad, &plain,
-            )?);
+            ready.extend(to_training_pairs(labelled, &opts, &reference, pad, &plain));
             ctx.samples(step + 1, records);
             pending_values.extend(values);
         }
@@ -599,15 +628,13 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     continue;
                 };
                 match decision {
-                    Decision::A => labelled.push((w.prompt, w.item.a, w.item.b)),
-                    Decision::B => labelled.push((w.prompt, w.item.b, w.item.a)),
+                    Decision::A => labelled.push(w.tokens.labelled(&w.item, true)),
+                    Decision::B => labelled.push(w.tokens.labelled(&w.item, false)),
                     Decision::Tie | Decision::BothBad | Decision::Skip => {}
                 }
             }
             labelled_by_people += labelled.len();
-            ready.extend(to_training_pairs(
-                labelled, &tokenizer, &opts, &reference, pad, &plain,
-            )?);
+            ready.extend(to_training_pairs(labelled, &opts, &reference, pad, &plain));
         }
         if ready.is_empty() {
             if o.labeler == Labeler::Human {
