@@ -205,9 +205,10 @@ fn ppo_raises_reward_model_score() {
 
 /// RLAIF with the shipped configs/rlaif.toml: SmolLM2 judges which of two review openings is
 /// more positive, and online DPO trains the base model on its verdicts. The ground truth the
-/// judge never sees, VADER sentiment, must rise (sampled, averaged over the first and last 10
-/// steps), with the KL to the starting model reported. Needs the SmolLM2 GGUF
-/// (`bash scripts/fetch-smollm2.sh`); skipped with a notice without it.
+/// judge never sees, VADER sentiment of greedy completions for the 30 held-out prompts, must
+/// rise, with the KL to the starting model reported. The mean over sampled completions
+/// (temperature 1, where a 4M-parameter model stays noisy) is printed too and must not fall.
+/// Needs the SmolLM2 GGUF (`bash scripts/fetch-smollm2.sh`); skipped with a notice without it.
 #[test]
 #[ignore = "slow: a teacher model judges pairs for minutes"]
 fn rlaif_sentiment_ground_truth_rises() {
@@ -235,8 +236,13 @@ fn rlaif_sentiment_ground_truth_rises() {
         mean(&kl[kl.len() - 10..]),
         consistency.last().copied().unwrap_or(f64::NAN),
     );
+    let (eval_first, eval_last) = (eval[0], eval[eval.len() - 1]);
     assert!(
-        last > first + 0.05,
-        "ground truth did not rise: {first:.3} -> {last:.3}"
+        eval_last > eval_first + 0.3,
+        "held-out ground truth did not rise: {eval_first:.3} -> {eval_last:.3}"
+    );
+    assert!(
+        last >= first,
+        "sampled ground truth fell: {first:.3} -> {last:.3}"
     );
 }
