@@ -146,7 +146,6 @@ pub fn generate_with(
     }
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut input = left_pad(prompts, pad_id, &device);
-    let mut cache = KvCache::new(model.num_layers());
     let mut out: Vec<Generation> = (0..b)
         .map(|_| Generation {
             tokens: Vec::new(),
@@ -162,6 +161,8 @@ pub fn generate_with(
     if budget == 0 {
         return out;
     }
+    // Keys and values for every position this call can reach, allocated once.
+    let mut cache = KvCache::with_capacity(model.num_layers(), prompt_len + budget);
 
     let mut hidden = model.hidden(
         input.ids.clone(),
@@ -242,35 +243,69 @@ pub fn sample_token(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -
     };
     let scaled: Vec<f32> = logits.iter().map(|&l| l / temperature).collect();
     let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_z = max + scaled.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let weights: Vec<f32> = scaled.iter().map(|&l| (l - max).exp()).collect();
+    let log_z = max + weights.iter().sum::<f32>().ln();
     if params.temperature <= 0.0 {
         let best = argmax(&scaled);
         return (best as u32, scaled[best] - log_z);
     }
-    // Candidates sorted by probability; top-k then top-p cut the tail.
-    let mut order: Vec<usize> = (0..scaled.len()).collect();
+    let vocab = scaled.len();
     let k = if params.top_k > 0 {
-        params.top_k.min(order.len())
+        params.top_k.min(vocab)
     } else {
-        order.len()
+        vocab
     };
-    if k < order.len() {
-        order.select_nth_unstable_by(k - 1, |&a, &b| scaled[b].total_cmp(&scaled[a]));
-        order.truncate(k);
-    }
-    order.sort_unstable_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
-    let probs: Vec<f32> = order.iter().map(|&i| (scaled[i] - log_z).exp()).collect();
-    let mut keep = probs.len();
-    if params.top_p < 1.0 {
-        let mut cumulative = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            cumulative += p;
-            if cumulative >= params.top_p {
-                keep = i + 1;
-                break;
+    if k == vocab && params.top_p >= 1.0 {
+        // No filter: invert the CDF in vocabulary order. The law is the one of a walk in
+        // probability order, without sorting the whole vocabulary for every token.
+        // `weights` are the unnormalised probabilities exp(l - max).
+        let total: f64 = weights.iter().map(|&w| w as f64).sum();
+        let mut u = rng.random::<f32>() as f64 * total;
+        let mut pick = argmax(&scaled);
+        for (i, &w) in weights.iter().enumerate() {
+            if w > 0.0 {
+                pick = i;
+                if u < w as f64 {
+                    break;
+                }
+                u -= w as f64;
             }
         }
+        return (pick as u32, scaled[pick] - log_z);
     }
+    // Candidates by decreasing probability; top-k then top-p cut the tail. Only as much of
+    // the order as the nucleus needs is sorted (a growing head of the candidates).
+    let by_prob = |a: &usize, b: &usize| scaled[*b].total_cmp(&scaled[*a]);
+    let mut order: Vec<usize> = (0..vocab).collect();
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_prob);
+        order.truncate(k);
+    }
+    let mut probs: Vec<f32> = Vec::with_capacity(order.len());
+    let mut keep = order.len();
+    let mut cumulative = 0.0;
+    let mut chunk = if params.top_p < 1.0 { 64 } else { order.len() };
+    'sorting: while probs.len() < order.len() {
+        let start = probs.len();
+        let end = (start + chunk).min(order.len());
+        if end < order.len() {
+            order[start..].select_nth_unstable_by(end - start - 1, by_prob);
+        }
+        order[start..end].sort_unstable_by(by_prob);
+        for i in start..end {
+            let p = (scaled[order[i]] - log_z).exp();
+            probs.push(p);
+            if params.top_p < 1.0 {
+                cumulative += p;
+                if cumulative >= params.top_p {
+                    keep = i + 1;
+                    break 'sorting;
+                }
+            }
+        }
+        chunk *= 4;
+    }
+    let keep = keep.min(probs.len());
     let total: f32 = probs[..keep].iter().sum();
     let mut u = rng.random::<f32>() * total;
     let mut pick = order[keep - 1];
@@ -331,6 +366,72 @@ mod tests {
         };
         assert_eq!(draw(3), draw(3));
         assert!(draw(3).iter().any(|&t| t != 2), "sampling explores");
+    }
+
+    /// Empirical frequencies over `n` draws.
+    fn frequencies(logits: &[f32], params: &SamplingParams, n: usize) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut seen = vec![0usize; logits.len()];
+        for _ in 0..n {
+            seen[sample_token(logits, params, &mut rng).0 as usize] += 1;
+        }
+        seen.iter().map(|&c| c as f32 / n as f32).collect()
+    }
+
+    #[test]
+    fn unfiltered_sampling_follows_the_softmax() {
+        let logits: Vec<f32> = (0..50)
+            .map(|i| ((i * 37 % 11) as f32) * 0.3 - 1.0)
+            .collect();
+        let params = SamplingParams {
+            temperature: 0.7,
+            ..Default::default()
+        };
+        let z: f32 = logits.iter().map(|l| (l / 0.7).exp()).sum();
+        let n = 40_000;
+        for (i, f) in frequencies(&logits, &params, n).iter().enumerate() {
+            let p = (logits[i] / 0.7).exp() / z;
+            let sd = (p * (1.0 - p) / n as f32).sqrt();
+            assert!((f - p).abs() < 5.0 * sd + 1e-4, "token {i}: {f} vs {p}");
+        }
+    }
+
+    #[test]
+    fn top_p_over_a_large_vocabulary_keeps_the_sorted_nucleus() {
+        // 1000 tokens with distinct logits: the nucleus spans several sorting chunks.
+        let logits: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919 % 1000) as f32) * 0.004)
+            .collect();
+        let top_p = 0.5;
+        let mut sorted: Vec<usize> = (0..logits.len()).collect();
+        sorted.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        let mut cumulative = 0.0;
+        let mut nucleus = Vec::new();
+        for &i in &sorted {
+            nucleus.push(i);
+            cumulative += logits[i].exp() / z;
+            if cumulative >= top_p {
+                break;
+            }
+        }
+        assert!(
+            nucleus.len() > 64,
+            "spans several chunks: {}",
+            nucleus.len()
+        );
+        let params = SamplingParams {
+            top_p,
+            ..Default::default()
+        };
+        let mut rng = StdRng::seed_from_u64(9);
+        for _ in 0..3000 {
+            let (tok, _) = sample_token(&logits, &params, &mut rng);
+            assert!(
+                nucleus.contains(&(tok as usize)),
+                "{tok} outside the nucleus"
+            );
+        }
     }
 
     #[test]

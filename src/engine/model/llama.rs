@@ -81,48 +81,43 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x`: `[B, T, H]`; `rope`: cos/sin for these positions; `mask`: `[B, 1, T, S]` with
-    /// true = not attended, where `S` counts cached plus new keys.
+    /// `x`: `[B, T, H]`; `rope`: cos/sin for these positions; `bias`: `[B, 1, 1, T, S]`
+    /// additive attention bias (0 or -1e30), where `S` counts cached plus new keys; `cache`:
+    /// the layer's cache and the number of positions already in it.
     fn forward(
         &self,
         x: Tensor<3>,
         rope: &RopeAt,
-        mask: &Tensor<4, Bool>,
-        cache: Option<&mut LayerCache>,
+        bias: &Tensor<5>,
+        cache: Option<(&mut LayerCache, usize, usize)>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.n_heads));
-        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), self.n_kv_heads));
-        let mut v = heads(self.v_proj.forward(x), self.n_kv_heads);
-        if let Some(cache) = cache {
-            (k, v) = cache.append(k, v);
+        let (n_heads, n_kv, head_dim) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let n_rep = n_heads / n_kv;
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, head_dim]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), n_heads));
+        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), n_kv));
+        let mut v = heads(self.v_proj.forward(x), n_kv);
+        if let Some((cache, past, reserve)) = cache {
+            (k, v) = cache.append(k, v, past, reserve);
         }
-        let k = repeat_kv(k, self.n_heads / self.n_kv_heads);
-        let v = repeat_kv(v, self.n_heads / self.n_kv_heads);
         let s = k.dims()[2];
-        let mask = mask.clone().expand([b, self.n_heads, t, s]);
-        let scores = q.matmul(k.swap_dims(2, 3)) / (self.head_dim as f64).sqrt();
-        // -inf would make a fully masked row NaN; the mask never masks a token's own
-        // position, so a large negative number is exact after softmax.
-        let probs = softmax(scores.mask_fill(mask, -1e30), 3);
+        // Grouped-query attention without copying keys and values per query head: query head
+        // `h` uses key/value head `h / n_rep`, so the `n_rep` query heads of one group (each
+        // with its T rows) stack into one `[n_rep * T, head_dim]` matrix per key/value head.
+        let q = q.reshape([b, n_kv, n_rep * t, head_dim]);
+        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+        // -1e30 where masked: adding it is exact (any score is absorbed), and -inf would make a
+        // fully masked row NaN; the mask never masks a token's own position.
+        let scores = scores.reshape([b, n_kv, n_rep, t, s]) + bias.clone();
+        let probs = softmax(scores, 4).reshape([b, n_kv, n_rep * t, s]);
         let out = probs
             .matmul(v)
+            .reshape([b, n_heads, t, head_dim])
             .swap_dims(1, 2)
-            .reshape([b, t, self.n_heads * self.head_dim]);
+            .reshape([b, t, n_heads * head_dim]);
         self.o_proj.forward(out)
     }
-}
-
-/// Grouped-query attention: each key/value head serves `n_rep` query heads.
-fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, n_rep, s, d])
-        .reshape([b, h * n_rep, s, d])
 }
 
 #[derive(Module, Debug)]
@@ -155,13 +150,14 @@ struct RopeAt {
 
 impl RopeAt {
     /// Hugging Face's "rotate half" convention (not the interleaved one of the original paper);
-    /// GGUF's permuted q/k rows are undone at load time to match it.
+    /// GGUF's permuted q/k rows are undone at load time to match it. `x * cos +
+    /// cat(-x2, x1) * sin`, with the sign folded into the first half of the sin table.
     fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let d = x.dims()[3];
         let x1 = x.clone().narrow(3, 0, d / 2);
         let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        let swapped = Tensor::cat(vec![x2, x1], 3);
+        x * self.cos.clone() + swapped * self.sin.clone()
     }
 }
 
@@ -174,7 +170,8 @@ pub struct Llama {
     pub norm: RmsNorm,
     pub lm_head: Option<Linear>,
     pub score: Option<Linear>,
-    /// `[max_positions, head_dim]` cos and sin tables; constants, not parameters.
+    /// `[max_positions, head_dim]` cos and sin tables (sin with its first half negated);
+    /// constants, not parameters.
     #[module(skip)]
     rope_cos: Tensor<2>,
     #[module(skip)]
@@ -318,11 +315,14 @@ impl Llama {
             .select(0, flat_ids)
             .reshape([b, t, hidden_size]);
         let rope = self.rope_at(positions);
-        let mask = attention_mask(valid, past, t);
+        let bias = attention_bias(valid, past, t);
+        let reserve = cache.as_ref().map_or(0, |c| c.capacity());
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer_cache = cache
+                .as_deref_mut()
+                .map(|c| (&mut c.layers[i], past, reserve));
             let h = layer.input_layernorm.forward(x.clone());
-            x = x + layer.self_attn.forward(h, &rope, &mask, layer_cache);
+            x = x + layer.self_attn.forward(h, &rope, &bias, layer_cache);
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.mlp.forward(h);
         }
@@ -336,7 +336,16 @@ impl Llama {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.val().transpose().unsqueeze()),
+            // A 2-D matmul against the transposed view: flex's gemm reads the strides as they
+            // are, where a 3-D broadcast of the view would copy the whole [V, H] table per call.
+            None => {
+                let [b, t, h] = hidden.dims();
+                let vocab = self.embed_tokens.dims()[0];
+                hidden
+                    .reshape([b * t, h])
+                    .matmul(self.embed_tokens.val().transpose())
+                    .reshape([b, t, vocab])
+            }
         }
     }
 
@@ -363,25 +372,30 @@ impl Llama {
     }
 }
 
-/// `[B, 1, T, past + T]` bool mask, true = masked: causal over absolute cache positions, and
-/// padding keys masked. A token's own position is never masked, so no softmax row is empty.
-fn attention_mask(valid: Tensor<2, Bool>, past: usize, t: usize) -> Tensor<4, Bool> {
+/// `[B, 1, 1, T, past + T]` additive attention bias, -1e30 where masked: causal over absolute
+/// cache positions, and padding keys masked. A token's own position is never masked, so no
+/// softmax row is empty.
+fn attention_bias(valid: Tensor<2, Bool>, past: usize, t: usize) -> Tensor<5> {
     let [b, s] = valid.dims();
     debug_assert_eq!(s, past + t);
     let device = valid.device();
     let query_pos = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
-        .reshape([1, 1, t, 1])
-        .expand([b, 1, t, s]);
+        .reshape([1, t, 1])
+        .expand([b, t, s]);
     let key_pos = Tensor::<1, Int>::arange(0..s as i64, &device)
-        .reshape([1, 1, 1, s])
-        .expand([b, 1, t, s]);
+        .reshape([1, 1, s])
+        .expand([b, t, s]);
     let future = key_pos.clone().greater(query_pos.clone());
     let own = key_pos.equal(query_pos);
-    let padding = valid.bool_not().reshape([b, 1, 1, s]).expand([b, 1, t, s]);
-    future.bool_or(padding.bool_and(own.bool_not()))
+    let padding = valid.bool_not().reshape([b, 1, s]).expand([b, t, s]);
+    let masked = future.bool_or(padding.bool_and(own.bool_not()));
+    Tensor::<3>::zeros([b, t, s], &device)
+        .mask_fill(masked, -1e30)
+        .reshape([b, 1, 1, t, s])
 }
 
-/// cos/sin tables for RoPE in the "rotate half" layout: `[max_positions, head_dim]`.
+/// cos/sin tables for RoPE in the "rotate half" layout: `[max_positions, head_dim]`. The first
+/// half of each sin row is negated (the sign of the rotated half, see [`RopeAt::apply`]).
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {
     // Constants on the plain device: mixed into autodiff graphs they act as constants, and
     // `valid()` copies of the model can use them unchanged.
@@ -396,7 +410,7 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> (Tensor<2>, Tensor<2>) {
             // transformers computes the angle in f32: pos * inv_freq (f32), then cos/sin.
             let angle = pos as f32 * inv_freq[i % (d / 2)];
             cos.push(angle.cos());
-            sin.push(angle.sin());
+            sin.push(if i < d / 2 { -angle.sin() } else { angle.sin() });
         }
     }
     (

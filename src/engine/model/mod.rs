@@ -208,7 +208,9 @@ pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Keys and values of one layer for all positions seen so far, `[B, kv_heads, S, head_dim]`.
+/// Keys and values of one layer, `[B, kv_heads, capacity, head_dim]`. The buffers are
+/// allocated once (to the generation's length when known) and new positions are written in
+/// place, so a decode step copies only its own keys and values, not the whole history.
 #[derive(Clone, Debug, Default)]
 pub struct LayerCache {
     keys: Option<Tensor<4>>,
@@ -216,20 +218,46 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Appends new keys/values and returns the full sequences to attend over.
-    pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let k = match self.keys.take() {
-            Some(past) => Tensor::cat(vec![past, k], 2),
-            None => k,
-        };
-        let v = match self.values.take() {
-            Some(past) => Tensor::cat(vec![past, v], 2),
-            None => v,
-        };
-        self.keys = Some(k.clone());
-        self.values = Some(v.clone());
-        (k, v)
+    /// Writes new keys/values `[B, kv_heads, T, head_dim]` at positions `past..past + T` and
+    /// returns views of positions `0..past + T` to attend over. `reserve` is the capacity to
+    /// allocate when the buffer is missing or too small (at least doubled when growing).
+    pub fn append(
+        &mut self,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        past: usize,
+        reserve: usize,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let end = past + k.dims()[2];
+        let keys = write_at(self.keys.take(), k, past, reserve);
+        let values = write_at(self.values.take(), v, past, reserve);
+        self.keys = Some(keys.clone());
+        self.values = Some(values.clone());
+        (keys.narrow(2, 0, end), values.narrow(2, 0, end))
     }
+}
+
+/// `buffer[:, :, past..past + T] = new`, growing `buffer` first when it is too short.
+fn write_at(buffer: Option<Tensor<4>>, new: Tensor<4>, past: usize, reserve: usize) -> Tensor<4> {
+    let [b, h, t, d] = new.dims();
+    let end = past + t;
+    let buffer = match buffer {
+        Some(buffer) if buffer.dims()[2] >= end => buffer,
+        old => {
+            let old_capacity = old.as_ref().map_or(0, |o| o.dims()[2]);
+            let capacity = end.max(reserve).max(2 * old_capacity);
+            let fresh = Tensor::zeros([b, h, capacity, d], (&new.device(), new.dtype()));
+            match old {
+                Some(old) if past > 0 => {
+                    fresh.slice_assign([0..b, 0..h, 0..past, 0..d], old.narrow(2, 0, past))
+                }
+                _ => fresh,
+            }
+        }
+    };
+    // The buffer is uniquely owned here (the views handed out last step are gone), so the
+    // backend writes in place.
+    buffer.slice_assign([0..b, 0..h, past..end, 0..d], new)
 }
 
 /// A per-layer KV cache for incremental decoding.
@@ -237,13 +265,22 @@ impl LayerCache {
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     len: usize,
+    capacity: usize,
 }
 
 impl KvCache {
+    /// A cache that grows as needed (doubling).
     pub fn new(num_layers: usize) -> Self {
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// A cache whose buffers are allocated for `capacity` positions up front (prompt plus
+    /// new tokens), so decoding never reallocates.
+    pub fn with_capacity(num_layers: usize, capacity: usize) -> Self {
         Self {
             layers: vec![LayerCache::default(); num_layers],
             len: 0,
+            capacity,
         }
     }
 
@@ -254,6 +291,11 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Positions the buffers are allocated for up front.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     fn advance(&mut self, t: usize) {
