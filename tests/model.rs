@@ -299,3 +299,45 @@ fn malformed_model_files_name_the_file_or_tensor() {
     let err = model::load(&fake, &device, Heads::Lm).err().unwrap();
     assert!(err.to_string().contains("fake.gguf"), "{err}");
 }
+
+/// Rows that end early are dropped from the batch (and the KV cache) as decoding goes on; the
+/// rows still writing must come out exactly as when each is generated alone.
+#[test]
+fn rows_that_end_early_leave_the_batch_without_changing_the_others() {
+    let dir = fixture(TINY[0]);
+    let m = model::load(&dir, &cpu(), Heads::Lm).unwrap();
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let prompts: Vec<Vec<u32>> = (0..6u32)
+        .map(|i| {
+            (0..(3 + i as usize))
+                .map(|j| (7 * i + 3 * j as u32) % 50 + 3)
+                .collect()
+        })
+        .collect();
+    // End a row as soon as it writes the token row 0 writes first, so rows end at different
+    // steps (row 0 at once).
+    let first = sample::generate(&m.model, &prompts[..1], &params, &[], 0, None, 64)[0].tokens[0];
+    let eos = [first];
+    let batched = sample::generate(&m.model, &prompts, &params, &eos, 0, None, 64);
+    assert_eq!(batched[0].tokens, vec![first]);
+    let lengths: Vec<usize> = batched.iter().map(|g| g.tokens.len()).collect();
+    let ended_early = lengths.iter().filter(|&&n| n < params.max_new_tokens).count();
+    assert!(ended_early >= 2, "rows should end at different steps: {lengths:?}");
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = sample::generate(
+            &m.model,
+            std::slice::from_ref(p),
+            &params,
+            &eos,
+            0,
+            None,
+            64,
+        );
+        assert_eq!(batched[i].tokens, alone[0].tokens, "row {i}");
+        assert_eq!(batched[i].finish, alone[0].finish, "row {i}");
+    }
+}

@@ -171,18 +171,23 @@ pub fn generate_with(
         Some(&mut cache),
     );
     let mut last = hidden.narrow(1, prompt_len - 1, 1);
+    // Batch position -> original row. Rows that ended are dropped from the batch (and their
+    // cache) once enough of them have, so a long tail of generation costs only the rows still
+    // writing. Rows are sampled in their original order either way, so the random stream, and
+    // with it every generation, is the same as without dropping.
+    let mut active: Vec<usize> = (0..b).collect();
     for step in 0..budget {
         let logits = model.logits(last).squeeze_dim::<2>(1);
         let vocab = logits.dims()[1];
         let host = host_f32(logits);
-        let mut next = vec![pad_id; b];
-        for row in 0..b {
+        let mut next = vec![pad_id; active.len()];
+        for (slot, &row) in active.iter().enumerate() {
             if done[row] {
                 continue;
             }
             let (token, logprob) =
-                sample_token(&host[row * vocab..(row + 1) * vocab], params, &mut rng);
-            next[row] = token;
+                sample_token(&host[slot * vocab..(slot + 1) * vocab], params, &mut rng);
+            next[slot] = token;
             let g = &mut out[row];
             g.tokens.push(token);
             g.logprobs.push(logprob);
@@ -207,30 +212,48 @@ pub fn generate_with(
         if done.iter().all(|&d| d) || step + 1 == budget {
             break;
         }
-        // Finished rows keep feeding padding that nothing attends to.
-        let mut positions = Vec::with_capacity(b);
-        for ((valid, next_pos), finished) in input
+        // Drop ended rows once they are a quarter of the batch: the copy of the cache that
+        // costs is then paid back by the rows no longer computed.
+        let ended = active.iter().filter(|&&r| done[r]).count();
+        if ended > 0 && ended * 4 >= active.len() {
+            let keep: Vec<usize> = (0..active.len()).filter(|&i| !done[active[i]]).collect();
+            cache.keep_rows(&keep);
+            pick_rows(&mut input.valid_host, &keep);
+            pick_rows(&mut input.next_position, &keep);
+            pick_rows(&mut next, &keep);
+            active = keep.iter().map(|&i| active[i]).collect();
+        }
+        let n = active.len();
+        // Rows that ended but are still in the batch feed padding that nothing attends to.
+        let mut positions = Vec::with_capacity(n);
+        for ((valid, next_pos), &row) in input
             .valid_host
             .iter_mut()
             .zip(input.next_position.iter_mut())
-            .zip(&done)
+            .zip(&active)
         {
-            valid.push(!finished);
+            valid.push(!done[row]);
             positions.push(*next_pos);
             *next_pos += 1;
         }
         let ids = Tensor::<1, Int>::from_data(
-            TensorData::new(next.iter().map(|&x| x as i64).collect::<Vec<_>>(), [b]),
+            TensorData::new(next.iter().map(|&x| x as i64).collect::<Vec<_>>(), [n]),
             &device,
         )
-        .reshape([b, 1]);
+        .reshape([n, 1]);
         let pos =
-            Tensor::<1, Int>::from_data(TensorData::new(positions, [b]), &device).reshape([b, 1]);
+            Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), &device).reshape([n, 1]);
         let valid = bool_tensor(&input.valid_host, &device);
         hidden = model.hidden(ids, pos, valid, Some(&mut cache));
         last = hidden;
     }
     out
+}
+
+/// Keeps the rows `keep` of `v`, in that order.
+fn pick_rows<T: Clone>(v: &mut Vec<T>, keep: &[usize]) {
+    let old = std::mem::take(v);
+    *v = keep.iter().map(|&i| old[i].clone()).collect();
 }
 
 /// Picks one token from a row of logits; returns it with its log-probability under the

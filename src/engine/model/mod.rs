@@ -301,6 +301,25 @@ impl KvCache {
     fn advance(&mut self, t: usize) {
         self.len += t;
     }
+
+    /// Keeps only the batch rows `rows` (in that order), e.g. to stop computing sequences that
+    /// already ended.
+    pub fn keep_rows(&mut self, rows: &[usize]) {
+        for layer in &mut self.layers {
+            for buffer in [&mut layer.keys, &mut layer.values] {
+                if let Some(t) = buffer.take() {
+                    let idx = Tensor::<1, Int>::from_data(
+                        TensorData::new(
+                            rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                            [rows.len()],
+                        ),
+                        &t.device(),
+                    );
+                    *buffer = Some(t.select(0, idx));
+                }
+            }
+        }
+    }
 }
 
 /// What `load` reads: the network, its config, its tokenizer and generation defaults.
