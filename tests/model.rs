@@ -325,8 +325,14 @@ fn rows_that_end_early_leave_the_batch_without_changing_the_others() {
     let batched = sample::generate(&m.model, &prompts, &params, &eos, 0, None, 64);
     assert_eq!(batched[0].tokens, vec![first]);
     let lengths: Vec<usize> = batched.iter().map(|g| g.tokens.len()).collect();
-    let ended_early = lengths.iter().filter(|&&n| n < params.max_new_tokens).count();
-    assert!(ended_early >= 2, "rows should end at different steps: {lengths:?}");
+    let ended_early = lengths
+        .iter()
+        .filter(|&&n| n < params.max_new_tokens)
+        .count();
+    assert!(
+        ended_early >= 2,
+        "rows should end at different steps: {lengths:?}"
+    );
     for (i, p) in prompts.iter().enumerate() {
         let alone = sample::generate(
             &m.model,
