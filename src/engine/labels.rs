@@ -564,6 +564,9 @@ pub fn read_proposed(path: &Path) -> io::Result<Vec<ProposedPair>> {
         .collect())
 }
 
+/// A run's queue of pairs proposed for labelling, inside its run folder.
+pub const RUN_PAIRS_FILE: &str = "pairs.jsonl";
+
 /// Pairs proposed under `runs_root` (each run folder's `pairs.jsonl`, then the labels folder's
 /// `pairs.jsonl`) that `entries` holds no standing decision for, oldest run folder first.
 pub fn pending_pairs(runs_root: &Path, entries: &[LogEntry]) -> io::Result<Vec<ProposedPair>> {
@@ -574,7 +577,7 @@ pub fn pending_pairs(runs_root: &Path, entries: &[LogEntry]) -> io::Result<Vec<P
     let mut files: Vec<PathBuf> = match fs::read_dir(runs_root) {
         Ok(read) => read
             .flatten()
-            .map(|e| e.path().join("pairs.jsonl"))
+            .map(|e| e.path().join(RUN_PAIRS_FILE))
             .filter(|p| p.is_file())
             .collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),

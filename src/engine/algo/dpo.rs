@@ -20,14 +20,14 @@ use serde::{Deserialize, Serialize};
 use super::losses::{self, DpoLoss};
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::{score, sequence_logprob};
-use super::state::TrainerState;
+use super::state;
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus};
 use crate::engine::model::{self, Heads, Llama, host_f32};
 use crate::engine::optim::Optimizer;
-use crate::engine::run::{Control, RunContext};
+use crate::engine::run::RunContext;
 use crate::engine::tokenizer::Tokenizer;
 
 /// Pairs scored together when caching reference log-probabilities and at eval.
@@ -316,17 +316,16 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut step = 0;
     // Resuming: the policy continues from the checkpoint; the reference is still the
     // starting model, so its cache is recomputed from `[model] path`.
-    if let Some(ck) = ctx.resume_from.clone() {
-        let state = TrainerState::load(&ck)?;
-        let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
-        (policy, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
-        step = state.step;
-        num_tokens = state.num_tokens;
-        ctx.resume_at(step, state.wall_time);
-        ctx.log(
-            LogLevel::Info,
-            format!("resumed from {} at step {step}", ck.display()),
-        );
+    if let Some(r) = state::resume(
+        ctx,
+        &train_device,
+        Heads::Lm,
+        Optimizer::new(cfg.optim.clone()),
+        train.len(),
+        cfg.seed,
+    )? {
+        (policy, optim, sampler, step, num_tokens) =
+            (r.model, r.optim, r.sampler, r.step, r.num_tokens);
     }
     let (bs, ga, total) = (
         train_cfg.per_device_train_batch_size,
@@ -368,15 +367,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let with_nll = d.rpo_alpha.is_some_and(|a| a > 0.0);
 
     while step < total {
-        match ctx.poll() {
-            Control::Stop => {
-                saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
-                return Ok(RunStatus::Stopped);
-            }
-            Control::Save => {
-                saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?
-            }
-            Control::Continue => {}
+        if saver.obey(&policy, ctx, step, (&sampler, &optim, num_tokens))? {
+            return Ok(RunStatus::Stopped);
         }
         let started = Instant::now();
         let mut accumulator = GradientsAccumulator::<Llama>::new();

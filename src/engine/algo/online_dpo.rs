@@ -30,7 +30,7 @@ use super::grpo::{PromptItem, compute_rewards, evaluate, load_prompts, rollout};
 use super::losses::DpoLoss;
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::{SeqBatch, score, sequence_logprob};
-use super::state::TrainerState;
+use super::state;
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
@@ -42,12 +42,10 @@ use crate::engine::labels::{
 use crate::engine::model::{self, Heads, Llama, host_f32};
 use crate::engine::optim::Optimizer;
 use crate::engine::reward;
-use crate::engine::run::{Control, RunContext};
+use crate::engine::run::RunContext;
 use crate::engine::sample::{FinishReason, SamplingParams};
 use crate::engine::tokenizer::ChatMessage;
 
-/// The run's queue of pairs for people, inside its folder.
-pub const PAIRS_FILE: &str = "pairs.jsonl";
 /// How often a run waiting for human labels looks at the label log again: quick enough that
 /// a label feels picked up at once, rare enough to cost nothing.
 const LABEL_POLL: Duration = Duration::from_millis(200);
@@ -309,7 +307,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             .join("labels")
             .join("labels.jsonl")
     });
-    let pairs_file = ctx.dir.path.join(PAIRS_FILE);
+    let pairs_file = ctx.dir.path.join(labels::RUN_PAIRS_FILE);
     let opts = PairOptions {
         max_length: train_cfg.max_length.min(model_cfg.max_position_embeddings),
         max_prompt_length: o.max_prompt_length,
@@ -322,32 +320,28 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut sampler = EpochSampler::new(prompts.len(), cfg.seed);
     let mut num_tokens = 0usize;
     let mut step = 0;
-    if let Some(ck) = ctx.resume_from.clone() {
-        let state = TrainerState::load(&ck)?;
-        let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
-        (policy, optim, sampler) = state.restore(&ck, weights, optim, prompts.len(), cfg.seed)?;
-        step = state.step;
-        num_tokens = state.num_tokens;
-        ctx.resume_at(step, state.wall_time);
-        ctx.log(
-            LogLevel::Info,
-            format!("resumed from {} at step {step}", ck.display()),
-        );
+    if let Some(r) = state::resume(
+        ctx,
+        &train_device,
+        Heads::Lm,
+        Optimizer::new(cfg.optim.clone()),
+        prompts.len(),
+        cfg.seed,
+    )? {
+        (policy, optim, sampler, step, num_tokens) =
+            (r.model, r.optim, r.sampler, r.step, r.num_tokens);
     }
     // Pairs proposed before a restart and not labelled yet are still waiting.
     let mut waiting: HashMap<String, Waiting> = HashMap::new();
     let mut used_decisions: HashSet<u64> = HashSet::new();
     if o.labeler.uses_people() {
-        let decided: HashSet<String> = labels::read_log(&label_log)
-            .map(|e| {
-                labels::standing_decisions(&e)
-                    .into_iter()
-                    .map(|d| d.pair_id.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let entries = labels::read_log(&label_log).unwrap_or_default();
+        let standing = labels::standing_decisions(&entries);
+        let decided: HashSet<&str> = standing.iter().map(|d| d.pair_id.as_str()).collect();
+        // Decisions already in the log belong to pairs trained on before a restart.
+        used_decisions.extend(standing.iter().map(|d| d.seq));
         for p in read_proposed(&pairs_file).unwrap_or_default() {
-            if !decided.contains(&p.pair.id) {
+            if !decided.contains(p.pair.id.as_str()) {
                 // Proposed before a restart: the sampled tokens are gone, so the texts are
                 // encoded again (without an EOS the policy may not have written).
                 let prompt = if o.chat {
@@ -375,10 +369,6 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     },
                 );
             }
-        }
-        // Decisions already in the log belong to pairs trained on before a restart.
-        if let Ok(entries) = labels::read_log(&label_log) {
-            used_decisions.extend(labels::standing_decisions(&entries).iter().map(|d| d.seq));
         }
     }
     let saver = Saver {
@@ -440,15 +430,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     // Metrics of the newest rollout, reported with the next optimisation step.
     let mut pending_values: BTreeMap<String, f64> = BTreeMap::new();
     while step < total {
-        match ctx.poll() {
-            Control::Stop => {
-                saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
-                return Ok(RunStatus::Stopped);
-            }
-            Control::Save => {
-                saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?
-            }
-            Control::Continue => {}
+        if saver.obey(&policy, ctx, step, (&sampler, &optim, num_tokens))? {
+            return Ok(RunStatus::Stopped);
         }
         let started = Instant::now();
         // 1. A new round of pairs, unless people are the only labellers and their queue is full

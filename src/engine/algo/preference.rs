@@ -14,7 +14,7 @@ use crate::engine::data::{self, EpochSampler, Example, Prompt};
 use crate::engine::events::Event;
 use crate::engine::model::{Llama, LlamaConfig, hf};
 use crate::engine::optim::Optimizer;
-use crate::engine::run::RunContext;
+use crate::engine::run::{Control, RunContext};
 use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
 /// One tokenised preference pair. The texts are kept for the Samples pane.
@@ -262,6 +262,28 @@ pub struct Saver<'a> {
 }
 
 impl Saver<'_> {
+    /// Applies the user's command between steps: a checkpoint on `Save`, a final checkpoint on
+    /// `Stop`. Returns whether the run must end.
+    pub fn obey(
+        &self,
+        model: &Llama,
+        ctx: &mut RunContext,
+        step: usize,
+        progress: Progress<'_>,
+    ) -> Result<bool, TrainError> {
+        match ctx.poll() {
+            Control::Stop => {
+                self.save(model, ctx, step, true, progress)?;
+                Ok(true)
+            }
+            Control::Save => {
+                self.save(model, ctx, step, false, progress)?;
+                Ok(false)
+            }
+            Control::Continue => Ok(false),
+        }
+    }
+
     pub fn save(
         &self,
         model: &Llama,

@@ -106,6 +106,9 @@ pub struct Refresher {
     out_dir: PathBuf,
     /// Labels the current version was trained on.
     trained_on: usize,
+    /// Size and modification time of the label file when it was last read: PPO asks every
+    /// step, and an unchanged file need not be read and tokenised again.
+    last_seen: Option<(u64, std::time::SystemTime)>,
     pub version: usize,
     seed: u64,
 }
@@ -136,6 +139,7 @@ impl Refresher {
             tokenizer,
             out_dir: run_dir.join("reward_model"),
             trained_on: 0,
+            last_seen: None,
             version: 0,
             seed,
         })
@@ -167,7 +171,14 @@ impl Refresher {
         &mut self,
         device: &Device,
     ) -> Result<Option<BTreeMap<String, f64>>, TrainError> {
+        let seen = std::fs::metadata(&self.labels)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        if seen.is_some() && seen == self.last_seen {
+            return Ok(None);
+        }
         let pairs = self.read_labels()?;
+        self.last_seen = seen;
         if pairs.len() < self.trained_on + self.cfg.retrain_every {
             return Ok(None);
         }

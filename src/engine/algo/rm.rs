@@ -14,14 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::last_token_scores;
-use super::state::TrainerState;
+use super::state;
 use super::{TrainError, TrainOutcome, losses, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
 use crate::engine::model::{self, Heads, Llama, host_f32};
 use crate::engine::optim::Optimizer;
-use crate::engine::run::{Control, RunContext};
+use crate::engine::run::RunContext;
 use crate::engine::tokenizer::Tokenizer;
 
 /// Held-out pairs shown in the Samples pane at each eval, with their rewards.
@@ -199,17 +199,16 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     );
     let mut num_tokens = 0usize;
     let mut step = 0;
-    if let Some(ck) = ctx.resume_from.clone() {
-        let state = TrainerState::load(&ck)?;
-        let weights = model::load(&ck, &train_device, Heads::Score)?.model;
-        (model, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
-        step = state.step;
-        num_tokens = state.num_tokens;
-        ctx.resume_at(step, state.wall_time);
-        ctx.log(
-            LogLevel::Info,
-            format!("resumed from {} at step {step}", ck.display()),
-        );
+    if let Some(r) = state::resume(
+        ctx,
+        &train_device,
+        Heads::Score,
+        Optimizer::new(cfg.optim.clone()),
+        train.len(),
+        cfg.seed,
+    )? {
+        (model, optim, sampler, step, num_tokens) =
+            (r.model, r.optim, r.sampler, r.step, r.num_tokens);
     }
     let saver = Saver {
         config: &model_cfg,
@@ -252,15 +251,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     }
 
     while step < total {
-        match ctx.poll() {
-            Control::Stop => {
-                saver.save(&model, ctx, step, true, (&sampler, &optim, num_tokens))?;
-                return Ok(RunStatus::Stopped);
-            }
-            Control::Save => {
-                saver.save(&model, ctx, step, false, (&sampler, &optim, num_tokens))?
-            }
-            Control::Continue => {}
+        if saver.obey(&model, ctx, step, (&sampler, &optim, num_tokens))? {
+            return Ok(RunStatus::Stopped);
         }
         let started = Instant::now();
         let mut accumulator = GradientsAccumulator::<Llama>::new();

@@ -162,6 +162,46 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     steps.pop()
 }
 
+/// Where a resumed run continues: the restored model, optimizer and sampler, and the step and
+/// token count it had reached.
+pub struct Resumed {
+    pub model: crate::engine::model::Llama,
+    pub optim: Optimizer,
+    pub sampler: EpochSampler,
+    pub step: usize,
+    pub num_tokens: usize,
+}
+
+/// When the run resumes (`ctx.resume_from`), loads the checkpoint's weights with `heads` on
+/// `device`, restores the trainer state onto them and moves the run's step and clock there.
+pub fn resume(
+    ctx: &mut crate::engine::run::RunContext,
+    device: &burn::prelude::Device,
+    heads: crate::engine::model::Heads,
+    optim: Optimizer,
+    data_len: usize,
+    seed: u64,
+) -> Result<Option<Resumed>, TrainError> {
+    let Some(ck) = ctx.resume_from.clone() else {
+        return Ok(None);
+    };
+    let state = TrainerState::load(&ck)?;
+    let weights = crate::engine::model::load(&ck, device, heads)?.model;
+    let (model, optim, sampler) = state.restore(&ck, weights, optim, data_len, seed)?;
+    ctx.resume_at(state.step, state.wall_time);
+    ctx.log(
+        crate::engine::events::LogLevel::Info,
+        format!("resumed from {} at step {}", ck.display(), state.step),
+    );
+    Ok(Some(Resumed {
+        model,
+        optim,
+        sampler,
+        step: state.step,
+        num_tokens: state.num_tokens,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use crate::engine::events::SampleRecord;
 use crate::engine::judge::{JudgeStats, Judgement, Verdict};
 use crate::engine::labels::{
     Counters, Decision, LabelLog, LogEntry, PairBuilder, PairItem, PairQueue, ProposedPair,
-    read_pairs_jsonl, read_proposed, standing_decisions, write_preferences,
+    pending_pairs, read_pairs_jsonl, standing_decisions, write_preferences,
 };
 use crate::tui::app::{EventState, PaneId};
 use crate::tui::keymap::Action;
@@ -29,8 +29,6 @@ use crate::tui::theme;
 pub const LOG_FILE: &str = "labels.jsonl";
 pub const PAIRS_FILE: &str = "pairs.jsonl";
 pub const PREFERENCES_FILE: &str = "preferences.jsonl";
-/// A run's queue of pairs proposed for labelling, inside its run folder.
-pub const RUN_PAIRS_FILE: &str = "pairs.jsonl";
 /// Prompt lines shown above the answers before it is cut (answers matter more).
 const PROMPT_MAX_LINES: usize = 4;
 
@@ -134,20 +132,11 @@ impl PairsState {
         }
         // Pairs live runs proposed (each run's persisted queue), not yet decided.
         let mut proposed = Vec::new();
-        if let Some(runs_root) = dir.parent()
-            && let Ok(read) = std::fs::read_dir(runs_root)
-        {
-            let mut files: Vec<PathBuf> = read
-                .flatten()
-                .map(|e| e.path().join(RUN_PAIRS_FILE))
-                .filter(|p| p.is_file())
-                .collect();
-            files.sort();
-            for f in files {
-                match read_proposed(&f) {
-                    Ok(p) => proposed.extend(p),
-                    Err(e) => notes.push(format!("cannot read {}: {e}", f.display())),
-                }
+        if let Some(runs_root) = dir.parent() {
+            let entries = log.as_ref().map(LabelLog::entries).unwrap_or_default();
+            match pending_pairs(runs_root, entries) {
+                Ok(p) => proposed = p,
+                Err(e) => notes.push(format!("cannot read the runs' pairs.jsonl: {e}")),
             }
         }
         let audit = log
