@@ -7,7 +7,8 @@
 # Environment: RLFT (the rlft binary), PYTHON (a python with torch + transformers), ITERS (3),
 # GENERATIONS (GRPO completions per prompt, 4), THREADS (threads of both engines; default:
 # all CPUs, os.cpu_count() for torch), OMP_WAIT_POLICY (PASSIVE unless set), OUT_DIR (where
-# the JSON lines go).
+# the JSON lines go), RLFT_DEVICE (cpu; wgpu on a GPU) and TORCH_DEVICE (cpu; cuda beside
+# RLFT_DEVICE=wgpu).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -19,6 +20,8 @@ GENERATIONS=${GENERATIONS:-4}
 RLFT=${RLFT:-${CARGO_TARGET_DIR:-target}/release/rlft}
 PYTHON=${PYTHON:-python3}
 OUT_DIR=${OUT_DIR:-$(mktemp -d -t rlft-bench-XXXXXX)}
+RLFT_DEVICE=${RLFT_DEVICE:-cpu}
+TORCH_DEVICE=${TORCH_DEVICE:-cpu}
 # libgomp's default busy-waiting collapses when other processes share the cores (10x and
 # worse at load 7 on 2 cores); PASSIVE costs little on an idle machine.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
@@ -39,15 +42,15 @@ if [ -n "${THREADS:-}" ]; then
     export RAYON_NUM_THREADS=$THREADS
 fi
 echo "# $(date -u +%FT%TZ) $(uname -n) nproc=$(nproc) loadavg: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# model $MODEL, batch $BATCH, seq $SEQ, iters $ITERS, G $GENERATIONS"
+echo "# model $MODEL, batch $BATCH, seq $SEQ, iters $ITERS, G $GENERATIONS, rlft on $RLFT_DEVICE, torch on $TORCH_DEVICE"
 echo
-echo "## rlft: $RLFT bench --model $MODEL --batch $BATCH --seq $SEQ --iters $ITERS --generations $GENERATIONS --json"
+echo "## rlft: $RLFT bench --model $MODEL --batch $BATCH --seq $SEQ --iters $ITERS --generations $GENERATIONS --device $RLFT_DEVICE --json"
 "$RLFT" bench --model "$MODEL" --batch "$BATCH" --seq "$SEQ" --iters "$ITERS" \
-    --generations "$GENERATIONS" --json | tee "$OUT_DIR/rlft.json"
+    --generations "$GENERATIONS" --device "$RLFT_DEVICE" --json | tee "$OUT_DIR/rlft.json"
 echo
 echo "## torch: loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 "$PYTHON" benches/reference/torch_reference.py --model "$MODEL" --batch "$BATCH" \
-    --seq "$SEQ" --iters "$ITERS" --generations "$GENERATIONS" "${threads[@]}" \
+    --seq "$SEQ" --iters "$ITERS" --generations "$GENERATIONS" --device "$TORCH_DEVICE" "${threads[@]}" \
     --rlft-json "$OUT_DIR/rlft.json" --save-json "$OUT_DIR/torch.json" 2> >(grep -v -E "Loading weights|^\s*$" >&2)
 echo
 echo "# JSON lines in $OUT_DIR"

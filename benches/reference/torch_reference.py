@@ -92,7 +92,7 @@ def peak_rss_mb():
 
 
 def sync_params(model):
-    # Eager CPU is synchronous; reading one value keeps the intent explicit.
+    # Reading one value waits for the update (CUDA is asynchronous; eager CPU is not).
     next(model.parameters()).view(-1)[0].item()
 
 
@@ -106,6 +106,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="torch intra-op threads (default: os.cpu_count())")
     ap.add_argument("--attn", default="sdpa", help="attn_implementation: sdpa or eager")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device: cpu (the issue's reference) or cuda (beside rlft's wgpu)")
     ap.add_argument("--no-grpo", action="store_true", help="skip the GRPO step")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     ap.add_argument("--rlft-json", help="rlft bench --json output to compare with")
@@ -122,9 +124,10 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    dev = torch.device(args.device)
     model = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=torch.float32, attn_implementation=args.attn
-    )
+    ).to(dev)
     cfg = model.config
     b = args.batch
     t = min(args.seq, cfg.max_position_embeddings)
@@ -133,7 +136,7 @@ def main():
     params = sum(p.numel() for p in model.parameters())  # tied weights counted once
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
 
-    rows = torch.tensor(token_rows(b, t, vocab, 1), dtype=torch.long)
+    rows = torch.tensor(token_rows(b, t, vocab, 1), dtype=torch.long, device=dev)
     tokens = b * t
 
     # Scoring: no-grad forward + loss over the whole batch.
@@ -152,7 +155,7 @@ def main():
     # Rollouts: prompts of T/4 tokens, T - T/4 sampled tokens per row, EOS ignored.
     prompt_len = max(1, t // 4)
     new_tokens = t - prompt_len
-    prompts = torch.tensor(token_rows(b, prompt_len, vocab, 2), dtype=torch.long)
+    prompts = torch.tensor(token_rows(b, prompt_len, vocab, 2), dtype=torch.long, device=dev)
 
     def generate(input_ids, n_new, attention_mask=None):
         if attention_mask is None:
@@ -175,6 +178,7 @@ def main():
     def rollout_once():
         start = time.perf_counter()
         out = generate(prompts, new_tokens)
+        out[0, -1].item()
         elapsed = time.perf_counter() - start
         assert out.shape[1] - prompt_len == new_tokens, out.shape
         return elapsed
@@ -204,6 +208,7 @@ def main():
     report = {
         "engine": "torch",
         "torch": torch.__version__,
+        "device": args.device,
         "attn": args.attn,
         "model": args.model,
         "params": params,
@@ -223,6 +228,8 @@ def main():
     if not args.no_grpo:
         report.update(grpo_bench(model, optim, args, b, t, pad, iters, generate, torch))
     report["peak_rss_mb"] = peak_rss_mb()
+    if dev.type == "cuda":
+        report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
 
     if args.save_json:
         with open(args.save_json, "w") as f:
@@ -261,7 +268,9 @@ def grpo_bench(model, optim, args, b, t, pad, iters, generate, torch):
         # Generation: G samples per prompt, all prompts the same length (no padding needed).
         start = time.perf_counter()
         model.eval()
-        ids = torch.tensor([it["ids"] for it in items for _ in range(g)], dtype=torch.long)
+        dev = next(model.parameters()).device
+        ids = torch.tensor([it["ids"] for it in items for _ in range(g)], dtype=torch.long,
+                           device=dev)
         out = generate(ids, new_tokens)
         completions = out[:, ids.shape[1]:]
         texts = tok.batch_decode(completions, skip_special_tokens=True)
@@ -271,7 +280,7 @@ def grpo_bench(model, optim, args, b, t, pad, iters, generate, torch):
         start = time.perf_counter()
         rewards = torch.tensor(
             [exact_match(txt, items[i // g]["answer"]) for i, txt in enumerate(texts)]
-        ).view(-1, g)
+        ).view(-1, g).to(dev)
         std = rewards.std(dim=1, keepdim=True) if g > 1 else torch.zeros_like(rewards)
         adv = ((rewards - rewards.mean(dim=1, keepdim=True)) / (std + 1e-4)).view(-1)
         full = out
@@ -280,6 +289,7 @@ def grpo_bench(model, optim, args, b, t, pad, iters, generate, torch):
         mask[:, prompt_len - 1:] = 1.0
         with torch.no_grad():
             ref_lp = token_logprobs(reference(input_ids=full).logits[:, :-1], targets)
+            ref_lp[0, 0].item()
         totals["scoring"] += time.perf_counter() - start
 
         # Update: policy forward with grad, GRPO loss (mu = 1), backward, clip, AdamW.
@@ -320,7 +330,7 @@ def grpo_bench(model, optim, args, b, t, pad, iters, generate, torch):
 
 def print_table(r):
     print(f"model            {r['model']} ({r['params']} parameters), torch {r['torch']} "
-          f"eager CPU, {r['threads']} threads, attn {r['attn']}, OMP_WAIT_POLICY "
+          f"eager {r['device']}, {r['threads']} threads, attn {r['attn']}, OMP_WAIT_POLICY "
           f"{r['omp_wait_policy']}, load {r['loadavg_1m_at_start']:.1f} at start")
     print(f"batch x seq      {r['batch']} x {r['seq']}")
     print(f"train            {r['train_tokens_per_s']:>10.1f} tokens/s  "
