@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use rlft::engine::config::RunConfig;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::{Event, LogLevel};
-use rlft::engine::model::{self, Heads, hf};
+use rlft::engine::model::{self, CpuDecoder, Heads, hf};
 use rlft::engine::sample::{self, SamplingParams};
 use rlft::engine::session::{self, LaunchOptions};
 use rlft::engine::tokenizer::ChatMessage;
@@ -406,9 +406,9 @@ fn generate(
     prompt: &str,
     chat: bool,
     params: SamplingParams,
-    device: DeviceChoice,
+    device_choice: DeviceChoice,
 ) -> Result<()> {
-    let device = device.init().map_err(anyhow::Error::msg)?;
+    let device = device_choice.init().map_err(anyhow::Error::msg)?;
     let loaded = model::load(path, &device, Heads::Lm)?;
     let tokenizer = loaded
         .tokenizer
@@ -429,26 +429,66 @@ fn generate(
     let mut eos = tokenizer.eos_ids().to_vec();
     eos.extend(loaded.config.eos_ids());
     let pad = tokenizer.pad_id().or(eos.first().copied()).unwrap_or(0);
-    let started = std::time::Instant::now();
-    let out = sample::generate(
-        &loaded.model,
-        &[ids],
-        &params,
-        &eos,
-        pad,
-        Some(tokenizer),
-        loaded.config.max_position_embeddings,
-    );
-    let g = &out[0];
-    let completion = tokenizer.decode(&g.tokens, true)?;
-    let mut stdout = std::io::stdout();
-    if chat {
-        // The template's markup is not the user's text: show only the reply.
-        writeln!(stdout, "{completion}")?;
+    let max_positions = loaded.config.max_position_embeddings;
+    // One sequence on the CPU: the decoder built for it (model/cpu_decode.rs) streams the
+    // weights faster than the batched tensor path; the Burn copy is not needed after.
+    let (cpu_decoder, burn_model) = if device_choice == DeviceChoice::Cpu {
+        (Some(CpuDecoder::from_model(&loaded.model)), None)
     } else {
-        writeln!(stdout, "{prompt}{completion}")?;
+        (None, Some(loaded.model))
+    };
+    let mut stdout = std::io::stdout();
+    if !chat {
+        write!(stdout, "{prompt}")?;
     }
+    // Streams the text as it grows; a token that ends inside a UTF-8 character waits for
+    // the next one.
+    let mut shown = String::new();
+    let mut show = |tokens: &[u32]| {
+        if let Ok(text) = tokenizer.decode(tokens, true)
+            && let Some(new) = text.strip_prefix(shown.as_str())
+            && !new.ends_with('\u{fffd}')
+        {
+            let _ = write!(stdout, "{new}");
+            let _ = stdout.flush();
+            shown = text;
+        }
+    };
+    let started = std::time::Instant::now();
+    let g = match (&cpu_decoder, &burn_model) {
+        (Some(decoder), _) => sample::generate_on_cpu(
+            decoder,
+            &ids,
+            &params,
+            &eos,
+            pad,
+            Some(tokenizer),
+            max_positions,
+            &mut |g| {
+                show(&g.tokens);
+                true
+            },
+        ),
+        (None, Some(model)) => sample::generate_with(
+            model,
+            &[ids],
+            &params,
+            &eos,
+            pad,
+            Some(tokenizer),
+            max_positions,
+            &mut |_, g| {
+                show(&g.tokens);
+                true
+            },
+        )
+        .remove(0),
+        (None, None) => unreachable!("one of the two decoders is built above"),
+    };
     let secs = started.elapsed().as_secs_f64();
+    let completion = tokenizer.decode(&g.tokens, true)?;
+    let rest = completion.strip_prefix(shown.as_str()).unwrap_or("");
+    writeln!(std::io::stdout(), "{rest}")?;
     eprintln!(
         "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}]",
         g.tokens.len(),

@@ -6,7 +6,7 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use rlft::engine::model::{self, Heads, KvCache, hf};
+use rlft::engine::model::{self, CpuDecoder, Heads, KvCache, hf};
 use rlft::engine::sample::{self, SamplingParams, bool_tensor};
 
 const TINY: [&str; 2] = ["tiny-llama", "tiny-llama-bias-tied"];
@@ -345,5 +345,95 @@ fn rows_that_end_early_leave_the_batch_without_changing_the_others() {
         );
         assert_eq!(batched[i].tokens, alone[0].tokens, "row {i}");
         assert_eq!(batched[i].finish, alone[0].finish, "row {i}");
+    }
+}
+
+/// The single-sequence CPU decoder gives transformers' logits at every position, whether a
+/// token arrives in the prefill or one at a time, with and without biases and tied heads.
+#[test]
+fn cpu_decoder_logits_equal_transformers_at_every_position() {
+    for name in TINY {
+        let dir = fixture(name);
+        let expected = json(&dir.join("expected.json"));
+        let m = model::load(&dir, &cpu(), Heads::Lm).unwrap();
+        let decoder = CpuDecoder::from_model(&m.model);
+        let a = &expected["batch_a"];
+        let ids = ids_2d(&a["input_ids"])[0].clone();
+        let want = floats(&a["logits"]);
+        let v = m.config.vocab_size;
+        assert_eq!(decoder.vocab_size(), v);
+        let prefill = 3;
+        let mut state = decoder.new_state(ids.len());
+        let mut got = decoder.forward(&mut state, &ids[..prefill]);
+        for j in prefill - 1..ids.len() {
+            let diff = max_abs_diff(&got, &want[j * v..(j + 1) * v]);
+            assert!(diff <= 1e-4, "{name}: position {j} max |diff| {diff}");
+            if j + 1 < ids.len() {
+                got = decoder.forward(&mut state, &[ids[j + 1]]);
+            }
+        }
+        assert_eq!(state.len(), ids.len());
+    }
+}
+
+/// A prompt longer than one prefill chunk, then cached decoding, against the Burn forward
+/// of the whole sequence; and `generate_on_cpu` writes what the batched generator writes,
+/// greedy and sampled with a seed, stopping on EOS.
+#[test]
+fn cpu_decoder_follows_the_burn_forward_through_long_prompts_and_generation() {
+    let m = model::load(std::path::Path::new("assets/base"), &cpu(), Heads::Lm).unwrap();
+    let decoder = CpuDecoder::from_model(&m.model);
+    let v = m.config.vocab_size;
+    let ids: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % v as u32).collect();
+    let positions = vec![(0..ids.len() as i64).collect::<Vec<_>>()];
+    let full = full_logits(
+        &m.model,
+        std::slice::from_ref(&ids),
+        &positions,
+        &[vec![true; ids.len()]],
+        &cpu(),
+    );
+    let mut state = decoder.new_state(16);
+    let prompt = 130;
+    let mut got = decoder.forward(&mut state, &ids[..prompt]);
+    for j in prompt - 1..ids.len() {
+        let diff = max_abs_diff(&got, &full[j * v..(j + 1) * v]);
+        assert!(diff <= 1e-3, "position {j}: max |diff| {diff}");
+        if j + 1 < ids.len() {
+            got = decoder.forward(&mut state, &[ids[j + 1]]);
+        }
+    }
+
+    let prompt = ids[..20].to_vec();
+    for (temperature, seed) in [(0.0, 0), (1.0, 7), (0.8, 3)] {
+        let params = SamplingParams {
+            temperature,
+            seed,
+            max_new_tokens: 48,
+            ..Default::default()
+        };
+        let batched = sample::generate(
+            &m.model,
+            std::slice::from_ref(&prompt),
+            &params,
+            &[0],
+            0,
+            None,
+            512,
+        );
+        let mut streamed = 0;
+        let single =
+            sample::generate_on_cpu(&decoder, &prompt, &params, &[0], 0, None, 512, &mut |g| {
+                streamed = g.tokens.len();
+                true
+            });
+        assert_eq!(
+            single.tokens, batched[0].tokens,
+            "temperature {temperature}"
+        );
+        assert_eq!(single.finish, batched[0].finish);
+        assert_eq!(streamed, single.tokens.len());
+        let lp = max_abs_diff(&single.logprobs, &batched[0].logprobs);
+        assert!(lp <= 1e-3, "logprobs differ by {lp}");
     }
 }

@@ -16,7 +16,7 @@ use crate::engine::algo::losses::{self, GrpoLossType, ScaleRewards};
 use crate::engine::algo::sequences::{SeqBatch, score};
 use crate::engine::algo::{BatchTensors, masked_mean, scalar};
 use crate::engine::data::{PaddedBatch, TokenizedExample, pad_batch};
-use crate::engine::model::{Llama, LlamaConfig};
+use crate::engine::model::{CpuDecoder, Llama, LlamaConfig};
 use crate::engine::optim::{OptimConfig, Optimizer};
 use crate::engine::reward::{ExactMatch, RewardSource};
 use crate::engine::sample::{self, SamplingParams};
@@ -324,21 +324,41 @@ pub fn run(
         temperature: 1.0,
         ..Default::default()
     };
+    // One row on the CPU is what `rlft generate` and `rlft serve` do: the single-sequence
+    // decoder, built once as they build it (not timed).
+    let cpu_decoder = (b == 1 && device_name == "cpu").then(|| CpuDecoder::from_model(&model));
     let rollout = || {
         let start = Instant::now();
-        let _ = sample::generate(
-            &score_model,
-            &prompts,
-            &params,
-            &[],
-            0,
-            None,
-            config.max_position_embeddings,
-        );
+        match &cpu_decoder {
+            Some(decoder) => {
+                let _ = sample::generate_on_cpu(
+                    decoder,
+                    &prompts[0],
+                    &params,
+                    &[],
+                    0,
+                    None,
+                    config.max_position_embeddings,
+                    &mut |_| true,
+                );
+            }
+            None => {
+                let _ = sample::generate(
+                    &score_model,
+                    &prompts,
+                    &params,
+                    &[],
+                    0,
+                    None,
+                    config.max_position_embeddings,
+                );
+            }
+        }
         start.elapsed().as_secs_f64()
     };
     rollout();
     let rollout_s = rollout();
+    drop(cpu_decoder);
 
     // Training: forward + backward + AdamW on an autodiff copy.
     let train_device = device.clone().autodiff();

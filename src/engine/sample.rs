@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::model::{KvCache, Llama, host_f32};
+use crate::engine::model::{CpuDecoder, KvCache, Llama, host_f32};
 use crate::engine::tokenizer::Tokenizer;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,22 +189,7 @@ pub fn generate_with(
                 sample_token(&host[slot * vocab..(slot + 1) * vocab], params, &mut rng);
             next[slot] = token;
             let g = &mut out[row];
-            g.tokens.push(token);
-            g.logprobs.push(logprob);
-            if eos_ids.contains(&token) {
-                g.finish = FinishReason::Eos;
-                done[row] = true;
-            } else if !params.stop_strings.is_empty()
-                && let Some(tok) = tokenizer
-                && let Ok(text) = tok.decode(&g.tokens, false)
-                && params
-                    .stop_strings
-                    .iter()
-                    .any(|s| text.contains(s.as_str()))
-            {
-                g.finish = FinishReason::Stop;
-                done[row] = true;
-            }
+            done[row] = push_token(g, token, logprob, eos_ids, params, tokenizer);
             if !on_token(row, g) {
                 done[row] = true;
             }
@@ -248,6 +233,79 @@ pub fn generate_with(
         last = hidden;
     }
     out
+}
+
+/// Appends a sampled token to `g`; true when it ends the generation (EOS or a stop string),
+/// with `g.finish` set to why.
+fn push_token(
+    g: &mut Generation,
+    token: u32,
+    logprob: f32,
+    eos_ids: &[u32],
+    params: &SamplingParams,
+    tokenizer: Option<&Tokenizer>,
+) -> bool {
+    g.tokens.push(token);
+    g.logprobs.push(logprob);
+    if eos_ids.contains(&token) {
+        g.finish = FinishReason::Eos;
+        return true;
+    }
+    if !params.stop_strings.is_empty()
+        && let Some(tok) = tokenizer
+        && let Ok(text) = tok.decode(&g.tokens, false)
+        && params
+            .stop_strings
+            .iter()
+            .any(|s| text.contains(s.as_str()))
+    {
+        g.finish = FinishReason::Stop;
+        return true;
+    }
+    false
+}
+
+/// [`generate_with`] for one prompt on a [`CpuDecoder`] (`rlft generate`, `rlft serve` and
+/// one-row rollouts on the CPU). Same sampling, random stream and stopping rules, so a seed
+/// gives the same text as the batched path up to float rounding. `on_token` gets the
+/// generation so far after each token; returning `false` stops it.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_on_cpu(
+    decoder: &CpuDecoder,
+    prompt: &[u32],
+    params: &SamplingParams,
+    eos_ids: &[u32],
+    pad_id: u32,
+    tokenizer: Option<&Tokenizer>,
+    max_positions: usize,
+    on_token: &mut dyn FnMut(&Generation) -> bool,
+) -> Generation {
+    let mut g = Generation {
+        tokens: Vec::new(),
+        logprobs: Vec::new(),
+        finish: FinishReason::Length,
+    };
+    // An empty prompt reads one padding token, as the batched path's left padding does.
+    let pad = [pad_id];
+    let prompt = if prompt.is_empty() { &pad[..] } else { prompt };
+    let budget = params
+        .max_new_tokens
+        .min(max_positions.saturating_sub(prompt.len()));
+    if budget == 0 {
+        return g;
+    }
+    let mut rng = StdRng::seed_from_u64(params.seed);
+    let mut state = decoder.new_state(prompt.len() + budget);
+    let mut logits = decoder.forward(&mut state, prompt);
+    for step in 0..budget {
+        let (token, logprob) = sample_token(&logits, params, &mut rng);
+        let ended = push_token(&mut g, token, logprob, eos_ids, params, tokenizer);
+        if !on_token(&g) || ended || step + 1 == budget {
+            break;
+        }
+        logits = decoder.forward(&mut state, &[token]);
+    }
+    g
 }
 
 /// Keeps the rows `keep` of `v`, in that order.

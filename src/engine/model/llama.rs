@@ -360,6 +360,14 @@ impl Llama {
         self.layers.len()
     }
 
+    /// Host copies of the RoPE cos and sin tables, `[max_positions, head_dim]` row-major.
+    pub(crate) fn rope_host(&self) -> (Vec<f32>, Vec<f32>) {
+        (
+            super::host_f32(self.rope_cos.clone()),
+            super::host_f32(self.rope_sin.clone()),
+        )
+    }
+
     fn rope_at(&self, positions: Tensor<2, Int>) -> RopeAt {
         let [b, t] = positions.dims();
         let d = self.rope_cos.dims()[1];

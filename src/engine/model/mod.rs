@@ -2,6 +2,7 @@
 //! in and out, and the KV cache used by sampling.
 
 pub mod config;
+pub mod cpu_decode;
 pub mod hf;
 pub mod llama;
 
@@ -12,6 +13,7 @@ use burn::module::Param;
 use burn::prelude::*;
 
 pub use config::LlamaConfig;
+pub use cpu_decode::{CpuDecoder, DecodeState};
 pub use llama::Llama;
 
 use crate::engine::tokenizer::Tokenizer;
@@ -197,12 +199,18 @@ pub fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("float data converts to f32")
 }
 
-/// Row-major `[rows, cols]` to `[cols, rows]`.
+/// Row-major `[rows, cols]` to `[cols, rows]`, in 32 x 32 tiles so both sides stay in cache
+/// (a plain double loop misses on every write for checkpoint-sized matrices).
 pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = data[r * cols + c];
+                }
+            }
         }
     }
     out

@@ -1,0 +1,571 @@
+//! Single-sequence decoding on the CPU outside Burn, for `rlft generate`, `rlft serve` and
+//! one-row rollouts.
+//!
+//! Decoding one sequence multiplies every weight matrix by one vector per token, so its speed
+//! is the speed at which the weights stream from memory. Burn's CPU backend hands these
+//! products to `gemm`, whose one-row path reads the `[in, out]` weights column-wise and reaches
+//! about 20 GB/s on the vocabulary projection. Here the weights are copied once, row-major
+//! `[out, in]` as in the checkpoint, into one arena in the order a token reads them (on
+//! transparent huge pages where Linux offers them), and each product is a set of dot products
+//! four rows at a time with AVX-512 or AVX2 where the CPU has them.
+//!
+//! The arithmetic is the model's own ([`Llama::hidden`] and [`Llama::logits`]): the same RoPE
+//! tables, RMS norm in f32, grouped-query attention and SwiGLU; a test holds the logits to
+//! those of the Burn forward pass.
+
+use rayon::prelude::*;
+
+use super::{Llama, host_f32};
+
+/// Products of at least this many multiply-adds are split over the thread pool: below it,
+/// waking threads costs more than the product (a 576 x 192 projection is ~110k).
+const PARALLEL_MIN_WORK: usize = 1 << 17;
+
+/// Rows per task when a product is split: a multiple of the kernel's 4-row block, and small
+/// enough that 2-16 threads share even a 192-row projection.
+const ROWS_PER_TASK: usize = 32;
+
+/// Prompt tokens per forward pass during prefill: the weights are read once per chunk, and
+/// the per-chunk activations stay in cache.
+const PREFILL_CHUNK: usize = 64;
+
+/// A weight matrix `[rows, cols]` (Hugging Face's `[out, in]`) inside the arena.
+#[derive(Clone, Copy, Debug)]
+struct Matrix {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Projection {
+    weight: Matrix,
+    bias: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    input_norm: Vec<f32>,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
+    post_norm: Vec<f32>,
+    gate: Projection,
+    up: Projection,
+    down: Projection,
+}
+
+/// A host copy of a [`Llama`]'s language-model path, laid out for one-row decoding.
+pub struct CpuDecoder {
+    arena: Vec<f32>,
+    layers: Vec<Layer>,
+    embed: Matrix,
+    /// The untied output projection; `None` reads `embed` (tied embeddings).
+    lm_head: Option<Matrix>,
+    final_norm: Vec<f32>,
+    norm_eps: f32,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    /// `[max_positions, head_dim]`, the model's own tables (sin with its first half negated).
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    max_positions: usize,
+}
+
+/// Keys and values of one sequence, `[position, kv_heads * head_dim]` per layer.
+pub struct DecodeState {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl DecodeState {
+    /// Positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl CpuDecoder {
+    /// Copies the weights of `model` (on any device) into a decoder. The model's score head,
+    /// if any, is not copied: this decodes text.
+    pub fn from_model(model: &Llama) -> Self {
+        let [vocab, hidden] = model.embed_tokens.dims();
+        let first = model.layers.first().map(|l| &l.self_attn);
+        let (n_heads, n_kv_heads, head_dim) =
+            first.map_or((1, 1, hidden), |a| (a.n_heads, a.n_kv_heads, a.head_dim));
+        // Sizes first, so the arena is allocated (and advised) once before it is written.
+        let mut total = vocab * hidden;
+        for l in &model.layers {
+            for w in l.linears() {
+                total += w.weight.dims().iter().product::<usize>();
+            }
+        }
+        if let Some(h) = &model.lm_head {
+            total += h.weight.dims().iter().product::<usize>();
+        }
+        let mut arena = huge_page_vec(total);
+        let push_linear = |arena: &mut Vec<f32>, linear: &super::llama::Linear| {
+            // Burn keeps `[in, out]`; the dot products want `[out, in]`.
+            let [cols, rows] = linear.weight.dims();
+            let offset = arena.len();
+            arena.extend(super::transpose(&host_f32(linear.weight.val()), cols, rows));
+            Projection {
+                weight: Matrix { offset, rows, cols },
+                bias: linear.bias.as_ref().map(|b| host_f32(b.val())),
+            }
+        };
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for l in &model.layers {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            // Arena order = reading order within a token.
+            layers.push(Layer {
+                input_norm: host_f32(l.input_layernorm.weight.val()),
+                q: push_linear(&mut arena, &a.q_proj),
+                k: push_linear(&mut arena, &a.k_proj),
+                v: push_linear(&mut arena, &a.v_proj),
+                o: push_linear(&mut arena, &a.o_proj),
+                post_norm: host_f32(l.post_attention_layernorm.weight.val()),
+                gate: push_linear(&mut arena, &m.gate_proj),
+                up: push_linear(&mut arena, &m.up_proj),
+                down: push_linear(&mut arena, &m.down_proj),
+            });
+        }
+        let lm_head = model
+            .lm_head
+            .as_ref()
+            .map(|h| push_linear(&mut arena, h).weight);
+        let embed = Matrix {
+            offset: arena.len(),
+            rows: vocab,
+            cols: hidden,
+        };
+        arena.extend(host_f32(model.embed_tokens.val()));
+        let (rope_cos, rope_sin) = model.rope_host();
+        Self {
+            arena,
+            layers,
+            embed,
+            lm_head,
+            final_norm: host_f32(model.norm.weight.val()),
+            norm_eps: model.norm.eps as f32,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            max_positions: rope_cos.len() / head_dim.max(1),
+            rope_cos,
+            rope_sin,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.lm_head.unwrap_or(self.embed).rows
+    }
+
+    /// A fresh cache with room for `capacity` positions (it grows past that if needed).
+    pub fn new_state(&self, capacity: usize) -> DecodeState {
+        let kv = self.n_kv_heads * self.head_dim;
+        let cap = capacity.min(self.max_positions) * kv;
+        DecodeState {
+            keys: (0..self.layers.len())
+                .map(|_| Vec::with_capacity(cap))
+                .collect(),
+            values: (0..self.layers.len())
+                .map(|_| Vec::with_capacity(cap))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Runs `tokens` at the next positions of `state` and returns the next-token logits after
+    /// the last of them. Long inputs go through in chunks of [`PREFILL_CHUNK`].
+    ///
+    /// Panics if `tokens` is empty or runs past the model's positions (callers bound both).
+    pub fn forward(&self, state: &mut DecodeState, tokens: &[u32]) -> Vec<f32> {
+        assert!(!tokens.is_empty(), "forward needs at least one token");
+        assert!(
+            state.len + tokens.len() <= self.max_positions,
+            "{} positions exceed the model's {}",
+            state.len + tokens.len(),
+            self.max_positions
+        );
+        let mut last = Vec::new();
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            last = self.forward_chunk(state, chunk);
+        }
+        let hidden = self.embed.cols;
+        let mut normed = vec![0.0; hidden];
+        rms_norm(&last, &self.final_norm, self.norm_eps, &mut normed);
+        let head = self.lm_head.unwrap_or(self.embed);
+        let mut logits = vec![0.0; head.rows];
+        self.linear(head, None, &normed, 1, &mut logits);
+        logits
+    }
+
+    /// The decoder layers over `tokens`; returns the residual stream of the last token.
+    fn forward_chunk(&self, state: &mut DecodeState, tokens: &[u32]) -> Vec<f32> {
+        let t = tokens.len();
+        let h = self.embed.cols;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let past = state.len;
+        let mut x = Vec::with_capacity(t * h);
+        for &id in tokens {
+            let start = self.embed.offset + (id as usize).min(self.embed.rows - 1) * h;
+            x.extend_from_slice(&self.arena[start..start + h]);
+        }
+        let mut normed = vec![0.0; t * h];
+        let mut q = vec![0.0; t * q_dim];
+        let mut k = vec![0.0; t * kv_dim];
+        let mut v = vec![0.0; t * kv_dim];
+        let mut attn = vec![0.0; t * q_dim];
+        let mut proj = vec![0.0; t * h];
+        let ff = self.layers.first().map_or(0, |l| l.gate.weight.rows);
+        let mut gate = vec![0.0; t * ff];
+        let mut up = vec![0.0; t * ff];
+        let mut scores = Vec::with_capacity(past + t);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            for i in 0..t {
+                let r = i * h..(i + 1) * h;
+                rms_norm(
+                    &x[r.clone()],
+                    &layer.input_norm,
+                    self.norm_eps,
+                    &mut normed[r],
+                );
+            }
+            self.project(&layer.q, &normed, t, &mut q);
+            self.project(&layer.k, &normed, t, &mut k);
+            self.project(&layer.v, &normed, t, &mut v);
+            for i in 0..t {
+                let pos = past + i;
+                for head in q[i * q_dim..(i + 1) * q_dim].chunks_mut(hd) {
+                    self.rope(head, pos);
+                }
+                for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_mut(hd) {
+                    self.rope(head, pos);
+                }
+            }
+            let keys = &mut state.keys[li];
+            let values = &mut state.values[li];
+            keys.truncate(past * kv_dim);
+            values.truncate(past * kv_dim);
+            keys.extend_from_slice(&k);
+            values.extend_from_slice(&v);
+            // Query head `qh` reads key/value head `qh / (nh / nkv)`, as in the Burn forward.
+            let group = nh / nkv;
+            for i in 0..t {
+                let seen = past + i + 1;
+                for qh in 0..nh {
+                    let kvh = qh / group;
+                    let query = &q[i * q_dim + qh * hd..i * q_dim + (qh + 1) * hd];
+                    scores.clear();
+                    scores.extend((0..seen).map(|s| {
+                        let key = &keys[s * kv_dim + kvh * hd..s * kv_dim + (kvh + 1) * hd];
+                        dot(query, key) * scale
+                    }));
+                    softmax_in_place(&mut scores);
+                    let out = &mut attn[i * q_dim + qh * hd..i * q_dim + (qh + 1) * hd];
+                    out.fill(0.0);
+                    for (s, &p) in scores.iter().enumerate() {
+                        let value = &values[s * kv_dim + kvh * hd..s * kv_dim + (kvh + 1) * hd];
+                        for (o, &val) in out.iter_mut().zip(value) {
+                            *o += p * val;
+                        }
+                    }
+                }
+            }
+            self.project(&layer.o, &attn, t, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            for i in 0..t {
+                let r = i * h..(i + 1) * h;
+                rms_norm(
+                    &x[r.clone()],
+                    &layer.post_norm,
+                    self.norm_eps,
+                    &mut normed[r],
+                );
+            }
+            self.project(&layer.gate, &normed, t, &mut gate);
+            self.project(&layer.up, &normed, t, &mut up);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            self.project(&layer.down, &gate, t, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        state.len = past + t;
+        x.split_off((t - 1) * h)
+    }
+
+    fn project(&self, p: &Projection, x: &[f32], t: usize, y: &mut [f32]) {
+        self.linear(p.weight, p.bias.as_deref(), x, t, y);
+    }
+
+    /// `y[t, rows] = x[t, cols] · W^T (+ bias)`.
+    fn linear(&self, w: Matrix, bias: Option<&[f32]>, x: &[f32], t: usize, y: &mut [f32]) {
+        let weights = &self.arena[w.offset..w.offset + w.rows * w.cols];
+        let (rows, cols) = (w.rows, w.cols);
+        if t == 1 {
+            if rows * cols >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1 {
+                y[..rows]
+                    .par_chunks_mut(ROWS_PER_TASK)
+                    .enumerate()
+                    .for_each(|(i, out)| {
+                        let r0 = i * ROWS_PER_TASK;
+                        dot_rows(&weights[r0 * cols..], &x[..cols], cols, out);
+                    });
+            } else {
+                dot_rows(weights, &x[..cols], cols, &mut y[..rows]);
+            }
+        } else {
+            // Token-major output: each task computes its rows for every token, reading its
+            // block of weights once.
+            let mut by_row = vec![0.0; rows * t];
+            let task = |(i, out): (usize, &mut [f32])| {
+                let r0 = i * ROWS_PER_TASK;
+                let n = out.len() / t;
+                let mut col = vec![0.0; n];
+                for tok in 0..t {
+                    dot_rows(
+                        &weights[r0 * cols..],
+                        &x[tok * cols..(tok + 1) * cols],
+                        cols,
+                        &mut col,
+                    );
+                    for (r, &c) in col.iter().enumerate() {
+                        out[r * t + tok] = c;
+                    }
+                }
+            };
+            if rows * cols * t >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1 {
+                by_row
+                    .par_chunks_mut(ROWS_PER_TASK * t)
+                    .enumerate()
+                    .for_each(task);
+            } else {
+                by_row
+                    .chunks_mut(ROWS_PER_TASK * t)
+                    .enumerate()
+                    .for_each(task);
+            }
+            for tok in 0..t {
+                for r in 0..rows {
+                    y[tok * rows + r] = by_row[r * t + tok];
+                }
+            }
+        }
+        if let Some(b) = bias {
+            for row in y[..t * rows].chunks_mut(rows) {
+                row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
+        }
+    }
+
+    /// Rotary embedding of one head at `pos`, "rotate half" as [`Llama`] applies it:
+    /// `x * cos + cat(x2, x1) * sin` (the sign lives in the sin table), in place.
+    fn rope(&self, head: &mut [f32], pos: usize) {
+        let d = self.head_dim;
+        let half = d / 2;
+        let cos = &self.rope_cos[pos * d..(pos + 1) * d];
+        let sin = &self.rope_sin[pos * d..(pos + 1) * d];
+        for i in 0..half {
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * cos[i] + b * sin[i];
+            head[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
+    }
+}
+
+impl super::llama::DecoderLayer {
+    /// The seven projections, in arena order.
+    fn linears(&self) -> [&super::llama::Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+}
+
+/// RMS norm in f32 as [`super::llama::RmsNorm`]: `x / sqrt(mean(x^2) + eps) * weight`.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * inv * w;
+    }
+}
+
+fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in v.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    v.iter_mut().for_each(|s| *s *= inv);
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums: vectorisable without reassociating one long chain.
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for j in 0..8 {
+            acc[j] += a[c * 8 + j] * b[c * 8 + j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// `out[r] = dot(w[r * cols..], x)` for each row of `out`, with the widest kernel the CPU has.
+fn dot_rows(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+    assert!(w.len() >= out.len() * cols && x.len() >= cols);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, and the bounds are checked above.
+            return unsafe { x86::dot_rows_avx512(w, x, cols, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, and the bounds are checked above.
+            return unsafe { x86::dot_rows_avx2(w, x, cols, out) };
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(&w[r * cols..(r + 1) * cols], x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Four rows at a time share each load of `x`; one accumulator per row.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_rows_avx512(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+        let rows = out.len();
+        let wp = w.as_ptr();
+        let xp = x.as_ptr();
+        let mut r = 0;
+        while r + 4 <= rows {
+            // SAFETY (whole block): rows r..r + 4 lie in `w` (checked by the caller), and
+            // every load stays below `cols` in its row and in `x`.
+            unsafe {
+                let p = [
+                    wp.add(r * cols),
+                    wp.add((r + 1) * cols),
+                    wp.add((r + 2) * cols),
+                    wp.add((r + 3) * cols),
+                ];
+                let mut acc = [_mm512_setzero_ps(); 4];
+                let mut i = 0;
+                while i + 16 <= cols {
+                    let xv = _mm512_loadu_ps(xp.add(i));
+                    for j in 0..4 {
+                        acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(p[j].add(i)), xv, acc[j]);
+                    }
+                    i += 16;
+                }
+                for j in 0..4 {
+                    let mut s = _mm512_reduce_add_ps(acc[j]);
+                    for c in i..cols {
+                        s += *p[j].add(c) * *xp.add(c);
+                    }
+                    out[r + j] = s;
+                }
+            }
+            r += 4;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(r) {
+            *o = super::dot(&w[j * cols..(j + 1) * cols], &x[..cols]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows_avx2(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+        let rows = out.len();
+        let wp = w.as_ptr();
+        let xp = x.as_ptr();
+        let mut r = 0;
+        while r + 4 <= rows {
+            // SAFETY: as in `dot_rows_avx512`.
+            unsafe {
+                let p = [
+                    wp.add(r * cols),
+                    wp.add((r + 1) * cols),
+                    wp.add((r + 2) * cols),
+                    wp.add((r + 3) * cols),
+                ];
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut i = 0;
+                while i + 8 <= cols {
+                    let xv = _mm256_loadu_ps(xp.add(i));
+                    for j in 0..4 {
+                        acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p[j].add(i)), xv, acc[j]);
+                    }
+                    i += 8;
+                }
+                for j in 0..4 {
+                    let mut lanes = [0.0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
+                    let mut s: f32 = lanes.iter().sum();
+                    for c in i..cols {
+                        s += *p[j].add(c) * *xp.add(c);
+                    }
+                    out[r + j] = s;
+                }
+            }
+            r += 4;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(r) {
+            *o = super::dot(&w[j * cols..(j + 1) * cols], &x[..cols]);
+        }
+    }
+}
+
+/// An empty vector with room for `len` floats whose pages Linux is asked to back with
+/// transparent huge pages (fewer TLB misses while the weights stream: +15-25% measured on the
+/// vocabulary projection). Elsewhere, or if the advice is refused, a plain vector.
+fn huge_page_vec(len: usize) -> Vec<f32> {
+    const HUGE_PAGE: usize = 2 << 20;
+    let v: Vec<f32> = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    {
+        let start = v.as_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        let end = (start + len * size_of::<f32>()) / HUGE_PAGE * HUGE_PAGE;
+        if end > aligned {
+            // SAFETY: the range lies inside the vector's allocation; MADV_HUGEPAGE is advice
+            // and changes no contents. A refusal (no THP support) is harmless.
+            unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    v
+}
