@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use rlft::engine::config::RunConfig;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::{Event, LogLevel};
-use rlft::engine::model::{self, CpuDecoder, Heads, hf};
-use rlft::engine::sample::{self, SamplingParams};
+use rlft::engine::model::{self, Heads, hf};
+use rlft::engine::sample::{SamplingParams, SingleSequence};
 use rlft::engine::session::{self, LaunchOptions};
 use rlft::engine::tokenizer::ChatMessage;
 
@@ -406,9 +406,9 @@ fn generate(
     prompt: &str,
     chat: bool,
     params: SamplingParams,
-    device_choice: DeviceChoice,
+    device: DeviceChoice,
 ) -> Result<()> {
-    let device = device_choice.init().map_err(anyhow::Error::msg)?;
+    let device = device.init().map_err(anyhow::Error::msg)?;
     let loaded = model::load(path, &device, Heads::Lm)?;
     let tokenizer = loaded
         .tokenizer
@@ -430,13 +430,7 @@ fn generate(
     eos.extend(loaded.config.eos_ids());
     let pad = tokenizer.pad_id().or(eos.first().copied()).unwrap_or(0);
     let max_positions = loaded.config.max_position_embeddings;
-    // One sequence on the CPU: the decoder built for it (model/cpu_decode.rs) streams the
-    // weights faster than the batched tensor path; the Burn copy is not needed after.
-    let (cpu_decoder, burn_model) = if device_choice == DeviceChoice::Cpu {
-        (Some(CpuDecoder::from_model(&loaded.model)), None)
-    } else {
-        (None, Some(loaded.model))
-    };
+    let decoder = SingleSequence::new(loaded.model);
     let mut stdout = std::io::stdout();
     if !chat {
         write!(stdout, "{prompt}")?;
@@ -455,36 +449,18 @@ fn generate(
         }
     };
     let started = std::time::Instant::now();
-    let g = match (&cpu_decoder, &burn_model) {
-        (Some(decoder), _) => sample::generate_on_cpu(
-            decoder,
-            &ids,
-            &params,
-            &eos,
-            pad,
-            Some(tokenizer),
-            max_positions,
-            &mut |g| {
-                show(&g.tokens);
-                true
-            },
-        ),
-        (None, Some(model)) => sample::generate_with(
-            model,
-            &[ids],
-            &params,
-            &eos,
-            pad,
-            Some(tokenizer),
-            max_positions,
-            &mut |_, g| {
-                show(&g.tokens);
-                true
-            },
-        )
-        .remove(0),
-        (None, None) => unreachable!("one of the two decoders is built above"),
-    };
+    let g = decoder.generate(
+        &ids,
+        &params,
+        &eos,
+        pad,
+        Some(tokenizer),
+        max_positions,
+        &mut |g| {
+            show(&g.tokens);
+            true
+        },
+    );
     let secs = started.elapsed().as_secs_f64();
     let completion = tokenizer.decode(&g.tokens, true)?;
     let rest = completion.strip_prefix(shown.as_str()).unwrap_or("");

@@ -308,6 +308,67 @@ pub fn generate_on_cpu(
     g
 }
 
+/// Generates one sequence at a time, as `rlft generate` and `rlft serve` do: with a
+/// [`CpuDecoder`] when the model lives on the CPU (faster for one row), else with the model on
+/// its device.
+pub enum SingleSequence {
+    Cpu(CpuDecoder),
+    Model(Llama),
+}
+
+impl SingleSequence {
+    /// Takes the model; on the CPU its weights are copied into a decoder and it is dropped.
+    pub fn new(model: Llama) -> Self {
+        if model.embed_tokens.val().device() == Device::flex() {
+            Self::Cpu(CpuDecoder::from_model(&model))
+        } else {
+            Self::Model(model)
+        }
+    }
+
+    /// [`generate_on_cpu`] or a one-row [`generate_with`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        eos_ids: &[u32],
+        pad_id: u32,
+        tokenizer: Option<&Tokenizer>,
+        max_positions: usize,
+        on_token: &mut dyn FnMut(&Generation) -> bool,
+    ) -> Generation {
+        match self {
+            Self::Cpu(decoder) => generate_on_cpu(
+                decoder,
+                prompt,
+                params,
+                eos_ids,
+                pad_id,
+                tokenizer,
+                max_positions,
+                on_token,
+            ),
+            Self::Model(model) => generate_with(
+                model,
+                &[prompt.to_vec()],
+                params,
+                eos_ids,
+                pad_id,
+                tokenizer,
+                max_positions,
+                &mut |_, g| on_token(g),
+            )
+            .pop()
+            .unwrap_or(Generation {
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                finish: FinishReason::Length,
+            }),
+        }
+    }
+}
+
 /// Keeps the rows `keep` of `v`, in that order.
 fn pick_rows<T: Clone>(v: &mut Vec<T>, keep: &[usize]) {
     let old = std::mem::take(v);

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::engine::model::{self, Heads, LoadedModel, ModelError};
-use crate::engine::sample::{self, FinishReason, Generation, SamplingParams};
+use crate::engine::sample::{FinishReason, Generation, SamplingParams, SingleSequence};
 use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
 /// HTTP handler threads: requests beyond this many wait in the listener's queue.
@@ -168,7 +168,7 @@ impl Server {
                 .name("rlft-serve-worker".into())
                 .spawn(move || {
                     let engine = Engine {
-                        model,
+                        model: SingleSequence::new(model),
                         tokenizer,
                         eos,
                         pad,
@@ -276,7 +276,7 @@ fn unix_secs() -> u64 {
 // The worker: owns the model, generates one job at a time.
 
 struct Engine {
-    model: model::Llama,
+    model: SingleSequence,
     tokenizer: Arc<Tokenizer>,
     eos: Vec<u32>,
     pad: u32,
@@ -296,7 +296,7 @@ impl Engine {
         let stops = job.params.stop_strings.clone();
         let mut stream = TextStream::new(stops.clone());
         let tokenizer = &*self.tokenizer;
-        let mut on_token = |_row: usize, g: &Generation| -> bool {
+        let mut on_token = |g: &Generation| -> bool {
             if !job.stream {
                 return true;
             }
@@ -309,9 +309,8 @@ impl Engine {
                 None => true,
             }
         };
-        let out = sample::generate_with(
-            &self.model,
-            std::slice::from_ref(&job.prompt),
+        let g = self.model.generate(
+            &job.prompt,
             &job.params,
             &self.eos,
             self.pad,
@@ -319,7 +318,6 @@ impl Engine {
             self.max_positions,
             &mut on_token,
         );
-        let g = out.into_iter().next().ok_or("no generation")?;
         let full = tokenizer
             .decode(&g.tokens, true)
             .map_err(|e| e.to_string())?;
