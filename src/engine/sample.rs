@@ -313,7 +313,7 @@ pub fn generate_on_cpu(
 /// its device.
 pub enum SingleSequence {
     Cpu(CpuDecoder),
-    Model(Llama),
+    Model(Box<Llama>),
 }
 
 impl SingleSequence {
@@ -322,7 +322,7 @@ impl SingleSequence {
         if model.embed_tokens.val().device() == Device::flex() {
             Self::Cpu(CpuDecoder::from_model(&model))
         } else {
-            Self::Model(model)
+            Self::Model(Box::new(model))
         }
     }
 
