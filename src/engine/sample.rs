@@ -311,9 +311,11 @@ pub fn generate_on_cpu(
 /// Generates one sequence at a time, as `rlft generate` and `rlft serve` do: with a
 /// [`CpuDecoder`] when the model lives on the CPU (faster for one row), else with the model on
 /// its device.
+// One per process: the size of the enum does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SingleSequence {
     Cpu(CpuDecoder),
-    Model(Box<Llama>),
+    Model(Llama),
 }
 
 impl SingleSequence {
@@ -322,7 +324,7 @@ impl SingleSequence {
         if model.embed_tokens.val().device() == Device::flex() {
             Self::Cpu(CpuDecoder::from_model(&model))
         } else {
-            Self::Model(Box::new(model))
+            Self::Model(model)
         }
     }
 
