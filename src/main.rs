@@ -705,6 +705,10 @@ fn bench(
             "rollout          {:>10.1} tokens/s  ({} new tokens per row, KV cache)",
             r.rollout_tokens_per_s, r.rollout_new_tokens
         );
+        println!(
+            "  decode only    {:>10.1} tokens/s  (after the prompt's prefill)",
+            r.decode_tokens_per_s
+        );
         println!("score (no grad)  {:>10.1} tokens/s", r.score_tokens_per_s);
         if let (Some(step), Some(gen_s), Some(score_s), Some(update_s)) = (
             r.grpo_step_s,

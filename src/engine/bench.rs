@@ -47,6 +47,9 @@ pub struct BenchReport {
     pub train_tokens_per_s: f64,
     pub train_step_s: f64,
     pub rollout_tokens_per_s: f64,
+    /// Rollout tokens/s after the prompt is in the cache (the prefill and the first token
+    /// excluded), the figure llama.cpp's `llama-bench` reports for generation.
+    pub decode_tokens_per_s: f64,
     /// New tokens per rollout row.
     pub rollout_new_tokens: usize,
     pub score_tokens_per_s: f64,
@@ -327,8 +330,17 @@ pub fn run(
     // One row on the CPU is what `rlft generate` and `rlft serve` do: the single-sequence
     // decoder, built once as they build it (not timed).
     let cpu_decoder = (b == 1 && device_name == "cpu").then(|| CpuDecoder::from_model(&model));
+    // Seconds for the whole rollout, and for its decoding alone: from the first sampled token
+    // to the last, as llama.cpp's `llama-bench` times generation after its context.
     let rollout = || {
         let start = Instant::now();
+        let mut first: Option<Instant> = None;
+        let mut last = start;
+        let mut stamp = || {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+        };
         match &cpu_decoder {
             Some(decoder) => {
                 let _ = sample::generate_on_cpu(
@@ -339,11 +351,14 @@ pub fn run(
                     0,
                     None,
                     config.max_position_embeddings,
-                    &mut |_| true,
+                    &mut |_| {
+                        stamp();
+                        true
+                    },
                 );
             }
             None => {
-                let _ = sample::generate(
+                let _ = sample::generate_with(
                     &score_model,
                     &prompts,
                     &params,
@@ -351,13 +366,24 @@ pub fn run(
                     0,
                     None,
                     config.max_position_embeddings,
+                    &mut |_, _| {
+                        stamp();
+                        true
+                    },
                 );
             }
         }
-        start.elapsed().as_secs_f64()
+        let total = start.elapsed().as_secs_f64();
+        let decode = first.map_or(0.0, |f| (last - f).as_secs_f64());
+        (total, decode)
     };
     rollout();
-    let rollout_s = rollout();
+    let (mut rollout_s, mut decode_s) = (0.0, 0.0);
+    for _ in 0..opts.iters {
+        let (total, decode) = rollout();
+        rollout_s += total / opts.iters as f64;
+        decode_s += decode / opts.iters as f64;
+    }
     drop(cpu_decoder);
 
     // Training: forward + backward + AdamW on an autodiff copy.
@@ -429,6 +455,8 @@ pub fn run(
         train_tokens_per_s: tokens / train_s,
         train_step_s: train_s,
         rollout_tokens_per_s: (b * new_tokens) as f64 / rollout_s,
+        // The first token of each row comes from the prefill.
+        decode_tokens_per_s: (b * new_tokens.saturating_sub(1)) as f64 / decode_s.max(1e-9),
         rollout_new_tokens: new_tokens,
         score_tokens_per_s: tokens / score_s,
         train_gflops: 6.0 * params as f64 * tokens / train_s / 1e9,
