@@ -6,7 +6,7 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use rlft::engine::model::{self, Heads};
+use rlft::engine::model::{self, CpuDecoder, Heads};
 use rlft::engine::sample::{self, SamplingParams};
 use rlft::engine::tokenizer::ChatMessage;
 
@@ -104,6 +104,7 @@ fn smollm2_logits_and_greedy_generation_match_transformers() {
         ..Default::default()
     };
     let tok = m.tokenizer.as_ref().unwrap();
+    let decoder = CpuDecoder::from_model(&m.model);
     for case in r["greedy"]["results"].as_array().unwrap() {
         let ids: Vec<u32> = case["input_ids"]
             .as_array()
@@ -119,7 +120,7 @@ fn smollm2_logits_and_greedy_generation_match_transformers() {
             .collect();
         let out = sample::generate(
             &m.model,
-            &[ids],
+            std::slice::from_ref(&ids),
             &params,
             tok.eos_ids(),
             2,
@@ -127,6 +128,18 @@ fn smollm2_logits_and_greedy_generation_match_transformers() {
             m.config.max_position_embeddings,
         );
         assert_eq!(out[0].tokens, want, "greedy tokens for {}", case["name"]);
+        // The single-sequence CPU decoder of `rlft generate` / `rlft serve` too.
+        let single = sample::generate_on_cpu(
+            &decoder,
+            &ids,
+            &params,
+            tok.eos_ids(),
+            2,
+            Some(tok),
+            m.config.max_position_embeddings,
+            &mut |_| true,
+        );
+        assert_eq!(single.tokens, want, "CPU decoder tokens for {}", case["name"]);
     }
 }
 
