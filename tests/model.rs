@@ -437,3 +437,50 @@ fn cpu_decoder_follows_the_burn_forward_through_long_prompts_and_generation() {
         assert!(lp <= 1e-3, "logprobs differ by {lp}");
     }
 }
+
+/// Projections with biases, large enough to be split across threads (q, k and v in one
+/// parallel region), decode as the Burn forward does.
+#[test]
+fn cpu_decoder_splits_biased_projections_across_threads() {
+    let cfg: model::LlamaConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 300, "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "attention_bias": true, "mlp_bias": true,
+        "tie_word_embeddings": true, "model_type": "llama"
+    }))
+    .unwrap();
+    let mut weights = model::llama::init_weights(&cfg, 3);
+    for (name, t) in weights.iter_mut() {
+        if name.ends_with(".bias") {
+            for (i, v) in t.data.iter_mut().enumerate() {
+                *v = (i as f32 * 0.7).sin() * 0.1;
+            }
+        }
+    }
+    let mut reader = model::WeightReader::new(weights, &cpu());
+    let llama = model::Llama::from_weights(&cfg, &mut reader, true, false).unwrap();
+    let ids: Vec<u32> = (0..12u32).map(|i| (i * 29 + 5) % 300).collect();
+    let full = full_logits(
+        &llama,
+        std::slice::from_ref(&ids),
+        &[(0..12).collect()],
+        &[vec![true; 12]],
+        &cpu(),
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let decoder = CpuDecoder::from_model(&llama);
+        let mut state = decoder.new_state(12);
+        let mut got = decoder.forward(&mut state, &ids[..4]);
+        for j in 3..12 {
+            let diff = max_abs_diff(&got, &full[j * 300..(j + 1) * 300]);
+            assert!(diff <= 1e-4, "position {j}: max |diff| {diff}");
+            if j + 1 < 12 {
+                got = decoder.forward(&mut state, &[ids[j + 1]]);
+            }
+        }
+    });
+}

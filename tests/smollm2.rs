@@ -139,7 +139,11 @@ fn smollm2_logits_and_greedy_generation_match_transformers() {
             m.config.max_position_embeddings,
             &mut |_| true,
         );
-        assert_eq!(single.tokens, want, "CPU decoder tokens for {}", case["name"]);
+        assert_eq!(
+            single.tokens, want,
+            "CPU decoder tokens for {}",
+            case["name"]
+        );
     }
 }
 

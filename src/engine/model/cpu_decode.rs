@@ -21,10 +21,6 @@ use super::{Llama, host_f32};
 /// waking threads costs more than the product (a 576 x 192 projection is ~110k).
 const PARALLEL_MIN_WORK: usize = 1 << 17;
 
-/// Rows per task when a product is split: a multiple of the kernel's 4-row block, and small
-/// enough that 2-16 threads share even a 192-row projection.
-const ROWS_PER_TASK: usize = 32;
-
 /// Prompt tokens per forward pass during prefill: the weights are read once per chunk, and
 /// the per-chunk activations stay in cache.
 const PREFILL_CHUNK: usize = 64;
@@ -189,6 +185,17 @@ impl CpuDecoder {
     ///
     /// Panics if `tokens` is empty or runs past the model's positions (callers bound both).
     pub fn forward(&self, state: &mut DecodeState, tokens: &[u32]) -> Vec<f32> {
+        // Run the token on a worker of the thread pool: a product split from there keeps
+        // half for the calling worker and leaves half for another, where one called from
+        // outside waits for a sleeping worker to wake (tens of microseconds, ~200 times a
+        // token: 2 threads were slower than 1).
+        if rayon::current_num_threads() > 1 && rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_on_worker(state, tokens));
+        }
+        self.forward_on_worker(state, tokens)
+    }
+
+    fn forward_on_worker(&self, state: &mut DecodeState, tokens: &[u32]) -> Vec<f32> {
         assert!(!tokens.is_empty(), "forward needs at least one token");
         assert!(
             state.len + tokens.len() <= self.max_positions,
@@ -241,9 +248,15 @@ impl CpuDecoder {
                     &mut normed[r],
                 );
             }
-            self.project(&layer.q, &normed, t, &mut q);
-            self.project(&layer.k, &normed, t, &mut k);
-            self.project(&layer.v, &normed, t, &mut v);
+            self.project_same_input(
+                [
+                    (&layer.q, &mut q[..]),
+                    (&layer.k, &mut k),
+                    (&layer.v, &mut v),
+                ],
+                &normed,
+                t,
+            );
             for i in 0..t {
                 let pos = past + i;
                 for head in q[i * q_dim..(i + 1) * q_dim].chunks_mut(hd) {
@@ -282,8 +295,11 @@ impl CpuDecoder {
                     &mut normed[r],
                 );
             }
-            self.project(&layer.gate, &normed, t, &mut gate);
-            self.project(&layer.up, &normed, t, &mut up);
+            self.project_same_input(
+                [(&layer.gate, &mut gate[..]), (&layer.up, &mut up)],
+                &normed,
+                t,
+            );
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
@@ -298,17 +314,59 @@ impl CpuDecoder {
         self.linear(p.weight, p.bias.as_deref(), x, t, y);
     }
 
+    /// Several projections of the same input (q, k, v; gate, up). For one token they share
+    /// one parallel region, split into one block of rows per thread across all of them: a
+    /// region costs a fork and a join, ~200 of them a token otherwise.
+    fn project_same_input<const N: usize>(
+        &self,
+        outputs: [(&Projection, &mut [f32]); N],
+        x: &[f32],
+        t: usize,
+    ) {
+        let threads = rayon::current_num_threads();
+        let total: usize = outputs.iter().map(|(p, _)| p.weight.rows).sum();
+        let cols = outputs.first().map_or(0, |(p, _)| p.weight.cols);
+        if t > 1 || threads == 1 || total * cols < PARALLEL_MIN_WORK {
+            for (p, y) in outputs {
+                self.project(p, x, t, y);
+            }
+            return;
+        }
+        let block = total.div_ceil(threads).next_multiple_of(4);
+        // (weights from the block's first row, its outputs, its part of the bias)
+        let mut tasks: Vec<(&[f32], &mut [f32], Option<&[f32]>)> = Vec::new();
+        for (p, y) in outputs {
+            let w = p.weight;
+            let weights = &self.arena[w.offset..w.offset + w.rows * w.cols];
+            for (i, out) in y[..w.rows].chunks_mut(block).enumerate() {
+                let r0 = i * block;
+                let bias = p.bias.as_deref().map(|b| &b[r0..r0 + out.len()]);
+                tasks.push((&weights[r0 * cols..], out, bias));
+            }
+        }
+        tasks.into_par_iter().for_each(|(w, out, bias)| {
+            dot_rows(w, &x[..cols], cols, out);
+            if let Some(b) = bias {
+                out.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
+        });
+    }
+
     /// `y[t, rows] = x[t, cols] · W^T (+ bias)`.
     fn linear(&self, w: Matrix, bias: Option<&[f32]>, x: &[f32], t: usize, y: &mut [f32]) {
         let weights = &self.arena[w.offset..w.offset + w.rows * w.cols];
         let (rows, cols) = (w.rows, w.cols);
         if t == 1 {
-            if rows * cols >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1 {
+            let threads = rayon::current_num_threads();
+            if rows * cols >= PARALLEL_MIN_WORK && threads > 1 {
+                // One contiguous block of rows per thread: each streams its own part of the
+                // matrix, and no more tasks are made than threads can take at once.
+                let block = rows.div_ceil(threads).next_multiple_of(4);
                 y[..rows]
-                    .par_chunks_mut(ROWS_PER_TASK)
+                    .par_chunks_mut(block)
                     .enumerate()
                     .for_each(|(i, out)| {
-                        let r0 = i * ROWS_PER_TASK;
+                        let r0 = i * block;
                         dot_rows(&weights[r0 * cols..], &x[..cols], cols, out);
                     });
             } else {
