@@ -333,21 +333,24 @@ impl CpuDecoder {
             return;
         }
         let block = total.div_ceil(threads).next_multiple_of(4);
-        // (weights from the block's first row, its outputs, its part of the bias)
-        let mut tasks: Vec<(&[f32], &mut [f32], Option<&[f32]>)> = Vec::new();
+        let mut tasks: Vec<RowBlock> = Vec::new();
         for (p, y) in outputs {
             let w = p.weight;
             let weights = &self.arena[w.offset..w.offset + w.rows * w.cols];
             for (i, out) in y[..w.rows].chunks_mut(block).enumerate() {
                 let r0 = i * block;
                 let bias = p.bias.as_deref().map(|b| &b[r0..r0 + out.len()]);
-                tasks.push((&weights[r0 * cols..], out, bias));
+                tasks.push(RowBlock {
+                    weights: &weights[r0 * cols..],
+                    out,
+                    bias,
+                });
             }
         }
-        tasks.into_par_iter().for_each(|(w, out, bias)| {
-            dot_rows(w, &x[..cols], cols, out);
-            if let Some(b) = bias {
-                out.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        tasks.into_par_iter().for_each(|task| {
+            dot_rows(task.weights, &x[..cols], cols, task.out);
+            if let Some(b) = task.bias {
+                task.out.iter_mut().zip(b).for_each(|(a, b)| *a += b);
             }
         });
     }
@@ -445,6 +448,14 @@ impl super::llama::DecoderLayer {
             &m.down_proj,
         ]
     }
+}
+
+/// One thread's share of a product: rows of a weight matrix (from the block's first row),
+/// their outputs and their part of the bias.
+struct RowBlock<'a> {
+    weights: &'a [f32],
+    out: &'a mut [f32],
+    bias: Option<&'a [f32]>,
 }
 
 /// Shapes of one attention call: `t` new tokens after `past` cached positions.
