@@ -110,7 +110,9 @@ fn greedy_generation_matches_transformers_token_for_token() {
     }
 }
 
-/// Decoding one token at a time with the cache gives the logits of a full forward pass.
+/// Decoding one token at a time with the cache gives the logits of a full forward pass, both
+/// attending over what is cached and (as GPU decoding does, for constant shapes) over the
+/// cache's whole capacity with the unwritten slots masked.
 #[test]
 fn kv_cache_logits_equal_full_sequence_logits() {
     let device = cpu();
@@ -125,62 +127,56 @@ fn kv_cache_logits_equal_full_sequence_logits() {
     let v = m.config.vocab_size;
 
     let prefill = 5;
-    let mut cache = KvCache::new(m.model.num_layers());
-    let slice_ids = |from: usize, to: usize| -> Tensor<2, Int> {
-        let flat: Vec<i64> = rows
-            .iter()
-            .flat_map(|r| r[from..to].iter().map(|&x| x as i64))
-            .collect();
-        Tensor::from_data(TensorData::new(flat, [2, to - from]), &device)
-    };
-    let slice_pos = |from: usize, to: usize| -> Tensor<2, Int> {
-        let flat: Vec<i64> = positions
-            .iter()
-            .flat_map(|r| r[from..to].to_vec())
-            .collect();
-        Tensor::from_data(TensorData::new(flat, [2, to - from]), &device)
-    };
-    let valid_upto = |to: usize| {
-        bool_tensor(
-            &valid.iter().map(|r| r[..to].to_vec()).collect::<Vec<_>>(),
-            &device,
-        )
-    };
-    let mut worst = 0f32;
-    let mut check = |logits: Vec<f32>, from: usize, to: usize| {
-        let steps = to - from;
-        for row in 0..2 {
-            for j in 0..steps {
-                if !valid[row][from + j] {
-                    continue;
+    for whole_capacity in [false, true] {
+        let mut cache = KvCache::with_capacity(m.model.num_layers(), 12);
+        let slice_ids = |from: usize, to: usize| -> Tensor<2, Int> {
+            let flat: Vec<i64> = rows
+                .iter()
+                .flat_map(|r| r[from..to].iter().map(|&x| x as i64))
+                .collect();
+            Tensor::from_data(TensorData::new(flat, [2, to - from]), &device)
+        };
+        let slice_pos = |from: usize, to: usize| -> Tensor<2, Int> {
+            let flat: Vec<i64> = positions
+                .iter()
+                .flat_map(|r| r[from..to].to_vec())
+                .collect();
+            Tensor::from_data(TensorData::new(flat, [2, to - from]), &device)
+        };
+        let valid_upto = |to: usize| {
+            let len = if whole_capacity && to > prefill {
+                12
+            } else {
+                to
+            };
+            let rows: Vec<Vec<bool>> = valid
+                .iter()
+                .map(|r| {
+                    let mut row = r[..to].to_vec();
+                    row.resize(len, false);
+                    row
+                })
+                .collect();
+            bool_tensor(&rows, &device)
+        };
+        let mut worst = 0f32;
+        let mut check = |logits: Vec<f32>, from: usize, to: usize| {
+            let steps = to - from;
+            for row in 0..2 {
+                for j in 0..steps {
+                    if !valid[row][from + j] {
+                        continue;
+                    }
+                    let got = &logits[(row * steps + j) * v..(row * steps + j + 1) * v];
+                    let o = (row * 12 + from + j) * v;
+                    worst = worst.max(max_abs_diff(got, &full[o..o + v]));
                 }
-                let got = &logits[(row * steps + j) * v..(row * steps + j + 1) * v];
-                let o = (row * 12 + from + j) * v;
-                worst = worst.max(max_abs_diff(got, &full[o..o + v]));
             }
-        }
-    };
-    let h = m.model.hidden(
-        slice_ids(0, prefill),
-        slice_pos(0, prefill),
-        valid_upto(prefill),
-        Some(&mut cache),
-    );
-    check(
-        m.model
-            .logits(h)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap(),
-        0,
-        prefill,
-    );
-    for t in prefill..12 {
+        };
         let h = m.model.hidden(
-            slice_ids(t, t + 1),
-            slice_pos(t, t + 1),
-            valid_upto(t + 1),
+            slice_ids(0, prefill),
+            slice_pos(0, prefill),
+            valid_upto(prefill),
             Some(&mut cache),
         );
         check(
@@ -190,12 +186,33 @@ fn kv_cache_logits_equal_full_sequence_logits() {
                 .convert::<f32>()
                 .try_into_vec::<f32>()
                 .unwrap(),
-            t,
-            t + 1,
+            0,
+            prefill,
+        );
+        for t in prefill..12 {
+            let h = m.model.hidden(
+                slice_ids(t, t + 1),
+                slice_pos(t, t + 1),
+                valid_upto(t + 1),
+                Some(&mut cache),
+            );
+            check(
+                m.model
+                    .logits(h)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap(),
+                t,
+                t + 1,
+            );
+        }
+        assert_eq!(cache.len(), 12);
+        assert!(
+            worst <= 1e-4,
+            "cached vs full max |diff| {worst} (whole capacity: {whole_capacity})"
         );
     }
-    assert_eq!(cache.len(), 12);
-    assert!(worst <= 1e-4, "cached vs full max |diff| {worst}");
 }
 
 /// Save -> load gives the same logits and the same tensor names as the original checkpoint.

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use common::*;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::model::{self, Heads, KvCache};
-use rlft::engine::sample::bool_tensor;
+use rlft::engine::sample::{self, SamplingParams, bool_tensor};
 
 #[test]
 fn wgpu_forward_and_cached_decode_equal_cpu() {
@@ -64,4 +64,24 @@ fn wgpu_forward_and_cached_decode_equal_cpu() {
     let diff = max_abs_diff(&last, &a[7 * v..8 * v]);
     eprintln!("wgpu cached decode vs cpu full forward: max |diff| = {diff:e}");
     assert!(diff <= 1e-4, "wgpu cached decode differs by {diff}");
+
+    // Generation on wgpu attends over the whole cache at every step (constant shapes): the
+    // same greedy tokens as the CPU, for two left-padded rows.
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let prompts = vec![vec![1u32, 5, 9, 13], vec![7u32, 3]];
+    let on = |m: &rlft::engine::model::Llama| {
+        sample::generate(m, &prompts, &params, &[], 0, None, 64)
+            .into_iter()
+            .map(|g| g.tokens)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        on(&on_gpu.model),
+        on(&on_cpu.model),
+        "greedy tokens, wgpu vs cpu"
+    );
 }

@@ -162,7 +162,13 @@ pub fn generate_with(
         return out;
     }
     // Keys and values for every position this call can reach, allocated once.
-    let mut cache = KvCache::with_capacity(model.num_layers(), prompt_len + budget);
+    let capacity = prompt_len + budget;
+    let mut cache = KvCache::with_capacity(model.num_layers(), capacity);
+    // On a GPU each new sequence length compiles (and tunes) new kernels, seconds per token
+    // on first use: there decoding attends over the cache's whole capacity, the slots not yet
+    // written masked, so every step has the same shapes. The CPU attends over what is
+    // written, which costs less.
+    let fixed_shapes = device != Device::flex();
 
     let mut hidden = model.hidden(
         input.ids.clone(),
@@ -228,7 +234,20 @@ pub fn generate_with(
         .reshape([n, 1]);
         let pos =
             Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), &device).reshape([n, 1]);
-        let valid = bool_tensor(&input.valid_host, &device);
+        let valid = if fixed_shapes {
+            let padded: Vec<Vec<bool>> = input
+                .valid_host
+                .iter()
+                .map(|row| {
+                    let mut row = row.clone();
+                    row.resize(capacity.max(row.len()), false);
+                    row
+                })
+                .collect();
+            bool_tensor(&padded, &device)
+        } else {
+            bool_tensor(&input.valid_host, &device)
+        };
         hidden = model.hidden(ids, pos, valid, Some(&mut cache));
         last = hidden;
     }

@@ -99,7 +99,7 @@ impl Attention {
         let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), n_kv));
         let mut v = heads(self.v_proj.forward(x), n_kv);
         if let Some((cache, past, reserve)) = cache {
-            (k, v) = cache.append(k, v, past, reserve);
+            (k, v) = cache.append(k, v, past, reserve, bias.dims()[4]);
         }
         let s = k.dims()[2];
         // Grouped-query attention without copying keys and values per query head: query head
@@ -297,8 +297,9 @@ impl Llama {
     /// Final hidden states `[B, T, H]` (after the last norm).
     ///
     /// `positions` `[B, T]` are RoPE positions (left-padded rows start later); `valid` `[B, S]`
-    /// marks real tokens among all `S` = cached + new key positions; `cache`, when given, is
-    /// read and extended.
+    /// marks real tokens among `S` >= cached + new key positions (with a cache, a longer `S`
+    /// attends over that many cache slots, the ones after the new tokens masked: constant
+    /// shapes for GPU decoding); `cache`, when given, is read and extended.
     pub fn hidden(
         &self,
         input_ids: Tensor<2, Int>,
@@ -381,12 +382,13 @@ impl Llama {
     }
 }
 
-/// `[B, 1, 1, T, past + T]` additive attention bias, -inf where masked: causal over absolute
-/// cache positions, and padding keys masked. A token's own position is never masked, so no
+/// `[B, 1, 1, T, S]` additive attention bias, -inf where masked: causal over absolute cache
+/// positions (so positions after the new tokens, when `S > past + T`, are masked), and
+/// padding keys masked. A token's own position is never masked, so no
 /// softmax row is empty.
 fn attention_bias(valid: Tensor<2, Bool>, past: usize, t: usize) -> Tensor<5> {
     let [b, s] = valid.dims();
-    debug_assert_eq!(s, past + t);
+    debug_assert!(s >= past + t, "valid mask shorter than the cache");
     let device = valid.device();
     let query_pos = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
         .reshape([1, t, 1])

@@ -227,18 +227,21 @@ pub struct LayerCache {
 
 impl LayerCache {
     /// Writes new keys/values `[B, kv_heads, T, head_dim]` at positions `past..past + T` and
-    /// returns views of positions `0..past + T` to attend over. `reserve` is the capacity to
-    /// allocate when the buffer is missing or too small (at least doubled when growing).
+    /// returns views of positions `0..max(past + T, attend)` to attend over (positions past
+    /// the new ones are masked by the caller: a fixed `attend` keeps shapes constant while
+    /// decoding). `reserve` is the capacity to allocate when the buffer is missing or too
+    /// small (at least doubled when growing).
     pub fn append(
         &mut self,
         k: Tensor<4>,
         v: Tensor<4>,
         past: usize,
         reserve: usize,
+        attend: usize,
     ) -> (Tensor<4>, Tensor<4>) {
-        let end = past + k.dims()[2];
-        let keys = write_at(self.keys.take(), k, past, reserve);
-        let values = write_at(self.values.take(), v, past, reserve);
+        let end = (past + k.dims()[2]).max(attend);
+        let keys = write_at(self.keys.take(), k, past, reserve.max(end));
+        let values = write_at(self.values.take(), v, past, reserve.max(end));
         self.keys = Some(keys.clone());
         self.values = Some(values.clone());
         (keys.narrow(2, 0, end), values.narrow(2, 0, end))
