@@ -57,6 +57,17 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
+impl Generation {
+    /// No tokens yet; `Length` until a token ends it.
+    fn empty() -> Self {
+        Self {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finish: FinishReason::Length,
+        }
+    }
+}
+
 /// Left-padded batch tensors: ids, RoPE positions and the real-token mask.
 pub struct PaddedInput {
     pub ids: Tensor<2, Int>,
@@ -146,13 +157,7 @@ pub fn generate_with(
     }
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut input = left_pad(prompts, pad_id, &device);
-    let mut out: Vec<Generation> = (0..b)
-        .map(|_| Generation {
-            tokens: Vec::new(),
-            logprobs: Vec::new(),
-            finish: FinishReason::Length,
-        })
-        .collect();
+    let mut out: Vec<Generation> = (0..b).map(|_| Generation::empty()).collect();
     let mut done = vec![false; b];
     let prompt_len = input.valid_host[0].len();
     let budget = params
@@ -299,11 +304,7 @@ pub fn generate_on_cpu(
     max_positions: usize,
     on_token: &mut dyn FnMut(&Generation) -> bool,
 ) -> Generation {
-    let mut g = Generation {
-        tokens: Vec::new(),
-        logprobs: Vec::new(),
-        finish: FinishReason::Length,
-    };
+    let mut g = Generation::empty();
     // An empty prompt reads one padding token, as the batched path's left padding does.
     let pad = [pad_id];
     let prompt = if prompt.is_empty() { &pad[..] } else { prompt };
@@ -381,11 +382,7 @@ impl SingleSequence {
                 &mut |_, g| on_token(g),
             )
             .pop()
-            .unwrap_or(Generation {
-                tokens: Vec::new(),
-                logprobs: Vec::new(),
-                finish: FinishReason::Length,
-            }),
+            .unwrap_or_else(Generation::empty),
         }
     }
 }
