@@ -432,6 +432,7 @@ fn generate(
     let max_positions = loaded.config.max_position_embeddings;
     let decoder = SingleSequence::new(loaded.model);
     let mut stdout = std::io::stdout();
+    // The chat template's markup is not the user's text: a chat shows only the reply.
     if !chat {
         write!(stdout, "{prompt}")?;
     }
@@ -463,8 +464,12 @@ fn generate(
     );
     let secs = started.elapsed().as_secs_f64();
     let completion = tokenizer.decode(&g.tokens, true)?;
-    let rest = completion.strip_prefix(shown.as_str()).unwrap_or("");
-    writeln!(std::io::stdout(), "{rest}")?;
+    match completion.strip_prefix(shown.as_str()) {
+        Some(rest) => writeln!(std::io::stdout(), "{rest}")?,
+        // Decoding more tokens rewrote text already shown (not seen with byte-level BPE):
+        // print the whole completion rather than lose any of it.
+        None => writeln!(std::io::stdout(), "\n{completion}")?,
+    }
     eprintln!(
         "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}]",
         g.tokens.len(),
