@@ -515,3 +515,42 @@ fn judge_quotes_garbage_replies() {
     assert_eq!(heads[0], "this is not json at all");
     assert_eq!(heads[1], "I cannot decide.");
 }
+
+/// `rlft generate` streams what the engine generates: the prompt, then the completion of the
+/// batched generator (greedy, and sampled with a seed), whole.
+#[test]
+fn rlft_generate_prints_the_engines_completion() {
+    let m = model::load(Path::new("assets/base"), &Device::flex(), Heads::Lm).unwrap();
+    let tok = m.tokenizer.as_ref().unwrap();
+    let prompt = "ROMEO:";
+    for (temperature, seed) in [("0", 0u64), ("0.8", 5)] {
+        let params = SamplingParams {
+            max_new_tokens: 30,
+            temperature: temperature.parse().unwrap(),
+            seed,
+            ..Default::default()
+        };
+        let ids = tok.encode(prompt, true).unwrap();
+        let mut eos = tok.eos_ids().to_vec();
+        eos.extend(m.config.eos_ids());
+        let pad = tok.pad_id().or(eos.first().copied()).unwrap_or(0);
+        let out = sample::generate(&m.model, &[ids], &params, &eos, pad, Some(tok), 512);
+        let want = format!("{prompt}{}\n", tok.decode(&out[0].tokens, true).unwrap());
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_rlft"))
+            .args(["generate", "--model", "assets/base", "--prompt", prompt])
+            .args(["--max-new-tokens", "30", "--temperature", temperature])
+            .args(["--seed", &seed.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            want,
+            "temperature {temperature}"
+        );
+    }
+}
