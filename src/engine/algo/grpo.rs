@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::{self, GrpoLossType, ScaleRewards};
 use super::sequences::{SeqBatch, score};
-use super::state::TrainerState;
+use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::{self, EpochSampler, Example, Prompt};
@@ -351,22 +351,19 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut step = 0;
     let mut num_tokens = 0usize;
     // Resuming: the policy continues from the checkpoint; the reference stays the original.
-    let resume = match ctx.resume_from.clone() {
-        Some(ck) => {
-            let state = TrainerState::load(&ck)?;
-            let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
-            (policy, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
-            step = state.step;
-            num_tokens = state.num_tokens;
-            ctx.resume_at(step, state.wall_time);
-            ctx.log(
-                LogLevel::Info,
-                format!("resumed from {} at step {step}", ck.display()),
-            );
-            true
-        }
-        None => false,
-    };
+    let resumed = state::resume(
+        ctx,
+        &train_device,
+        Heads::Lm,
+        Optimizer::new(cfg.optim.clone()),
+        train.len(),
+        cfg.seed,
+    )?;
+    let resume = resumed.is_some();
+    if let Some(r) = resumed {
+        (policy, optim, sampler, step, num_tokens) =
+            (r.model, r.optim, r.sampler, r.step, r.num_tokens);
+    }
     let pad = tokenizer
         .pad_id()
         .or_else(|| tokenizer.eos_ids().first().copied())
