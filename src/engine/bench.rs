@@ -243,12 +243,7 @@ fn grpo_step(
     let rewards = compute_rewards(&mut sources, &refs, &ro).expect("exact-match rewards");
     let (advantages, _) = losses::grpo_advantages(&rewards.total, generations, ScaleRewards::Group)
         .expect("group advantages");
-    let prompt_rows: Vec<&[u32]> = ro
-        .prompt_index
-        .iter()
-        .map(|&i| prompts[i].ids.as_slice())
-        .collect();
-    let completion_rows: Vec<&[u32]> = ro.tokens.iter().map(Vec::as_slice).collect();
+    let (prompt_rows, completion_rows) = ro.rows(&refs);
     let plain_batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &plain);
     let ref_lp = score(reference, &plain_batch, 1.0).logprobs;
     let _ = ref_lp.clone().slice([0..1, 0..1]).into_data();

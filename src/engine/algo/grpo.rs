@@ -173,6 +173,19 @@ pub struct Rollout {
     pub finish: Vec<FinishReason>,
 }
 
+impl Rollout {
+    /// Each completion's prompt tokens and its own tokens, row by row, as
+    /// [`SeqBatch::new`](super::sequences::SeqBatch::new) takes them.
+    pub fn rows<'a>(&'a self, prompts: &[&'a PromptItem]) -> (Vec<&'a [u32]>, Vec<&'a [u32]>) {
+        let prompt_rows = self
+            .prompt_index
+            .iter()
+            .map(|&i| prompts[i].ids.as_slice())
+            .collect();
+        (prompt_rows, self.tokens.iter().map(Vec::as_slice).collect())
+    }
+}
+
 /// Generates `per_prompt` completions for each prompt with a no-grad copy of the policy.
 pub fn rollout(
     policy: &Llama,
@@ -460,12 +473,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         let (advantages, stats) =
             losses::grpo_advantages(&rewards.total, g.num_generations, g.scale_rewards)?;
 
-        let prompt_rows: Vec<&[u32]> = ro
-            .prompt_index
-            .iter()
-            .map(|&i| prompts[i].ids.as_slice())
-            .collect();
-        let completion_rows: Vec<&[u32]> = ro.tokens.iter().map(Vec::as_slice).collect();
+        let (prompt_rows, completion_rows) = ro.rows(&prompts);
         let batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &train_device);
         num_tokens += prompt_rows.iter().map(|p| p.len()).sum::<usize>()
             + completion_rows.iter().map(|c| c.len()).sum::<usize>();

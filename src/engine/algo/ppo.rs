@@ -619,12 +619,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         let rewards = grpo::compute_rewards(&mut sources, &prompts, &ro)?;
         let scores = penalised_scores(&rewards.total, &ro, p.missing_eos_penalty);
 
-        let prompt_rows: Vec<&[u32]> = ro
-            .prompt_index
-            .iter()
-            .map(|&i| prompts[i].ids.as_slice())
-            .collect();
-        let completion_rows: Vec<&[u32]> = ro.tokens.iter().map(Vec::as_slice).collect();
+        let (prompt_rows, completion_rows) = ro.rows(&prompts);
         num_tokens += prompt_rows.iter().map(|r| r.len()).sum::<usize>()
             + completion_rows.iter().map(|r| r.len()).sum::<usize>();
         let beta = kl_ctl.value();

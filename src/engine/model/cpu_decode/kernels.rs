@@ -41,9 +41,59 @@ pub(super) fn dot_rows(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// Four rows at a time share each load of `x`; one accumulator per row.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_rows_avx512(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+        // SAFETY: the caller checked the bounds; the closures load within them.
+        unsafe {
+            dot_rows_simd::<__m512, 16>(
+                w,
+                x,
+                cols,
+                out,
+                _mm512_setzero_ps(),
+                |p| _mm512_loadu_ps(p),
+                |a, b, acc| _mm512_fmadd_ps(a, b, acc),
+                |v| _mm512_reduce_add_ps(v),
+            )
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows_avx2(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe {
+            dot_rows_simd::<__m256, 8>(
+                w,
+                x,
+                cols,
+                out,
+                _mm256_setzero_ps(),
+                |p| _mm256_loadu_ps(p),
+                |a, b, acc| _mm256_fmadd_ps(a, b, acc),
+                |v| {
+                    let mut lanes = [0.0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                    lanes.iter().sum()
+                },
+            )
+        }
+    }
+
+    /// Four rows at a time share each load of `x`; one accumulator of `LANES` floats per
+    /// row. Inlined into each kernel above, so the vector operations compile with its CPU
+    /// features.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn dot_rows_simd<V: Copy, const LANES: usize>(
+        w: &[f32],
+        x: &[f32],
+        cols: usize,
+        out: &mut [f32],
+        zero: V,
+        load: impl Fn(*const f32) -> V,
+        fma: impl Fn(V, V, V) -> V,
+        sum: impl Fn(V) -> f32,
+    ) {
         let rows = out.len();
         let wp = w.as_ptr();
         let xp = x.as_ptr();
@@ -52,64 +102,18 @@ mod x86 {
             // SAFETY (whole block): rows r..r + 4 lie in `w` (checked by the caller), and
             // every load stays below `cols` in its row and in `x`.
             unsafe {
-                let p = [
-                    wp.add(r * cols),
-                    wp.add((r + 1) * cols),
-                    wp.add((r + 2) * cols),
-                    wp.add((r + 3) * cols),
-                ];
-                let mut acc = [_mm512_setzero_ps(); 4];
+                let p: [*const f32; 4] = std::array::from_fn(|j| wp.add((r + j) * cols));
+                let mut acc = [zero; 4];
                 let mut i = 0;
-                while i + 16 <= cols {
-                    let xv = _mm512_loadu_ps(xp.add(i));
+                while i + LANES <= cols {
+                    let xv = load(xp.add(i));
                     for j in 0..4 {
-                        acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(p[j].add(i)), xv, acc[j]);
+                        acc[j] = fma(load(p[j].add(i)), xv, acc[j]);
                     }
-                    i += 16;
+                    i += LANES;
                 }
                 for j in 0..4 {
-                    let mut s = _mm512_reduce_add_ps(acc[j]);
-                    for c in i..cols {
-                        s += *p[j].add(c) * *xp.add(c);
-                    }
-                    out[r + j] = s;
-                }
-            }
-            r += 4;
-        }
-        for (j, o) in out.iter_mut().enumerate().skip(r) {
-            *o = super::dot(&w[j * cols..(j + 1) * cols], &x[..cols]);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_rows_avx2(w: &[f32], x: &[f32], cols: usize, out: &mut [f32]) {
-        let rows = out.len();
-        let wp = w.as_ptr();
-        let xp = x.as_ptr();
-        let mut r = 0;
-        while r + 4 <= rows {
-            // SAFETY: as in `dot_rows_avx512`.
-            unsafe {
-                let p = [
-                    wp.add(r * cols),
-                    wp.add((r + 1) * cols),
-                    wp.add((r + 2) * cols),
-                    wp.add((r + 3) * cols),
-                ];
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut i = 0;
-                while i + 8 <= cols {
-                    let xv = _mm256_loadu_ps(xp.add(i));
-                    for j in 0..4 {
-                        acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p[j].add(i)), xv, acc[j]);
-                    }
-                    i += 8;
-                }
-                for j in 0..4 {
-                    let mut lanes = [0.0f32; 8];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]);
-                    let mut s: f32 = lanes.iter().sum();
+                    let mut s = sum(acc[j]);
                     for c in i..cols {
                         s += *p[j].add(c) * *xp.add(c);
                     }
