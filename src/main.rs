@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand};
 use rlft::engine::config::RunConfig;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::{Event, LogLevel};
+use rlft::engine::model::tokenizer::ChatMessage;
 use rlft::engine::model::{self, Heads, hf};
 use rlft::engine::sample::{SamplingParams, SingleSequence};
 use rlft::engine::session::{self, LaunchOptions};
-use rlft::engine::tokenizer::ChatMessage;
 
 /// The config `rlft` runs when given no subcommand.
 const DEFAULT_CONFIG: &str = "configs/grpo.toml";

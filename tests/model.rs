@@ -241,9 +241,9 @@ fn save_then_load_gives_identical_logits() {
         let b = full_logits(&again.model, &ids, &pos, &valid, &device);
         assert_eq!(max_abs_diff(&a, &b), 0.0, "{name}");
 
-        let mut original = rlft::engine::weights::NamedTensors::new();
+        let mut original = rlft::engine::model::weights::NamedTensors::new();
         hf::read_safetensors(&dir.join("model.safetensors"), &mut original).unwrap();
-        let mut saved = rlft::engine::weights::NamedTensors::new();
+        let mut saved = rlft::engine::model::weights::NamedTensors::new();
         hf::read_safetensors(&out.join("model.safetensors"), &mut saved).unwrap();
         assert_eq!(
             original.keys().collect::<Vec<_>>(),
@@ -274,7 +274,7 @@ fn a_scalar_head_is_added_to_a_language_model_and_saved() {
         None,
     )
     .unwrap();
-    let mut saved = rlft::engine::weights::NamedTensors::new();
+    let mut saved = rlft::engine::model::weights::NamedTensors::new();
     hf::read_safetensors(&tmp.path().join("rm/model.safetensors"), &mut saved).unwrap();
     assert_eq!(saved["score.weight"].shape, vec![1, m.config.hidden_size]);
 }
@@ -299,7 +299,7 @@ fn malformed_model_files_name_the_file_or_tensor() {
     std::fs::create_dir_all(&dir).unwrap();
     let src = fixture("tiny-llama");
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let mut tensors = rlft::engine::weights::NamedTensors::new();
+    let mut tensors = rlft::engine::model::weights::NamedTensors::new();
     hf::read_safetensors(&src.join("model.safetensors"), &mut tensors).unwrap();
     tensors.get_mut("model.norm.weight").unwrap().shape = vec![2, 16];
     hf::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
@@ -373,7 +373,7 @@ fn cpu_decoder_logits_equal_transformers_at_every_position() {
         let dir = fixture(name);
         let expected = json(&dir.join("expected.json"));
         let m = model::load(&dir, &cpu(), Heads::Lm).unwrap();
-        let decoder = CpuDecoder::from_model(&m.model);
+        let decoder = CpuDecoder::from_model(&m.model).expect("a plain Llama block");
         let a = &expected["batch_a"];
         let ids = ids_2d(&a["input_ids"])[0].clone();
         let want = floats(&a["logits"]);
@@ -399,7 +399,7 @@ fn cpu_decoder_logits_equal_transformers_at_every_position() {
 #[test]
 fn cpu_decoder_follows_the_burn_forward_through_long_prompts_and_generation() {
     let m = model::load(std::path::Path::new("assets/base"), &cpu(), Heads::Lm).unwrap();
-    let decoder = CpuDecoder::from_model(&m.model);
+    let decoder = CpuDecoder::from_model(&m.model).expect("a plain Llama block");
     let v = m.config.vocab_size;
     let ids: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % v as u32).collect();
     let positions = vec![(0..ids.len() as i64).collect::<Vec<_>>()];
@@ -459,14 +459,14 @@ fn cpu_decoder_follows_the_burn_forward_through_long_prompts_and_generation() {
 /// parallel region), decode as the Burn forward does.
 #[test]
 fn cpu_decoder_splits_biased_projections_across_threads() {
-    let cfg: model::LlamaConfig = serde_json::from_value(serde_json::json!({
+    let cfg: model::ModelConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": 300, "hidden_size": 256, "intermediate_size": 512,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
         "max_position_embeddings": 64, "attention_bias": true, "mlp_bias": true,
         "tie_word_embeddings": true, "model_type": "llama"
     }))
     .unwrap();
-    let mut weights = model::llama::init_weights(&cfg, 3);
+    let mut weights = model::decoder::init_weights(&cfg, 3);
     for (name, t) in weights.iter_mut() {
         if name.ends_with(".bias") {
             for (i, v) in t.data.iter_mut().enumerate() {
@@ -475,7 +475,7 @@ fn cpu_decoder_splits_biased_projections_across_threads() {
         }
     }
     let mut reader = model::WeightReader::new(weights, &cpu());
-    let llama = model::Llama::from_weights(&cfg, &mut reader, true, false).unwrap();
+    let llama = model::CausalLm::from_weights(&cfg, &mut reader, true, false).unwrap();
     let ids: Vec<u32> = (0..12u32).map(|i| (i * 29 + 5) % 300).collect();
     let full = full_logits(
         &llama,
@@ -489,7 +489,7 @@ fn cpu_decoder_splits_biased_projections_across_threads() {
         .build()
         .unwrap();
     pool.install(|| {
-        let decoder = CpuDecoder::from_model(&llama);
+        let decoder = CpuDecoder::from_model(&llama).expect("a plain Llama block");
         let mut state = decoder.new_state(12);
         let mut got = decoder.forward(&mut state, &ids[..4]);
         for j in 3..12 {

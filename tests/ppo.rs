@@ -11,12 +11,12 @@ use rlft::engine::algo::pretrain::{CHATML_TEMPLATE, SPECIAL_TOKENS, arithmetic_l
 use rlft::engine::algo::sequences::{SeqBatch, last_token_scores};
 use rlft::engine::config::RunConfig;
 use rlft::engine::events::{Event, RunStatus};
-use rlft::engine::model::{Heads, Llama, LlamaConfig, WeightReader, hf, llama};
+use rlft::engine::model::tokenizer::Tokenizer;
+use rlft::engine::model::{CausalLm, Heads, ModelConfig, WeightReader, decoder, hf};
 use rlft::engine::optim::{OptimConfig, Optimizer};
 use rlft::engine::reward::model::{encode_for_scoring, load_path};
 use rlft::engine::run::{MetricsRow, read_metrics};
 use rlft::engine::session::{self, LaunchOptions};
-use rlft::engine::tokenizer::Tokenizer;
 
 /// A tiny Llama with its own BPE tokenizer, saved as a Hugging Face folder; with a `score`
 /// head when `score` is set.
@@ -27,7 +27,7 @@ fn tiny_model(dir: &Path, name: &str, score: bool) -> PathBuf {
     let mut tok = Tokenizer::train_bpe(text, 300, &SPECIAL_TOKENS).unwrap();
     tok.set_chat_template(Some(CHATML_TEMPLATE.into()));
     let eos = tok.token_id("<|endoftext|>").unwrap();
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+    let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
         "model_type": "llama", "vocab_size": tok.vocab_size(), "hidden_size": 32,
         "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true,
@@ -35,11 +35,11 @@ fn tiny_model(dir: &Path, name: &str, score: bool) -> PathBuf {
     }))
     .unwrap();
     let device = Device::flex();
-    let mut r = WeightReader::new(llama::init_weights(&cfg, 1), &device);
+    let mut r = WeightReader::new(decoder::init_weights(&cfg, 1), &device);
     if score {
         r.init_if_missing("score.weight", vec![1, 32], 0.02, 7);
     }
-    let model = Llama::from_weights(&cfg, &mut r, true, score).unwrap();
+    let model = CausalLm::from_weights(&cfg, &mut r, true, score).unwrap();
     let out = dir.join(name);
     hf::save_dir(&out, &cfg, &model, Some(&tok), None).unwrap();
     out
@@ -400,7 +400,7 @@ fn a_nan_loss_fails_ppo_naming_the_step_and_saves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = tiny_model(tmp.path(), "policy", false);
     let value = tiny_model(tmp.path(), "value", true);
-    let mut tensors = rlft::engine::weights::NamedTensors::new();
+    let mut tensors = rlft::engine::model::weights::NamedTensors::new();
     let file = value.join("model.safetensors");
     rlft::engine::model::hf::read_safetensors(&file, &mut tensors).unwrap();
     tensors.get_mut("score.weight").unwrap().data[0] = f32::NAN;

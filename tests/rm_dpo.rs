@@ -9,10 +9,10 @@ use burn::prelude::*;
 use rlft::engine::algo::pretrain::{CHATML_TEMPLATE, SPECIAL_TOKENS, arithmetic_lines};
 use rlft::engine::config::RunConfig;
 use rlft::engine::events::{Event, RunStatus};
-use rlft::engine::model::{Heads, Llama, LlamaConfig, WeightReader, hf, llama};
+use rlft::engine::model::tokenizer::Tokenizer;
+use rlft::engine::model::{CausalLm, Heads, ModelConfig, WeightReader, decoder, hf};
 use rlft::engine::run::{MetricsRow, read_metrics};
 use rlft::engine::session::{self, LaunchOptions};
-use rlft::engine::tokenizer::Tokenizer;
 
 /// A tiny Llama with its own BPE tokenizer, saved as a Hugging Face folder (as in sft.rs).
 fn tiny_model(dir: &Path) -> PathBuf {
@@ -22,7 +22,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
     let mut tok = Tokenizer::train_bpe(text, 300, &SPECIAL_TOKENS).unwrap();
     tok.set_chat_template(Some(CHATML_TEMPLATE.into()));
     let eos = tok.token_id("<|endoftext|>").unwrap();
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+    let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
         "model_type": "llama", "vocab_size": tok.vocab_size(), "hidden_size": 32,
         "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true,
@@ -30,8 +30,8 @@ fn tiny_model(dir: &Path) -> PathBuf {
     }))
     .unwrap();
     let device = Device::flex();
-    let mut r = WeightReader::new(llama::init_weights(&cfg, 1), &device);
-    let model = Llama::from_weights(&cfg, &mut r, true, false).unwrap();
+    let mut r = WeightReader::new(decoder::init_weights(&cfg, 1), &device);
+    let model = CausalLm::from_weights(&cfg, &mut r, true, false).unwrap();
     let out = dir.join("tiny");
     hf::save_dir(&out, &cfg, &model, Some(&tok), None).unwrap();
     out
@@ -474,7 +474,7 @@ fn rm_and_dpo_resumed_after_a_crash_continue_the_same_metrics() {
 
 /// Poisons one weight of a model folder so the first forward pass gives NaN.
 fn poison(model: &Path) {
-    let mut tensors = rlft::engine::weights::NamedTensors::new();
+    let mut tensors = rlft::engine::model::weights::NamedTensors::new();
     let file = model.join("model.safetensors");
     rlft::engine::model::hf::read_safetensors(&file, &mut tensors).unwrap();
     tensors.get_mut("model.norm.weight").unwrap().data[0] = f32::NAN;

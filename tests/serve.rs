@@ -16,10 +16,10 @@ use rlft::engine::judge::openai::OpenAiJudge;
 use rlft::engine::judge::{
     Comparison, Judge, JudgeError, OpenAiJudgeConfig, Ordered, judge_prompt,
 };
+use rlft::engine::model::tokenizer::ChatMessage;
 use rlft::engine::model::{self, Heads};
 use rlft::engine::sample::{self, FinishReason, SamplingParams};
 use rlft::engine::serve::{ServeOptions, Server};
-use rlft::engine::tokenizer::ChatMessage;
 
 const KEY_VAR: &str = "RLFT_SERVE_TEST_API_KEY";
 const KEY: &str = "sk-test-VERY-SECRET-4242";

@@ -176,7 +176,7 @@ fn a_nan_loss_fails_naming_the_step_and_saves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     // Poison one weight.
-    let mut tensors = rlft::engine::weights::NamedTensors::new();
+    let mut tensors = rlft::engine::model::weights::NamedTensors::new();
     rlft::engine::model::hf::read_safetensors(&model.join("model.safetensors"), &mut tensors)
         .unwrap();
     tensors.get_mut("model.norm.weight").unwrap().data[0] = f32::NAN;

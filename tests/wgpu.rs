@@ -73,7 +73,7 @@ fn wgpu_forward_and_cached_decode_equal_cpu() {
         ..Default::default()
     };
     let prompts = vec![vec![1u32, 5, 9, 13], vec![7u32, 3]];
-    let on = |m: &rlft::engine::model::Llama| {
+    let on = |m: &rlft::engine::model::CausalLm| {
         sample::generate(m, &prompts, &params, &[], 0, None, 64)
             .into_iter()
             .map(|g| g.tokens)
@@ -84,4 +84,55 @@ fn wgpu_forward_and_cached_decode_equal_cpu() {
         on(&on_cpu.model),
         "greedy tokens, wgpu vs cpu"
     );
+}
+
+/// Two families whose blocks differ most from Llama's run on wgpu as on the CPU: Gemma 2
+/// (sandwich norms, soft-capping, sliding windows, `1 + w` norms) and Qwen3 (per-head q/k
+/// norms, a head wider than hidden / heads). Forward against transformers, then one SFT and
+/// one GRPO run of two steps each.
+#[test]
+fn wgpu_runs_gemma2_and_qwen3() {
+    let gpu = match DeviceChoice::Wgpu.init() {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(
+                std::env::var("RLFT_REQUIRE_WGPU").is_err(),
+                "wgpu required but unavailable: {e}"
+            );
+            eprintln!("\n========== SKIPPED: no wgpu adapter ({e}) ==========\n");
+            return;
+        }
+    };
+    for case in ["gemma2", "qwen3"] {
+        let dir = fixture("families").join(case);
+        let expected = json(&dir.join("expected.json"));
+        let m = model::load(&dir, &gpu, Heads::Lm).unwrap();
+        let ids = ids_2d(&expected["batch_a"]["input_ids"]);
+        let t = ids[0].len();
+        let got = full_logits(
+            &m.model,
+            &ids,
+            &[(0..t as i64).collect()],
+            &[vec![true; t]],
+            &gpu,
+        );
+        let diff = max_abs_diff(&got, &floats(&expected["batch_a"]["logits"]));
+        eprintln!("{case} on wgpu vs transformers: max |diff| = {diff:e}");
+        assert!(diff <= 1e-4, "{case}: wgpu forward differs by {diff}");
+
+        let tmp = tempfile::tempdir().unwrap();
+        let (sft, grpo) = sft_and_grpo(&dir, tmp.path());
+        let events = run_to_end(&sft, &tmp.path().join("sft"), DeviceChoice::Wgpu);
+        assert!(
+            finished(&events),
+            "{case}: SFT on wgpu: {}",
+            failure(&events)
+        );
+        let events = run_to_end(&grpo, &tmp.path().join("grpo"), DeviceChoice::Wgpu);
+        assert!(
+            finished(&events),
+            "{case}: GRPO on wgpu: {}",
+            failure(&events)
+        );
+    }
 }

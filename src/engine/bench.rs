@@ -16,12 +16,12 @@ use crate::engine::algo::losses::{self, GrpoLossType, ScaleRewards};
 use crate::engine::algo::sequences::{SeqBatch, score};
 use crate::engine::algo::{BatchTensors, masked_mean, scalar};
 use crate::engine::data::{PaddedBatch, TokenizedExample, pad_batch};
-use crate::engine::model::{CpuDecoder, Llama, LlamaConfig};
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{CausalLm, CpuDecoder, ModelConfig};
 use crate::engine::optim::{OptimConfig, Optimizer};
 use crate::engine::reward::{ExactMatch, RewardSource};
 use crate::engine::sample::{self, SamplingParams};
 use crate::engine::tasks::AnswerKind;
-use crate::engine::tokenizer::Tokenizer;
 
 /// KL coefficient of the benchmarked GRPO step: non-zero, so the step scores a frozen
 /// reference model as most RLHF recipes do.
@@ -182,16 +182,16 @@ fn arithmetic_prompts(n: usize, prompt_len: usize, tokenizer: &Tokenizer) -> Vec
 /// with a fixed completion length (EOS ignored) so steps compare across engines.
 #[allow(clippy::too_many_arguments)]
 fn grpo_step(
-    policy: Llama,
+    policy: CausalLm,
     optim: &mut Optimizer,
-    reference: &Llama,
+    reference: &CausalLm,
     prompts: &[PromptItem],
     generations: usize,
     new_tokens: usize,
     tokenizer: &Tokenizer,
-    config: &LlamaConfig,
+    config: &ModelConfig,
     seed: u64,
-) -> (Llama, GrpoTimes) {
+) -> (CausalLm, GrpoTimes) {
     let train_device = policy.embed_tokens.val().device();
     let plain = train_device.clone().without_autodiff();
     let pad = tokenizer
@@ -289,8 +289,8 @@ fn grpo_step(
 /// `tokenizer` (its reward reads text); without one it is skipped.
 pub fn run(
     name: &str,
-    config: &LlamaConfig,
-    model: Llama,
+    config: &ModelConfig,
+    model: CausalLm,
     tokenizer: Option<&Tokenizer>,
     device: &Device,
     device_name: &str,
@@ -324,7 +324,9 @@ pub fn run(
     };
     // One row on the CPU is what `rlft generate` and `rlft serve` do: the single-sequence
     // decoder, built once as they build it (not timed).
-    let cpu_decoder = (b == 1 && device_name == "cpu").then(|| CpuDecoder::from_model(&model));
+    let cpu_decoder = (b == 1 && device_name == "cpu")
+        .then(|| CpuDecoder::from_model(&model))
+        .flatten();
     // Seconds for the whole rollout, and for its decoding alone: from the first sampled token
     // to the last, as llama.cpp's `llama-bench` times generation after its context.
     let rollout = || {
@@ -386,7 +388,7 @@ pub fn run(
     let mut policy = model;
     let mut optim = Optimizer::new(OptimConfig::default());
     let train_batch = BatchTensors::new(&batch_of(&rows), &train_device);
-    let mut step = |policy: Llama| {
+    let mut step = |policy: CausalLm| {
         let start = Instant::now();
         let out = lm_loss(&policy, &train_batch);
         let grads = GradientsParams::from_grads(out.loss.backward(), &policy);

@@ -26,7 +26,7 @@ use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::engine::tokenizer::ChatMessage;
+use crate::engine::model::tokenizer::ChatMessage;
 
 /// What went wrong reading or tokenising a dataset. Line errors carry the file and the 1-based
 /// line so a user can open the dataset at the offending record.

@@ -7,8 +7,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::model::{CpuDecoder, KvCache, Llama, host_f32};
-use crate::engine::tokenizer::Tokenizer;
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{CausalLm, CpuDecoder, KvCache, host_f32};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -117,7 +117,7 @@ pub fn bool_tensor(rows: &[Vec<bool>], device: &Device) -> Tensor<2, Bool> {
 /// Generates continuations for a batch of tokenised prompts. `model` should be a no-grad copy
 /// (`model.valid()`): generation never needs an autodiff graph.
 pub fn generate(
-    model: &Llama,
+    model: &CausalLm,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     eos_ids: &[u32],
@@ -141,7 +141,7 @@ pub fn generate(
 /// (for streaming). Returning `false` stops that row (a client that went away).
 #[allow(clippy::too_many_arguments)]
 pub fn generate_with(
-    model: &Llama,
+    model: &CausalLm,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     eos_ids: &[u32],
@@ -335,17 +335,20 @@ pub fn generate_on_cpu(
 #[allow(clippy::large_enum_variant)]
 pub enum SingleSequence {
     Cpu(CpuDecoder),
-    Model(Llama),
+    Model(CausalLm),
 }
 
 impl SingleSequence {
-    /// Takes the model; on the CPU its weights are copied into a decoder and it is dropped.
-    pub fn new(model: Llama) -> Self {
-        if model.embed_tokens.val().device() == Device::flex() {
-            Self::Cpu(CpuDecoder::from_model(&model))
-        } else {
-            Self::Model(model)
+    /// Takes the model; on the CPU, when the decoder implements its family's block, its
+    /// weights are copied into a decoder and it is dropped (other families decode on the
+    /// batched path).
+    pub fn new(model: CausalLm) -> Self {
+        if model.embed_tokens.val().device() == Device::flex()
+            && let Some(decoder) = CpuDecoder::from_model(&model)
+        {
+            return Self::Cpu(decoder);
         }
+        Self::Model(model)
     }
 
     /// [`generate_on_cpu`] or a one-row [`generate_with`].

@@ -26,9 +26,9 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::engine::model::tokenizer::{ChatMessage, Tokenizer};
 use crate::engine::model::{self, Heads, LoadedModel, ModelError};
 use crate::engine::sample::{FinishReason, Generation, SamplingParams, SingleSequence};
-use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
 /// HTTP handler threads: requests beyond this many wait in the listener's queue.
 const HANDLER_THREADS: usize = 8;

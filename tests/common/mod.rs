@@ -6,10 +6,10 @@ use std::process::Command;
 
 use burn::prelude::*;
 use rlft::engine::algo::pretrain::{CHATML_TEMPLATE, SPECIAL_TOKENS, arithmetic_lines};
-use rlft::engine::model::Llama;
-use rlft::engine::model::{LlamaConfig, WeightReader, hf, llama};
+use rlft::engine::model::CausalLm;
+use rlft::engine::model::tokenizer::Tokenizer;
+use rlft::engine::model::{ModelConfig, WeightReader, decoder, hf};
 use rlft::engine::sample::bool_tensor;
-use rlft::engine::tokenizer::Tokenizer;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,7 +49,7 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 /// Logits `[B, T, V]` (flattened) of a full forward pass without a cache.
 pub fn full_logits(
-    model: &Llama,
+    model: &CausalLm,
     ids: &[Vec<u32>],
     positions: &[Vec<i64>],
     valid: &[Vec<bool>],
@@ -112,7 +112,7 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     let mut tok = Tokenizer::train_bpe(text, 300, &SPECIAL_TOKENS).unwrap();
     tok.set_chat_template(Some(CHATML_TEMPLATE.into()));
     let eos = tok.token_id("<|endoftext|>").unwrap();
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+    let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
         "model_type": "llama", "vocab_size": tok.vocab_size(), "hidden_size": 32,
         "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": true,
@@ -120,9 +120,109 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     }))
     .unwrap();
     let device = Device::flex();
-    let mut r = WeightReader::new(llama::init_weights(&cfg, 1), &device);
-    let model = Llama::from_weights(&cfg, &mut r, true, false).unwrap();
+    let mut r = WeightReader::new(decoder::init_weights(&cfg, 1), &device);
+    let model = CausalLm::from_weights(&cfg, &mut r, true, false).unwrap();
     let out = dir.join("tiny");
     hf::save_dir(&out, &cfg, &model, Some(&tok), None).unwrap();
     out
+}
+
+pub fn write_arith(path: &Path, n: usize, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let lines: Vec<String> = (0..n)
+        .map(|_| {
+            let (a, b) = (rng.random_range(0..50), rng.random_range(0..50));
+            serde_json::json!({"prompt": format!("{a}+{b}="), "completion": format!("{}", a + b)})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Runs a config to its end; returns the events.
+pub fn run_to_end(
+    toml: &str,
+    root: &Path,
+    device: rlft::engine::device::DeviceChoice,
+) -> Vec<rlft::engine::events::Event> {
+    let cfg = rlft::engine::config::RunConfig::from_toml(toml).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = rlft::engine::session::LaunchOptions {
+        runs_root: root.to_path_buf(),
+        device,
+        ..Default::default()
+    };
+    let handle = rlft::engine::session::launch(cfg, &opts, tx).unwrap();
+    handle.thread.join().unwrap();
+    rx.try_iter().collect()
+}
+
+/// The run reached its second (last) step.
+pub fn finished(events: &[rlft::engine::events::Event]) -> bool {
+    events.iter().any(|e| {
+        matches!(
+            e,
+            rlft::engine::events::Event::Finished {
+                status: rlft::engine::events::RunStatus::Finished,
+                step: 2,
+                ..
+            }
+        )
+    })
+}
+
+pub fn failure(events: &[rlft::engine::events::Event]) -> String {
+    format!("{:?}", events.iter().rev().take(3).collect::<Vec<_>>())
+}
+
+/// SFT and GRPO configs taking two optimizer steps on `model`, in `tmp`.
+pub fn sft_and_grpo(model: &Path, tmp: &Path) -> (String, String) {
+    let (train, eval) = (tmp.join("train.jsonl"), tmp.join("eval.jsonl"));
+    write_arith(&train, 32, 1);
+    write_arith(&eval, 8, 2);
+    let sft = format!(
+        r#"method = "sft"
+name = "sft"
+[model]
+path = "{model}"
+[data]
+train = "{train}"
+eval = "{eval}"
+[train]
+max_steps = 2
+per_device_train_batch_size = 4
+max_length = 16
+eval_steps = 2
+[optim]
+learning_rate = 1e-3
+"#,
+        model = model.display(),
+        train = train.display(),
+        eval = eval.display(),
+    );
+    let grpo = format!(
+        r#"method = "grpo"
+name = "grpo"
+[model]
+path = "{model}"
+[data]
+train = "{train}"
+[train]
+max_steps = 2
+per_device_train_batch_size = 4
+eval_steps = 100
+[optim]
+learning_rate = 1e-3
+[grpo]
+num_generations = 2
+max_completion_length = 4
+beta = 0.04
+[[rewards]]
+type = "exact_match"
+"#,
+        model = model.display(),
+        train = train.display(),
+    );
+    (sft, grpo)
 }

@@ -25,10 +25,10 @@ use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus};
-use crate::engine::model::{self, Heads, Llama, host_f32};
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{self, CausalLm, Heads, host_f32};
 use crate::engine::optim::Optimizer;
 use crate::engine::run::RunContext;
-use crate::engine::tokenizer::Tokenizer;
 
 /// Pairs scored together when caching reference log-probabilities and at eval.
 const SCORE_BATCH: usize = 32;
@@ -112,7 +112,7 @@ pub(super) struct RefPair {
 /// Sums of completion-token log-probabilities, `[2B]` (chosen rows then rejected rows), and the
 /// per-token log-probabilities for the RPO term.
 fn forward(
-    model: &Llama,
+    model: &CausalLm,
     pairs: &[&PreferencePair],
     pad: u32,
     device: &Device,
@@ -125,7 +125,7 @@ fn forward(
 
 /// Reference log-probability sums of every pair, with the no-grad starting policy.
 pub(super) fn cache_reference(
-    reference: &Llama,
+    reference: &CausalLm,
     pairs: Vec<PreferencePair>,
     pad: u32,
     device: &Device,
@@ -187,7 +187,7 @@ impl DpoStats {
 
 /// Loss (differentiable) of one batch, and its statistics added to `stats`.
 pub(super) fn batch_loss(
-    model: &Llama,
+    model: &CausalLm,
     rows: &[&RefPair],
     d: &DpoSection,
     pad: u32,
@@ -242,7 +242,7 @@ pub(super) fn batch_loss(
 }
 
 fn evaluate(
-    model: &Llama,
+    model: &CausalLm,
     eval: &[RefPair],
     d: &DpoSection,
     pad: u32,
@@ -371,7 +371,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             return Ok(RunStatus::Stopped);
         }
         let started = Instant::now();
-        let mut accumulator = GradientsAccumulator::<Llama>::new();
+        let mut accumulator = GradientsAccumulator::<CausalLm>::new();
         let mut stats = DpoStats::default();
         for _ in 0..ga {
             let idx = sampler.next_batch(bs);

@@ -18,12 +18,12 @@ use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::{self, EpochSampler, Example, Prompt};
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
-use crate::engine::model::{self, Heads, Llama, LlamaConfig, hf};
+use crate::engine::model::tokenizer::{ChatMessage, Tokenizer};
+use crate::engine::model::{self, CausalLm, Heads, ModelConfig, hf};
 use crate::engine::optim::Optimizer;
 use crate::engine::reward::{self, Completion, RewardSource};
 use crate::engine::run::{Control, RunContext};
 use crate::engine::sample::{self, FinishReason, SamplingParams};
-use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
 /// Samples shown per step in the Samples pane: one group's worth is enough to read.
 const SAMPLES_PER_STEP: usize = 8;
@@ -188,12 +188,12 @@ impl Rollout {
 
 /// Generates `per_prompt` completions for each prompt with a no-grad copy of the policy.
 pub fn rollout(
-    policy: &Llama,
+    policy: &CausalLm,
     prompts: &[&PromptItem],
     per_prompt: usize,
     params: &SamplingParams,
     tokenizer: &Tokenizer,
-    config: &LlamaConfig,
+    config: &ModelConfig,
 ) -> Result<Rollout, TrainError> {
     let mut rows = Vec::with_capacity(prompts.len() * per_prompt);
     let mut prompt_index = Vec::with_capacity(rows.capacity());
@@ -274,12 +274,12 @@ pub fn compute_rewards(
 
 /// Greedy decoding of held-out prompts; mean reward per source (exact match = accuracy).
 pub fn evaluate(
-    policy: &Llama,
+    policy: &CausalLm,
     prompts: &[PromptItem],
     sources: &mut [(Box<dyn RewardSource>, f32)],
     params: &SamplingParams,
     tokenizer: &Tokenizer,
-    config: &LlamaConfig,
+    config: &ModelConfig,
 ) -> Result<BTreeMap<String, f64>, TrainError> {
     let greedy = SamplingParams {
         temperature: 0.0,
@@ -654,8 +654,8 @@ fn demo_batch(prompts: &[&PromptItem], coef: f64, pad: u32, device: &Device) -> 
 /// Saves the policy under `checkpoints/` (with what a resume needs) and reports it.
 #[allow(clippy::too_many_arguments)]
 fn save(
-    policy: &Llama,
-    config: &LlamaConfig,
+    policy: &CausalLm,
+    config: &ModelConfig,
     tokenizer: &Tokenizer,
     generation_config: &Option<serde_json::Value>,
     ctx: &mut RunContext,

@@ -14,18 +14,18 @@ use super::{BatchTensors, TrainError, TrainOutcome, masked_mean, scalar, token_l
 use crate::engine::config::RunConfig;
 use crate::engine::data::{EpochSampler, TokenizedExample, pad_batch};
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
-use crate::engine::model::{Llama, LlamaConfig, hf};
+use crate::engine::model::tokenizer::{ChatMessage, Tokenizer};
+use crate::engine::model::{CausalLm, ModelConfig, hf};
 use crate::engine::optim::Optimizer;
 use crate::engine::run::{Control, RunContext};
 use crate::engine::sample;
-use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
 /// Eval batches are capped so an eval pass stays a small fraction of training time.
 const MAX_EVAL_BATCHES: usize = 16;
 
 /// What a language-model training run needs besides the network itself.
 pub struct LmSetup {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     pub generation_config: Option<serde_json::Value>,
     pub train: Vec<TokenizedExample>,
@@ -40,7 +40,7 @@ pub struct LmLoss {
     pub targets: f64,
 }
 
-pub fn lm_loss(model: &Llama, batch: &BatchTensors) -> LmLoss {
+pub fn lm_loss(model: &CausalLm, batch: &BatchTensors) -> LmLoss {
     let t = batch.ids.dims()[1];
     let hidden = model.hidden(
         batch.ids.clone(),
@@ -67,7 +67,7 @@ pub fn lm_loss(model: &Llama, batch: &BatchTensors) -> LmLoss {
 /// Trains until `max_steps`, a stop command, or an error. Saves `checkpoints/final` (and
 /// `final_copy`, when given) at the end.
 pub fn train_lm(
-    mut model: Llama,
+    mut model: CausalLm,
     setup: LmSetup,
     cfg: &RunConfig,
     device: &Device,
@@ -138,7 +138,7 @@ pub fn train_lm(
             Control::Continue => {}
         }
         let started = std::time::Instant::now();
-        let mut accumulator = GradientsAccumulator::<Llama>::new();
+        let mut accumulator = GradientsAccumulator::<CausalLm>::new();
         let (mut loss_sum, mut correct, mut targets) = (0.0, 0.0, 0.0);
         for _ in 0..ga {
             let idx = sampler.next_batch(bs);
@@ -216,7 +216,7 @@ pub fn train_lm(
 /// Mean loss per target token and token accuracy over (up to `MAX_EVAL_BATCHES` batches of)
 /// the eval set.
 pub fn evaluate(
-    model: &Llama,
+    model: &CausalLm,
     eval: &[TokenizedExample],
     batch_size: usize,
     pad_id: u32,
@@ -237,9 +237,9 @@ pub fn evaluate(
 
 /// Greedy (or as configured) generations for `[samples] prompts`.
 pub fn sample_prompts(
-    model: &Llama,
+    model: &CausalLm,
     tokenizer: &Tokenizer,
-    config: &LlamaConfig,
+    config: &ModelConfig,
     cfg: &RunConfig,
     step: usize,
 ) -> Result<Vec<SampleRecord>, TrainError> {
@@ -295,7 +295,7 @@ type Progress<'a> = (&'a EpochSampler, &'a Optimizer, usize);
 /// `progress` is given, and reports it.
 fn save(
     setup: &LmSetup,
-    model: &Llama,
+    model: &CausalLm,
     ctx: &mut RunContext,
     step: usize,
     dir: PathBuf,

@@ -28,7 +28,7 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] crate::engine::data::DataError),
     #[error(transparent)]
-    Tokenizer(#[from] crate::engine::tokenizer::TokenizerError),
+    Tokenizer(#[from] crate::engine::model::tokenizer::TokenizerError),
     #[error("{0}")]
     Invalid(String),
     #[error("non-finite loss ({value}) at step {step}; the last good checkpoint is kept")]

@@ -39,12 +39,12 @@ use crate::engine::judge::{self, Judge, JudgeStats, Verdict};
 use crate::engine::labels::{
     self, Decision, LogEntry, PairItem, ProposedPair, append_proposed, read_proposed,
 };
-use crate::engine::model::{self, Heads, Llama, host_f32};
+use crate::engine::model::tokenizer::ChatMessage;
+use crate::engine::model::{self, CausalLm, Heads, host_f32};
 use crate::engine::optim::Optimizer;
 use crate::engine::reward;
 use crate::engine::run::RunContext;
 use crate::engine::sample::{FinishReason, SamplingParams};
-use crate::engine::tokenizer::ChatMessage;
 
 /// How often a run waiting for human labels looks at the label log again: quick enough that
 /// a label feels picked up at once, rare enough to cost nothing.
@@ -204,8 +204,8 @@ struct RolloutStats {
 
 #[allow(clippy::too_many_arguments)]
 fn rollout_stats(
-    policy: &Llama,
-    reference: &Llama,
+    policy: &CausalLm,
+    reference: &CausalLm,
     prompts: &[&PromptItem],
     tokens: &[Vec<u32>],
     prompt_index: &[usize],
@@ -249,7 +249,7 @@ fn rollout_stats(
 fn to_training_pairs(
     labelled: Vec<PreferencePair>,
     opts: &PairOptions,
-    reference: &Llama,
+    reference: &CausalLm,
     pad: u32,
     device: &Device,
 ) -> Vec<RefPair> {

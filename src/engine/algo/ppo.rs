@@ -38,11 +38,11 @@ use super::{TrainError, TrainOutcome, masked_mean, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
-use crate::engine::model::{self, Heads, Llama, LlamaConfig, hf, host_f32};
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{self, CausalLm, Heads, ModelConfig, hf, host_f32};
 use crate::engine::optim::Optimizer;
 use crate::engine::run::{Control, RunContext};
 use crate::engine::sample::{FinishReason, SamplingParams};
-use crate::engine::tokenizer::Tokenizer;
 
 /// Samples shown per step in the Samples pane.
 const SAMPLES_PER_STEP: usize = 8;
@@ -279,9 +279,9 @@ fn var(v: &[f64]) -> f64 {
 /// rewards, GAE advantages (whitened) and returns for one rollout.
 #[allow(clippy::too_many_arguments)]
 fn experience(
-    policy: &Llama,
-    reference: &Llama,
-    value_model: &Llama,
+    policy: &CausalLm,
+    reference: &CausalLm,
+    value_model: &CausalLm,
     prompts: &[&[u32]],
     completions: &[&[u32]],
     scores: &[f32],
@@ -349,7 +349,7 @@ fn experience(
 
 /// The value model's scalar head at each shifted position `[B, T − 1]`: the value of the
 /// state before each target token.
-fn value_scores(value_model: &Llama, batch: &SeqBatch) -> Result<Tensor<2>, TrainError> {
+fn value_scores(value_model: &CausalLm, batch: &SeqBatch) -> Result<Tensor<2>, TrainError> {
     let t = batch.ids.dims()[1];
     let hidden = value_model.hidden(
         batch.ids.clone(),
@@ -644,8 +644,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             let mut order: Vec<usize> = (0..prompt_rows.len()).collect();
             order.shuffle(&mut rng);
             for mini_rows in order.chunks(mini) {
-                let mut policy_acc = GradientsAccumulator::<Llama>::new();
-                let mut value_acc = GradientsAccumulator::<Llama>::new();
+                let mut policy_acc = GradientsAccumulator::<CausalLm>::new();
+                let mut value_acc = GradientsAccumulator::<CausalLm>::new();
                 for rows in mini_rows.chunks(micro) {
                     let ps: Vec<&[u32]> = rows.iter().map(|&i| prompt_rows[i]).collect();
                     let cs: Vec<&[u32]> = rows.iter().map(|&i| completion_rows[i]).collect();
@@ -850,7 +850,7 @@ struct Progress<'a> {
 /// Writes checkpoints: the policy as a Hugging Face folder (what TRL saves), and for resuming
 /// the value model in `value/`, both optimizers and the trainer state.
 struct Saver<'a> {
-    config: &'a LlamaConfig,
+    config: &'a ModelConfig,
     tokenizer: &'a Tokenizer,
     generation_config: &'a Option<serde_json::Value>,
 }
@@ -858,8 +858,8 @@ struct Saver<'a> {
 impl Saver<'_> {
     fn save(
         &self,
-        policy: &Llama,
-        value_model: &Llama,
+        policy: &CausalLm,
+        value_model: &CausalLm,
         ctx: &mut RunContext,
         step: usize,
         is_final: bool,

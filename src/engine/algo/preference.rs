@@ -12,10 +12,10 @@ use super::sequences::SeqBatch;
 use super::state::TrainerState;
 use crate::engine::data::{self, EpochSampler, Example, Prompt};
 use crate::engine::events::Event;
-use crate::engine::model::{Llama, LlamaConfig, hf};
+use crate::engine::model::tokenizer::{ChatMessage, Tokenizer};
+use crate::engine::model::{CausalLm, ModelConfig, hf};
 use crate::engine::optim::Optimizer;
 use crate::engine::run::{Control, RunContext};
-use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
 /// One tokenised preference pair. The texts are kept for the Samples pane.
 #[derive(Clone, Debug, PartialEq)]
@@ -256,7 +256,7 @@ pub type Progress<'a> = (&'a EpochSampler, &'a Optimizer, usize);
 /// Writes the Hugging Face folders of a run (`checkpoints/step-N`, `checkpoints/final`), with
 /// the trainer state a resume needs, and reports them.
 pub struct Saver<'a> {
-    pub config: &'a LlamaConfig,
+    pub config: &'a ModelConfig,
     pub tokenizer: &'a Tokenizer,
     pub generation_config: &'a Option<serde_json::Value>,
 }
@@ -266,7 +266,7 @@ impl Saver<'_> {
     /// `Stop`. Returns whether the run must end.
     pub fn obey(
         &self,
-        model: &Llama,
+        model: &CausalLm,
         ctx: &mut RunContext,
         step: usize,
         progress: Progress<'_>,
@@ -286,7 +286,7 @@ impl Saver<'_> {
 
     pub fn save(
         &self,
-        model: &Llama,
+        model: &CausalLm,
         ctx: &mut RunContext,
         step: usize,
         is_final: bool,

@@ -14,9 +14,9 @@ use super::{TrainError, TrainOutcome};
 use crate::engine::config::{PretrainSection, RunConfig};
 use crate::engine::data::{TokenizedExample, pack};
 use crate::engine::events::LogLevel;
-use crate::engine::model::{Llama, LlamaConfig, WeightReader, llama};
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{CausalLm, ModelConfig, WeightReader, decoder};
 use crate::engine::run::RunContext;
-use crate::engine::tokenizer::Tokenizer;
 
 /// Special tokens of the shipped model: end of text doubles as padding; the ChatML markers
 /// let the same tokenizer carry a chat template.
@@ -79,7 +79,7 @@ fn architecture(
     p: &PretrainSection,
     vocab_size: usize,
     tokenizer: &Tokenizer,
-) -> Result<LlamaConfig, TrainError> {
+) -> Result<ModelConfig, TrainError> {
     let mut table = p.architecture.clone();
     table.insert("vocab_size".into(), toml::Value::Integer(vocab_size as i64));
     table
@@ -92,7 +92,7 @@ fn architecture(
         obj.insert("eos_token_id".into(), eos.into());
         obj.insert("pad_token_id".into(), eos.into());
     }
-    let cfg: LlamaConfig = serde_json::from_value(json)
+    let cfg: ModelConfig = serde_json::from_value(json)
         .map_err(|e| TrainError::Invalid(format!("[pretrain.architecture]: {e}")))?;
     cfg.validate()
         .map_err(|e| TrainError::Invalid(format!("[pretrain.architecture]: {e}")))?;
@@ -147,8 +147,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
 
     let model_cfg = architecture(p, tokenizer.vocab_size(), &tokenizer)?;
     let train_device = device.clone().autodiff();
-    let mut reader = WeightReader::new(llama::init_weights(&model_cfg, cfg.seed), &train_device);
-    let model = Llama::from_weights(&model_cfg, &mut reader, true, false)?;
+    let mut reader = WeightReader::new(decoder::init_weights(&model_cfg, cfg.seed), &train_device);
+    let model = CausalLm::from_weights(&model_cfg, &mut reader, true, false)?;
     let generation_config = serde_json::json!({
         "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos,
         "do_sample": true, "temperature": 1.0, "max_new_tokens": 64

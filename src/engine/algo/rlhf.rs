@@ -31,10 +31,10 @@ use super::preference::{self, Overlong, PairOptions, PreferencePair};
 use super::rm::pair_loss;
 use super::{TrainError, scalar};
 use crate::engine::data::EpochSampler;
-use crate::engine::model::{self, Heads, Llama, hf};
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{self, CausalLm, Heads, hf};
 use crate::engine::optim::{LrSchedule, OptimConfig, Optimizer};
 use crate::engine::reward::{self, RewardConfig, RewardSource, WeightedSources};
-use crate::engine::tokenizer::Tokenizer;
 
 /// `[rlhf]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,7 +76,7 @@ impl RlhfSection {
 }
 
 /// The configured reward model's folder and the slot its source scores with.
-pub type RewardModelSlot = (PathBuf, Arc<Mutex<Llama>>);
+pub type RewardModelSlot = (PathBuf, Arc<Mutex<CausalLm>>);
 
 /// Loads the run's reward sources, keeping a handle on the (first) reward model's slot.
 pub fn build_sources(
@@ -101,7 +101,7 @@ pub struct Refresher {
     cfg: RlhfSection,
     labels: PathBuf,
     base: PathBuf,
-    slot: Arc<Mutex<Llama>>,
+    slot: Arc<Mutex<CausalLm>>,
     tokenizer: Tokenizer,
     out_dir: PathBuf,
     /// Labels the current version was trained on.
@@ -119,7 +119,7 @@ impl Refresher {
         cfg: RlhfSection,
         run_dir: &Path,
         base: PathBuf,
-        slot: Arc<Mutex<Llama>>,
+        slot: Arc<Mutex<CausalLm>>,
         seed: u64,
     ) -> Result<Self, TrainError> {
         cfg.validate().map_err(TrainError::Invalid)?;

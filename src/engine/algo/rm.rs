@@ -19,10 +19,10 @@ use super::{TrainError, TrainOutcome, losses, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
-use crate::engine::model::{self, Heads, Llama, host_f32};
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{self, CausalLm, Heads, host_f32};
 use crate::engine::optim::Optimizer;
 use crate::engine::run::RunContext;
-use crate::engine::tokenizer::Tokenizer;
 
 /// Held-out pairs shown in the Samples pane at each eval, with their rewards.
 const SAMPLE_PAIRS: usize = 4;
@@ -93,7 +93,7 @@ pub(super) struct BatchOut {
 }
 
 pub(super) fn pair_loss(
-    model: &Llama,
+    model: &CausalLm,
     pairs: &[&PreferencePair],
     use_margin: bool,
     center: Option<f64>,
@@ -117,7 +117,7 @@ pub(super) fn pair_loss(
 
 /// Rewards and loss over all held-out pairs, with a no-grad model.
 pub fn evaluate(
-    model: &Llama,
+    model: &CausalLm,
     pairs: &[PreferencePair],
     batch_size: usize,
     use_margin: bool,
@@ -255,7 +255,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             return Ok(RunStatus::Stopped);
         }
         let started = Instant::now();
-        let mut accumulator = GradientsAccumulator::<Llama>::new();
+        let mut accumulator = GradientsAccumulator::<CausalLm>::new();
         let mut stats = PairStats::default();
         for _ in 0..ga {
             let idx = sampler.next_batch(bs);

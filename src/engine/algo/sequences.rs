@@ -4,7 +4,7 @@
 use burn::prelude::*;
 
 use super::token_logprobs;
-use crate::engine::model::Llama;
+use crate::engine::model::CausalLm;
 
 /// Right-padded `prompt ++ completion` rows. Targets and masks are shifted by one (position
 /// `i` predicts token `i + 1`), so they are `[B, T - 1]`.
@@ -78,7 +78,7 @@ pub struct Scored {
 
 /// Scores the targets of `batch` under `model`. Logits are divided by `temperature` so the
 /// log-probabilities match those of the sampling distribution (as TRL does).
-pub fn score(model: &Llama, batch: &SeqBatch, temperature: f32) -> Scored {
+pub fn score(model: &CausalLm, batch: &SeqBatch, temperature: f32) -> Scored {
     let t = batch.ids.dims()[1];
     let hidden = model.hidden(
         batch.ids.clone(),
@@ -100,7 +100,7 @@ pub fn sequence_logprob(logprobs: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
 }
 
 /// The scalar head's value at each row's last real token (`[B]`): a reward model's score.
-pub fn last_token_scores(model: &Llama, batch: &SeqBatch) -> Tensor<1> {
+pub fn last_token_scores(model: &CausalLm, batch: &SeqBatch) -> Tensor<1> {
     let hidden = model.hidden(
         batch.ids.clone(),
         batch.positions.clone(),

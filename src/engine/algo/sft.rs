@@ -3,9 +3,9 @@
 use crate::engine::config::RunConfig;
 use crate::engine::data::{self, SftTokenizeOptions, TextCodec, TokenizedExample};
 use crate::engine::events::LogLevel;
+use crate::engine::model::tokenizer::{ChatMessage, Tokenizer};
 use crate::engine::model::{self, Heads};
 use crate::engine::run::RunContext;
-use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 use burn::prelude::Device;
 
 use super::lm::{LmSetup, train_lm};

@@ -165,7 +165,7 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
 /// Where a resumed run continues: the restored model, optimizer and sampler, and the step and
 /// token count it had reached.
 pub struct Resumed {
-    pub model: crate::engine::model::Llama,
+    pub model: crate::engine::model::CausalLm,
     pub optim: Optimizer,
     pub sampler: EpochSampler,
     pub step: usize,

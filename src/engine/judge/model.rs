@@ -19,9 +19,9 @@ use burn::prelude::*;
 
 use super::{Comparison, Judge, JudgeError, Ordered, OrderedVerdict};
 use crate::engine::algo::sequences::{SeqBatch, score, sequence_logprob};
-use crate::engine::model::{self, Heads, Llama, LoadedModel, host_f32};
+use crate::engine::model::tokenizer::{ChatMessage, Tokenizer};
+use crate::engine::model::{self, CausalLm, Heads, LoadedModel, host_f32};
 use crate::engine::sample::left_pad;
-use crate::engine::tokenizer::{ChatMessage, Tokenizer};
 
 /// The small instruct model rlft uses as its default judge.
 pub const DEFAULT_JUDGE_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -33,7 +33,7 @@ const JUDGE_BATCH: usize = 8;
 pub struct ModelJudge {
     name: String,
     path: PathBuf,
-    model: Llama,
+    model: CausalLm,
     tokenizer: Tokenizer,
     pad_id: u32,
     max_len: usize,
@@ -405,8 +405,8 @@ impl Judge for ModelJudge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::{LlamaConfig, WeightReader, llama};
-    use crate::engine::tokenizer::CHATML_TEMPLATE;
+    use crate::engine::model::tokenizer::CHATML_TEMPLATE;
+    use crate::engine::model::{ModelConfig, WeightReader, decoder};
 
     fn tiny(chat_template: bool) -> LoadedModel {
         let corpus = (0..200).map(|i| format!("Answer {} is better than answer {}.", i % 3, i % 7));
@@ -414,7 +414,7 @@ mod tests {
         let mut tok = Tokenizer::train_bpe(corpus, 300, &specials).unwrap();
         tok.set_chat_template(chat_template.then(|| CHATML_TEMPLATE.to_string()));
         let eos = tok.token_id("<|endoftext|>").unwrap();
-        let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+        let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
             "model_type": "llama", "vocab_size": tok.vocab_size(), "hidden_size": 32,
             "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "max_position_embeddings": 256,
@@ -422,8 +422,8 @@ mod tests {
         }))
         .unwrap();
         let device = Device::flex();
-        let mut r = WeightReader::new(llama::init_weights(&cfg, 3), &device);
-        let model = Llama::from_weights(&cfg, &mut r, true, false).unwrap();
+        let mut r = WeightReader::new(decoder::init_weights(&cfg, 3), &device);
+        let model = CausalLm::from_weights(&cfg, &mut r, true, false).unwrap();
         LoadedModel {
             config: cfg,
             model,

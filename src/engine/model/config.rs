@@ -1,6 +1,12 @@
-//! Model configuration read from a Hugging Face `config.json`.
+//! Model configuration read from a Hugging Face `config.json`: the fields every family shares,
+//! normalised (GPT-2's `n_embd` is `hidden_size` here), and the [`Arch`] the family derives from
+//! its own fields. The JSON as read is kept and written back on save, so a saved checkpoint
+//! carries every field transformers needs, in the family's own spelling.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::families::{self, Family};
 
 /// `eos_token_id` is an int in most configs and a list in Llama 3's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,69 +25,324 @@ impl TokenIds {
     }
 }
 
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
-fn default_rms_eps() -> f64 {
-    1e-6
-}
-fn default_max_positions() -> usize {
-    2048
+/// How a family normalises: Llama's RMSNorm, Gemma's RMSNorm scaled by `1 + w`, GPT-2's
+/// LayerNorm (with bias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    Rms,
+    RmsOneOffset,
+    Layer,
 }
 
-/// The fields of a Llama-family `config.json` that shape the network. Unknown fields are
-/// kept in `extra` so a saved checkpoint writes back what it read.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LlamaConfig {
+/// Where a decoder layer puts its norms (HF names differ per family; see `families`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// `x + f(norm(x))` (Llama, GPT-2, ...).
+    Pre,
+    /// `x + norm_post(f(norm_pre(x)))` (Gemma 2 and 3).
+    Sandwich,
+    /// `x + norm(f(x))` (OLMo 2).
+    Post,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`, `gelu_new`, `gelu_fast`).
+    GeluTanh,
+    /// Exact (erf) GELU.
+    Gelu,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" | "gelu_python_tanh" => {
+                Activation::GeluTanh
+            }
+            "gelu" | "gelu_python" => Activation::Gelu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+}
+
+/// Per-head norm of q and k before RoPE (Qwen3, Gemma 3), or over the whole projection width
+/// (OLMo 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    PerHead,
+    FullWidth,
+}
+
+/// RoPE frequency scaling, as `rope_scaling` / `rope_parameters` state it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: Option<f64>,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+        truncate: bool,
+    },
+    /// NTK-aware scaling recomputed for the length of each forward pass.
+    Dynamic {
+        factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// One set of rotary frequencies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+    /// Leading dimensions of each head that rotate (`partial_rotary_factor * head_dim`).
+    pub rotary_dim: usize,
+}
+
+/// Where a model's positions come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Positions {
+    /// Rotary; `local` is a second set for sliding-window layers (Gemma 3).
+    Rope { global: Rope, local: Option<Rope> },
+    /// A learned `[max_positions, hidden]` table added to the embeddings (GPT-2).
+    Learned,
+}
+
+/// Attention of one layer: full causal, or causal within `window` positions (a token sees
+/// itself and the `window - 1` before it, as transformers masks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerAttention {
+    pub window: Option<usize>,
+    /// Uses the `local` RoPE of [`Positions::Rope`] (Gemma 3's sliding layers).
+    pub local_rope: bool,
+}
+
+/// Everything the shared decoder needs to know about one family's network beyond the sizes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arch {
+    pub norm: NormKind,
+    pub norm_eps: f64,
+    pub placement: NormPlacement,
+    /// Gated MLP (`act(gate(x)) * up(x)`) or plain (`act(up(x))`, GPT-2).
+    pub gated_mlp: bool,
+    pub activation: Activation,
+    pub qk_norm: QkNorm,
+    pub positions: Positions,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Multiplies q·k (1/sqrt(head_dim) unless the family says otherwise).
+    pub attention_scale: f64,
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    /// Multiplies the token embeddings (Gemma: sqrt(hidden); Granite: `embedding_multiplier`).
+    pub embedding_scale: f64,
+    /// Multiplies each block's output before the residual add (Granite).
+    pub residual_scale: f64,
+    /// Multiplies the logits (Granite: 1 / `logits_scaling`).
+    pub logit_scale: f64,
+    pub layers: Vec<LayerAttention>,
+}
+
+impl Arch {
+    /// Plain Llama: the block the CPU single-sequence decoder implements (every dimension of
+    /// a `head_dim`-wide head rotates).
+    pub fn is_plain_llama(&self, head_dim: usize) -> bool {
+        let plain_rope = matches!(&self.positions, Positions::Rope { local: None, global }
+            if !matches!(global.scaling, RopeScaling::Dynamic { .. }) && global.rotary_dim == head_dim);
+        self.norm == NormKind::Rms
+            && self.placement == NormPlacement::Pre
+            && self.gated_mlp
+            && self.activation == Activation::Silu
+            && self.qk_norm == QkNorm::None
+            && plain_rope
+            && !self.mlp_bias
+            && self.attn_softcap.is_none()
+            && self.final_softcap.is_none()
+            && self.embedding_scale == 1.0
+            && self.residual_scale == 1.0
+            && self.logit_scale == 1.0
+            && self.layers.iter().all(|l| l.window.is_none())
+    }
+}
+
+/// A model's configuration: shared sizes plus the family's [`Arch`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_key_value_heads: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head_dim: Option<usize>,
-    #[serde(default = "default_rms_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_scaling: Option<serde_json::Value>,
-    #[serde(default = "default_max_positions")]
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
     pub max_position_embeddings: usize,
-    #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// Bias on q, k, v and o projections (Llama's flag).
-    #[serde(default)]
-    pub attention_bias: bool,
-    #[serde(default)]
-    pub mlp_bias: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bos_token_id: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<TokenIds>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<u32>,
-    #[serde(default)]
-    pub model_type: String,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub arch: Arch,
+    /// `config.json` as read (transformers 5's `rope_parameters` and all), written back on save.
+    pub raw: Map<String, Value>,
 }
 
-impl LlamaConfig {
+/// A config field lookup that names the field in its errors.
+pub struct Fields<'a>(pub &'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn usize(&self, key: &str) -> Result<Option<usize>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| format!("`{key}` must be a non-negative integer, found {v}")),
+        }
+    }
+
+    pub fn require_usize(&self, key: &str) -> Result<usize, String> {
+        self.usize(key)?
+            .ok_or_else(|| format!("`{key}` is missing"))
+    }
+
+    pub fn f64(&self, key: &str) -> Result<Option<f64>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| format!("`{key}` must be a number, found {v}")),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| format!("`{key}` must be true or false, found {v}")),
+        }
+    }
+
+    pub fn str(&self, key: &str) -> Result<Option<&'a str>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| format!("`{key}` must be a string, found {v}")),
+        }
+    }
+
+    /// The activation named by the first of `keys` present (`hidden_act`, ...).
+    pub fn activation(&self, keys: &[&str], default: Activation) -> Result<Activation, String> {
+        for key in keys {
+            if let Some(name) = self.str(key)? {
+                return Activation::parse(name).ok_or_else(|| {
+                    format!("`{key}` = `{name}` is not supported (silu, gelu, gelu_pytorch_tanh, gelu_new, relu)")
+                });
+            }
+        }
+        Ok(default)
+    }
+}
+
+impl ModelConfig {
+    /// Reads a `config.json` value; errors name the offending field.
+    pub fn from_json(value: Value) -> Result<Self, String> {
+        let Value::Object(raw) = value else {
+            return Err("config.json must be a JSON object".into());
+        };
+        let f = Fields(&raw);
+        let model_type = f.str("model_type")?.unwrap_or("llama");
+        let family = Family::from_model_type(model_type).ok_or_else(|| {
+            let hint = if model_type == "gemma3" {
+                " (a multimodal Gemma 3 config; point rlft at a text-only `gemma3_text` checkpoint)"
+            } else {
+                ""
+            };
+            format!(
+                "`model_type` = `{model_type}` is not supported{hint}; rlft builds: {}",
+                Family::ALL
+                    .iter()
+                    .map(|f| f.model_type())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let sizes = families::sizes(family, &f)?;
+        let arch = families::arch(family, &f, &sizes)?;
+        let ids = |key: &str| -> Result<Option<u32>, String> {
+            match f.get(key) {
+                None => Ok(None),
+                Some(Value::Array(a)) => Ok(a.first().and_then(|v| v.as_u64()).map(|v| v as u32)),
+                Some(v) => v
+                    .as_u64()
+                    .map(|v| Some(v as u32))
+                    .ok_or_else(|| format!("`{key}` must be a token id, found {v}")),
+            }
+        };
+        let eos_token_id = match f.get("eos_token_id") {
+            None => None,
+            Some(v) => Some(serde_json::from_value::<TokenIds>(v.clone()).map_err(|_| {
+                format!("`eos_token_id` must be an id or a list of ids, found {v}")
+            })?),
+        };
+        let config = ModelConfig {
+            family,
+            vocab_size: sizes.vocab_size,
+            hidden_size: sizes.hidden_size,
+            intermediate_size: sizes.intermediate_size,
+            num_hidden_layers: sizes.num_hidden_layers,
+            num_attention_heads: sizes.num_attention_heads,
+            num_key_value_heads: sizes.num_key_value_heads,
+            head_dim: sizes.head_dim,
+            max_position_embeddings: sizes.max_position_embeddings,
+            tie_word_embeddings: sizes.tie_word_embeddings,
+            bos_token_id: ids("bos_token_id")?,
+            eos_token_id,
+            pad_token_id: ids("pad_token_id")?,
+            arch,
+            raw,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn model_type(&self) -> &'static str {
+        self.family.model_type()
+    }
+
     pub fn head_dim(&self) -> usize {
         self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     pub fn num_kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-
-    /// Qwen2 puts bias on q/k/v but not on o; Llama's `attention_bias` covers all four.
-    pub fn o_proj_bias(&self) -> bool {
-        self.attention_bias && self.model_type != "qwen2"
+        self.num_key_value_heads
     }
 
     /// Checks the shape facts the forward pass relies on; the message names the field.
@@ -93,77 +354,41 @@ impl LlamaConfig {
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("max_position_embeddings", self.max_position_embeddings),
+            ("head_dim", self.head_dim),
         ];
         for (name, value) in fields {
             if value == 0 {
                 return Err(format!("`{name}` must be positive"));
             }
         }
-        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!(
-                "`hidden_size` ({}) is not divisible by `num_attention_heads` ({})",
-                self.hidden_size, self.num_attention_heads
-            ));
+        if let Positions::Rope { global, local } = &self.arch.positions {
+            for rope in std::iter::once(global).chain(local) {
+                if rope.rotary_dim == 0
+                    || !rope.rotary_dim.is_multiple_of(2)
+                    || rope.rotary_dim > self.head_dim
+                {
+                    return Err(format!(
+                        "rotary dimension {} (`partial_rotary_factor` x `head_dim` {}) must be even and within the head",
+                        rope.rotary_dim, self.head_dim
+                    ));
+                }
+            }
         }
-        if !self.head_dim().is_multiple_of(2) {
-            return Err(format!(
-                "head dimension {} must be even for RoPE",
-                self.head_dim()
-            ));
-        }
-        let kv = self.num_kv_heads();
+        let kv = self.num_key_value_heads;
         if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(format!(
                 "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({kv})",
                 self.num_attention_heads
             ));
         }
-        if let Some(scaling) = &self.rope_scaling {
-            let kind = scaling
-                .get("rope_type")
-                .or_else(|| scaling.get("type"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("default");
-            if !matches!(kind, "default" | "llama3") {
-                return Err(format!(
-                    "`rope_scaling` type `{kind}` is not supported (default, llama3)"
-                ));
-            }
+        if self.arch.layers.len() != self.num_hidden_layers {
+            return Err(format!(
+                "`layer_types` has {} entries for {} layers",
+                self.arch.layers.len(),
+                self.num_hidden_layers
+            ));
         }
         Ok(())
-    }
-
-    /// RoPE inverse frequencies in f32, with Llama 3.1's frequency scaling when configured.
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim();
-        let mut inv: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0 / (self.rope_theta as f32).powf((2 * i) as f32 / d as f32))
-            .collect();
-        let llama3 = self.rope_scaling.as_ref().filter(|s| {
-            s.get("rope_type")
-                .or_else(|| s.get("type"))
-                .and_then(|v| v.as_str())
-                == Some("llama3")
-        });
-        if let Some(s) = llama3 {
-            let get = |k: &str, default: f64| s.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
-            let factor = get("factor", 8.0) as f32;
-            let low = get("low_freq_factor", 1.0) as f32;
-            let high = get("high_freq_factor", 4.0) as f32;
-            let old_ctx = get("original_max_position_embeddings", 8192.0) as f32;
-            let low_wavelen = old_ctx / low;
-            let high_wavelen = old_ctx / high;
-            for f in inv.iter_mut() {
-                let wavelen = 2.0 * std::f32::consts::PI / *f;
-                if wavelen > low_wavelen {
-                    *f /= factor;
-                } else if wavelen >= high_wavelen {
-                    let smooth = (old_ctx / wavelen - low) / (high - low);
-                    *f = (1.0 - smooth) * *f / factor + smooth * *f;
-                }
-            }
-        }
-        inv
     }
 
     pub fn eos_ids(&self) -> Vec<u32> {
@@ -176,14 +401,307 @@ impl LlamaConfig {
     /// Parameter count of the language model (embedding counted once when tied).
     pub fn num_params(&self) -> usize {
         let h = self.hidden_size;
-        let hd = self.head_dim();
+        let hd = self.head_dim;
         let q = h * self.num_attention_heads * hd;
-        let kv = 2 * h * self.num_kv_heads() * hd;
+        let kv = 2 * h * self.num_key_value_heads * hd;
         let o = self.num_attention_heads * hd * h;
-        let mlp = 3 * h * self.intermediate_size;
+        let mlp = if self.arch.gated_mlp { 3 } else { 2 } * h * self.intermediate_size;
         let per_layer = q + kv + o + mlp + 2 * h;
         let embed = self.vocab_size * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        embed + head + self.num_hidden_layers * per_layer + h
+        let positions = match self.arch.positions {
+            Positions::Learned => self.max_position_embeddings * h,
+            Positions::Rope { .. } => 0,
+        };
+        embed + positions + head + self.num_hidden_layers * per_layer + h
+    }
+
+    /// The config as `config.json` holds it (what was read, plus anything set since).
+    pub fn to_json(&self) -> Value {
+        Value::Object(self.raw.clone())
+    }
+}
+
+/// Sizes every family has, read from the family's own field names.
+pub struct Sizes {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+}
+
+impl Sizes {
+    /// The Llama spelling (`hidden_size`, `num_attention_heads`, ...), shared by every family
+    /// but GPT-2.
+    pub fn llama_style(f: &Fields, default_tied: bool) -> Result<Self, String> {
+        let hidden_size = f.require_usize("hidden_size")?;
+        let num_attention_heads = f.require_usize("num_attention_heads")?;
+        if num_attention_heads == 0 {
+            return Err("`num_attention_heads` must be positive".into());
+        }
+        let head_dim = match f.usize("head_dim")? {
+            Some(d) => d,
+            None => {
+                if !hidden_size.is_multiple_of(num_attention_heads) {
+                    return Err(format!(
+                        "`hidden_size` ({hidden_size}) is not divisible by `num_attention_heads` ({num_attention_heads}) and there is no `head_dim`"
+                    ));
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        Ok(Sizes {
+            vocab_size: f.require_usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: f.require_usize("intermediate_size")?,
+            num_hidden_layers: f.require_usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads: f
+                .usize("num_key_value_heads")?
+                .unwrap_or(num_attention_heads),
+            head_dim,
+            max_position_embeddings: f.usize("max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(default_tied),
+        })
+    }
+}
+
+/// Reads RoPE settings from either spelling: transformers 4's top-level `rope_theta` and
+/// `rope_scaling`, or transformers 5's `rope_parameters` (which may be keyed by layer type, as
+/// Gemma 3's is). `layer_type` picks that key (`full_attention`, `sliding_attention`).
+pub fn read_rope(
+    f: &Fields,
+    layer_type: Option<&str>,
+    default_theta: f64,
+    head_dim: usize,
+    max_positions: usize,
+) -> Result<Rope, String> {
+    let params = f.get("rope_parameters").and_then(|p| p.as_object());
+    let params = match (params, layer_type) {
+        (Some(p), Some(kind)) if p.get(kind).is_some_and(|v| v.is_object()) => {
+            p.get(kind).and_then(|v| v.as_object())
+        }
+        (p, _) => p,
+    };
+    let scaling = f.get("rope_scaling").and_then(|v| v.as_object());
+    // Values in `rope_scaling` (v4) or `rope_parameters` (v5).
+    let source = scaling.or(params);
+    let theta = params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(|v| v.as_f64())
+        .map(Ok)
+        .unwrap_or_else(|| f.f64("rope_theta").map(|t| t.unwrap_or(default_theta)))?;
+    let partial = match params.and_then(|p| p.get("partial_rotary_factor")) {
+        Some(v) => v.as_f64(),
+        None => f.f64("partial_rotary_factor")?,
+    }
+    .unwrap_or(1.0);
+    let rotary_dim = (head_dim as f64 * partial) as usize;
+    let scaling = match source {
+        None => RopeScaling::None,
+        Some(s) => parse_scaling(s, max_positions)?,
+    };
+    Ok(Rope {
+        theta,
+        scaling,
+        rotary_dim,
+    })
+}
+
+fn parse_scaling(s: &Map<String, Value>, max_positions: usize) -> Result<RopeScaling, String> {
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| s.get(key).and_then(|v| v.as_f64());
+    let need = |key: &str| {
+        num(key).ok_or_else(|| format!("`rope_scaling.{key}` is missing for rope type `{kind}`"))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
+            high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
+            original_max_position_embeddings: num("original_max_position_embeddings")
+                .unwrap_or(8192.0),
+        },
+        "yarn" => {
+            let original = num("original_max_position_embeddings");
+            // transformers: with an explicit original length, the factor is the ratio of the
+            // configured length to it.
+            let factor = match original {
+                Some(orig) if orig > 0.0 => max_positions as f64 / orig,
+                _ => need("factor")?,
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original.unwrap_or(max_positions as f64),
+                beta_fast: num("beta_fast").unwrap_or(32.0),
+                beta_slow: num("beta_slow").unwrap_or(1.0),
+                attention_factor: num("attention_factor"),
+                mscale: num("mscale"),
+                mscale_all_dim: num("mscale_all_dim"),
+                truncate: s.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true),
+            }
+        }
+        "dynamic" => RopeScaling::Dynamic {
+            factor: need("factor")?,
+            original_max_position_embeddings: max_positions,
+        },
+        other => {
+            return Err(format!(
+                "`rope_scaling` type `{other}` is not supported (default, linear, llama3, yarn, dynamic)"
+            ));
+        }
+    })
+}
+
+impl Rope {
+    /// Inverse frequencies (f32, as transformers computes them) and the factor cos/sin are
+    /// scaled by (YaRN's attention factor; 1 otherwise). `seq_len` matters only for dynamic
+    /// scaling: the longest position + 1 of the forward pass.
+    pub fn inv_freq(&self, seq_len: usize) -> (Vec<f32>, f32) {
+        let d = self.rotary_dim;
+        let base_freq = |theta: f64| -> Vec<f32> {
+            (0..d / 2)
+                .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / d as f32))
+                .collect()
+        };
+        match &self.scaling {
+            RopeScaling::None => (base_freq(self.theta), 1.0),
+            RopeScaling::Linear { factor } => (
+                base_freq(self.theta)
+                    .into_iter()
+                    .map(|f| f / *factor as f32)
+                    .collect(),
+                1.0,
+            ),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let (factor, low, high, old_ctx) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                    *original_max_position_embeddings as f32,
+                );
+                let low_wavelen = old_ctx / low;
+                let high_wavelen = old_ctx / high;
+                let inv = base_freq(self.theta)
+                    .into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen > low_wavelen {
+                            f / factor
+                        } else if wavelen >= high_wavelen {
+                            let smooth = (old_ctx / wavelen - low) / (high - low);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        } else {
+                            f
+                        }
+                    })
+                    .collect();
+                (inv, 1.0)
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                mscale,
+                mscale_all_dim,
+                truncate,
+            } => {
+                let get_mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
+                let attention =
+                    attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
+                        (Some(m), Some(all)) if *m != 0.0 && *all != 0.0 => {
+                            get_mscale(*factor, *m) / get_mscale(*factor, *all)
+                        }
+                        _ => get_mscale(*factor, 1.0),
+                    });
+                let dim = d as f64;
+                let correction = |rotations: f64| {
+                    dim * (original_max_position_embeddings
+                        / (rotations * 2.0 * std::f64::consts::PI))
+                        .ln()
+                        / (2.0 * self.theta.ln())
+                };
+                let (mut low, mut high) = (correction(*beta_fast), correction(*beta_slow));
+                if *truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let low = low.max(0.0);
+                let high = high.min(dim - 1.0);
+                let high = if low == high { high + 0.001 } else { high };
+                let pos_freqs: Vec<f32> = (0..d / 2)
+                    .map(|i| (self.theta as f32).powf((2 * i) as f32 / d as f32))
+                    .collect();
+                let inv = pos_freqs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let ramp =
+                            ((i as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
+                        let extrapolation = 1.0 - ramp;
+                        let interp = 1.0 / (*factor as f32 * p);
+                        let extra = 1.0 / p;
+                        interp * (1.0 - extrapolation) + extra * extrapolation
+                    })
+                    .collect();
+                (inv, attention as f32)
+            }
+            RopeScaling::Dynamic {
+                factor,
+                original_max_position_embeddings,
+            } => {
+                let orig = *original_max_position_embeddings;
+                if seq_len <= orig {
+                    return (base_freq(self.theta), 1.0);
+                }
+                let dim = d as f64;
+                let theta = self.theta
+                    * ((factor * seq_len as f64 / orig as f64) - (factor - 1.0))
+                        .powf(dim / (dim - 2.0));
+                (base_freq(theta), 1.0)
+            }
+        }
+    }
+}
+
+/// `serde_json::from_value::<ModelConfig>(json)` reads a `config.json` value through
+/// [`ModelConfig::from_json`], so its errors name the field.
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        ModelConfig::from_json(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serialises as the `config.json` it was read from.
+impl Serialize for ModelConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
     }
 }

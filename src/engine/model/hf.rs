@@ -9,14 +9,17 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
-use super::{Heads, Llama, LlamaConfig, LoadedModel, ModelError, WeightReader, WeightWriter};
-use crate::engine::tokenizer::Tokenizer;
-use crate::engine::weights::{HostTensor, NamedTensors};
+use super::tokenizer::Tokenizer;
+use super::weights::{HostTensor, NamedTensors};
+use super::{
+    CausalLm, Heads, LoadedModel, ModelConfig, ModelError, WeightReader, WeightWriter, families,
+};
 
 /// A checkpoint read from disk, not yet placed on a device.
 pub struct Checkpoint {
     pub source: PathBuf,
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
+    /// Under the family's checkpoint names (converted to canonical names by `build`).
     pub tensors: NamedTensors,
     /// Absent in folders that ship weights only (tests, some exports).
     pub tokenizer: Option<Tokenizer>,
@@ -30,7 +33,7 @@ const SCORE_HEAD_INIT_SEED: u64 = 0x5c0e;
 
 impl Checkpoint {
     pub fn from_gguf(path: &Path) -> Result<Self, ModelError> {
-        let g = crate::engine::gguf::load_llama_as_hf(path)?;
+        let g = super::gguf::load_as_hf(path)?;
         let config = parse_config(path, g.config)?;
         Ok(Self {
             source: path.into(),
@@ -42,7 +45,13 @@ impl Checkpoint {
     }
 
     /// Places the weights on `device` as a model with the requested heads.
-    pub fn build(self, device: &Device, heads: Heads) -> Result<LoadedModel, ModelError> {
+    pub fn build(mut self, device: &Device, heads: Heads) -> Result<LoadedModel, ModelError> {
+        families::to_canonical(self.config.family, &self.config, &mut self.tensors).map_err(
+            |message| ModelError::Format {
+                path: self.source.clone(),
+                message,
+            },
+        )?;
         let mut reader = WeightReader::new(self.tensors, device);
         let with_score = matches!(heads, Heads::Score | Heads::Both);
         if with_score {
@@ -54,7 +63,7 @@ impl Checkpoint {
             );
         }
         let with_lm = matches!(heads, Heads::Lm | Heads::Both);
-        let model = Llama::from_weights(&self.config, &mut reader, with_lm, with_score)?;
+        let model = CausalLm::from_weights(&self.config, &mut reader, with_lm, with_score)?;
         Ok(LoadedModel {
             config: self.config,
             model,
@@ -64,49 +73,11 @@ impl Checkpoint {
     }
 }
 
-fn parse_config(source: &Path, mut value: serde_json::Value) -> Result<LlamaConfig, ModelError> {
-    // transformers 5 moved `rope_theta` / `rope_scaling` into `rope_parameters`; files written
-    // by transformers 4 (most of the hub) keep them at the top level. Accept both.
-    if let Some(obj) = value.as_object_mut()
-        && let Some(params) = obj.get("rope_parameters").cloned()
-    {
-        if !obj.contains_key("rope_theta")
-            && let Some(theta) = params.get("rope_theta")
-        {
-            obj.insert("rope_theta".into(), theta.clone());
-        }
-        let kind = params
-            .get("rope_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
-        if kind != "default" && !obj.contains_key("rope_scaling") {
-            obj.insert("rope_scaling".into(), params);
-        }
-    }
-    let model_type = value
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
-    const LLAMA_FAMILY: [&str; 5] = ["llama", "mistral", "qwen2", "smollm", "smollm2"];
-    if !model_type.is_empty() && !LLAMA_FAMILY.contains(&model_type.as_str()) {
-        return Err(ModelError::Config {
-            path: source.into(),
-            message: format!(
-                "model_type `{model_type}` is not supported yet (Llama family: {})",
-                LLAMA_FAMILY.join(", ")
-            ),
-        });
-    }
-    let config: LlamaConfig = serde_json::from_value(value).map_err(|e| ModelError::Config {
-        path: source.into(),
-        message: e.to_string(),
-    })?;
-    config.validate().map_err(|message| ModelError::Config {
+fn parse_config(source: &Path, value: serde_json::Value) -> Result<ModelConfig, ModelError> {
+    ModelConfig::from_json(value).map_err(|message| ModelError::Config {
         path: source.into(),
         message,
-    })?;
-    Ok(config)
+    })
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
@@ -238,8 +209,8 @@ pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<(), Mode
 /// where a good one was.
 pub fn save_dir(
     dir: &Path,
-    config: &LlamaConfig,
-    model: &Llama,
+    config: &ModelConfig,
+    model: &CausalLm,
     tokenizer: Option<&Tokenizer>,
     generation_config: Option<&serde_json::Value>,
 ) -> Result<(), ModelError> {
@@ -250,28 +221,24 @@ pub fn save_dir(
     fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     let mut writer = WeightWriter::default();
     model.to_weights(&mut writer);
+    families::from_canonical(config.family, config, &mut writer.tensors);
     write_safetensors(&tmp.join("model.safetensors"), &writer.tensors)?;
-    let mut config_json = serde_json::to_value(config).map_err(|e| ModelError::Format {
-        path: dir.into(),
-        message: e.to_string(),
-    })?;
+    let mut config_json = config.to_json();
     if let Some(obj) = config_json.as_object_mut() {
-        let arch =
-            if model.score.is_some() && model.lm_head.is_none() && !config.tie_word_embeddings {
-                "LlamaForSequenceClassification"
-            } else {
-                "LlamaForCausalLM"
-            };
-        obj.insert("architectures".into(), serde_json::json!([arch]));
+        let classifier =
+            model.score.is_some() && model.lm_head.is_none() && !config.tie_word_embeddings;
+        obj.insert(
+            "architectures".into(),
+            serde_json::json!([config.family.architecture(classifier)]),
+        );
         if model.score.is_some() {
             obj.insert("num_labels".into(), serde_json::json!(1));
         }
         obj.insert("torch_dtype".into(), serde_json::json!("float32"));
-        obj.entry("model_type")
-            .or_insert(serde_json::json!("llama"));
-        if obj.get("model_type").and_then(|v| v.as_str()) == Some("") {
-            obj.insert("model_type".into(), serde_json::json!("llama"));
-        }
+        obj.insert(
+            "model_type".into(),
+            serde_json::json!(config.family.model_type()),
+        );
     }
     write_json(&tmp.join("config.json"), &config_json)?;
     if let Some(g) = generation_config {

@@ -1,10 +1,21 @@
-//! Language models: the Llama-family decoder, its config, Hugging Face folders and GGUF files
-//! in and out, and the KV cache used by sampling.
+//! Language models, all in one place:
+//! - the families (`families/`: one file each, what differs from Llama) and the blocks they
+//!   share (`blocks.rs`), assembled by one decoder (`decoder.rs`), configured from
+//!   `config.json` (`config.rs`);
+//! - the formats: Hugging Face folders and safetensors (`hf.rs`), GGUF (`gguf.rs`), host
+//!   tensors by checkpoint name (`weights.rs`);
+//! - the tokenizer and chat templates (`tokenizer.rs`);
+//! - the KV cache used by sampling, and the CPU single-sequence decoder (`cpu_decode/`).
 
+pub mod blocks;
 pub mod config;
 pub mod cpu_decode;
+pub mod decoder;
+pub mod families;
+pub mod gguf;
 pub mod hf;
-pub mod llama;
+pub mod tokenizer;
+pub mod weights;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,12 +23,13 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::prelude::*;
 
-pub use config::LlamaConfig;
+pub use config::ModelConfig;
 pub use cpu_decode::{CpuDecoder, DecodeState};
-pub use llama::Llama;
+pub use decoder::CausalLm;
+pub use families::Family;
 
-use crate::engine::tokenizer::Tokenizer;
-use crate::engine::weights::{HostTensor, NamedTensors};
+use tokenizer::Tokenizer;
+use weights::{HostTensor, NamedTensors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -39,9 +51,9 @@ pub enum ModelError {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error(transparent)]
-    Gguf(#[from] crate::engine::gguf::GgufError),
+    Gguf(#[from] crate::engine::model::gguf::GgufError),
     #[error(transparent)]
-    Tokenizer(#[from] crate::engine::tokenizer::TokenizerError),
+    Tokenizer(#[from] crate::engine::model::tokenizer::TokenizerError),
 }
 
 impl ModelError {
@@ -335,8 +347,8 @@ impl KvCache {
 
 /// What `load` reads: the network, its config, its tokenizer and generation defaults.
 pub struct LoadedModel {
-    pub config: LlamaConfig,
-    pub model: Llama,
+    pub config: ModelConfig,
+    pub model: CausalLm,
     pub tokenizer: Option<Tokenizer>,
     pub generation_config: Option<serde_json::Value>,
 }

@@ -9,8 +9,8 @@ use burn::prelude::*;
 
 use super::{Completion, ModelLoader, RewardError, RewardModelConfig, RewardSource};
 use crate::engine::algo::sequences::{SeqBatch, last_token_scores};
-use crate::engine::model::{Heads, Llama, hf, host_f32};
-use crate::engine::tokenizer::Tokenizer;
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{CausalLm, Heads, hf, host_f32};
 
 /// Texts scored together; bounds activation memory on long completions.
 const SCORE_BATCH: usize = 32;
@@ -21,7 +21,7 @@ pub struct RewardModel {
     path: PathBuf,
     /// Shared so an RLHF run can swap in a retrained model while the source is in use
     /// ([`RewardModel::handle`]).
-    model: Arc<Mutex<Llama>>,
+    model: Arc<Mutex<CausalLm>>,
     tokenizer: Tokenizer,
     pad_id: u32,
     max_len: usize,
@@ -36,7 +36,7 @@ pub fn encode_for_scoring(
     tokenizer: &Tokenizer,
     prompt: &str,
     completion: &str,
-) -> Result<Vec<u32>, crate::engine::tokenizer::TokenizerError> {
+) -> Result<Vec<u32>, crate::engine::model::tokenizer::TokenizerError> {
     let mut ids = tokenizer.encode(prompt, true)?;
     if ids.is_empty()
         && let Some(bos) = tokenizer.bos_id()
@@ -105,7 +105,7 @@ impl RewardModel {
 
     /// The slot holding the model: replacing what it holds changes what this source scores
     /// with from the next batch on (RLHF's reward-model refresh).
-    pub fn handle(&self) -> Arc<Mutex<Llama>> {
+    pub fn handle(&self) -> Arc<Mutex<CausalLm>> {
         Arc::clone(&self.model)
     }
 
@@ -113,7 +113,7 @@ impl RewardModel {
         &self.tokenizer
     }
 
-    fn model(&self) -> MutexGuard<'_, Llama> {
+    fn model(&self) -> MutexGuard<'_, CausalLm> {
         // A panic while the lock was held left a whole model behind; keep using it.
         self.model.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -9,7 +9,7 @@
 //! transparent huge pages where Linux offers them), and each product is a set of dot products
 //! four rows at a time with AVX-512 or AVX2 where the CPU has them.
 //!
-//! The arithmetic is the model's own ([`Llama::hidden`] and [`Llama::logits`]): the same RoPE
+//! The arithmetic is the model's own ([`CausalLm::hidden`] and [`CausalLm::logits`]): the same RoPE
 //! tables, RMS norm in f32, grouped-query attention and SwiGLU; a test holds the logits to
 //! those of the Burn forward pass.
 
@@ -18,7 +18,7 @@ mod kernels;
 
 use rayon::prelude::*;
 
-use super::{Llama, host_f32};
+use super::{CausalLm, host_f32};
 use attention::{AttentionDims, attend_chunk, attend_one};
 use kernels::{dot_rows, huge_page_vec};
 
@@ -57,7 +57,7 @@ struct Layer {
     down: Projection,
 }
 
-/// A host copy of a [`Llama`]'s language-model path, laid out for one-row decoding.
+/// A host copy of a plain Llama-block [`CausalLm`]'s language-model path, laid out for one-row decoding.
 pub struct CpuDecoder {
     arena: Vec<f32>,
     layers: Vec<Layer>,
@@ -94,9 +94,19 @@ impl DecodeState {
 }
 
 impl CpuDecoder {
-    /// Copies the weights of `model` (on any device) into a decoder. The model's score head,
-    /// if any, is not copied: this decodes text.
-    pub fn from_model(model: &Llama) -> Self {
+    /// Whether this decoder implements `model`'s block: the plain Llama block (Llama, SmolLM,
+    /// Qwen2, Mistral without a window). Other families decode on the batched path.
+    pub fn supports(model: &CausalLm) -> bool {
+        let head_dim = model.layers.first().map_or(0, |l| l.self_attn.head_dim);
+        model.arch().is_plain_llama(head_dim)
+    }
+
+    /// Copies the weights of `model` (on any device) into a decoder, when [`Self::supports`]
+    /// it. The model's score head, if any, is not copied: this decodes text.
+    pub fn from_model(model: &CausalLm) -> Option<Self> {
+        if !Self::supports(model) {
+            return None;
+        }
         let [vocab, hidden] = model.embed_tokens.dims();
         let first = model.layers.first().map(|l| &l.self_attn);
         let (n_heads, n_kv_heads, head_dim) =
@@ -112,7 +122,7 @@ impl CpuDecoder {
             total += h.weight.dims().iter().product::<usize>();
         }
         let mut arena = huge_page_vec(total);
-        let push_linear = |arena: &mut Vec<f32>, linear: &super::llama::Linear| {
+        let push_linear = |arena: &mut Vec<f32>, linear: &super::blocks::Linear| {
             // Burn keeps `[in, out]`; the dot products want `[out, in]`.
             let [cols, rows] = linear.weight.dims();
             let offset = arena.len();
@@ -128,13 +138,13 @@ impl CpuDecoder {
             let m = &l.mlp;
             // Arena order = reading order within a token.
             layers.push(Layer {
-                input_norm: host_f32(l.input_layernorm.weight.val()),
+                input_norm: host_f32(l.attn_norm.as_ref()?.weight.val()),
                 q: push_linear(&mut arena, &a.q_proj),
                 k: push_linear(&mut arena, &a.k_proj),
                 v: push_linear(&mut arena, &a.v_proj),
                 o: push_linear(&mut arena, &a.o_proj),
-                post_norm: host_f32(l.post_attention_layernorm.weight.val()),
-                gate: push_linear(&mut arena, &m.gate_proj),
+                post_norm: host_f32(l.mlp_norm.as_ref()?.weight.val()),
+                gate: push_linear(&mut arena, m.gate_proj.as_ref()?),
                 up: push_linear(&mut arena, &m.up_proj),
                 down: push_linear(&mut arena, &m.down_proj),
             });
@@ -149,8 +159,9 @@ impl CpuDecoder {
             cols: hidden,
         };
         arena.extend(host_f32(model.embed_tokens.val()));
-        let (rope_cos, rope_sin) = model.rope_host();
-        Self {
+        let max_positions = model_max_positions(model);
+        let (rope_cos, rope_sin) = model.rope_host(max_positions)?;
+        Some(Self {
             arena,
             layers,
             embed,
@@ -160,10 +171,10 @@ impl CpuDecoder {
             n_heads,
             n_kv_heads,
             head_dim,
-            max_positions: rope_cos.len() / head_dim.max(1),
+            max_positions,
             rope_cos,
             rope_sin,
-        }
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -439,20 +450,22 @@ impl CpuDecoder {
     }
 }
 
-impl super::llama::DecoderLayer {
-    /// The seven projections, in arena order.
-    fn linears(&self) -> [&super::llama::Linear; 7] {
+impl super::decoder::DecoderLayer {
+    /// The projections, in arena order.
+    fn linears(&self) -> impl Iterator<Item = &super::blocks::Linear> {
         let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+            .into_iter()
+            .chain(m.gate_proj.as_ref())
+            .chain([&m.up_proj, &m.down_proj])
     }
+}
+
+/// Positions the decoder's rotary tables cover: the config's maximum, capped so a 131k-context
+/// model does not hold gigabytes of tables (longer generations stop at the cap).
+fn model_max_positions(model: &CausalLm) -> usize {
+    const CAP: usize = 32_768;
+    model.max_positions().min(CAP)
 }
 
 /// One thread's share of a product: rows of a weight matrix (from the block's first row),
@@ -463,7 +476,7 @@ struct RowBlock<'a> {
     bias: Option<&'a [f32]>,
 }
 
-/// RMS norm in f32 as [`super::llama::RmsNorm`]: `x / sqrt(mean(x^2) + eps) * weight`.
+/// RMS norm in f32 as [`super::blocks::Norm`]: `x / sqrt(mean(x^2) + eps) * weight`.
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (mean + eps).sqrt();

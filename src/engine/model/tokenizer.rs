@@ -23,7 +23,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use crate::engine::gguf::{GgufError, GgufFile};
+use crate::engine::model::gguf::{GgufError, GgufFile};
 
 /// One chat turn, as Hugging Face chat templates expect it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -84,6 +84,39 @@ pub enum TokenizerError {
     Template { cause: minijinja::Error },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// SentencePiece BPE merges rebuilt from piece scores, as transformers does for a GGUF
+/// without merges: every split of a piece into two known pieces, ranked by the merged piece's
+/// score (ties by the parts' scores), best first.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> {
+    let score: std::collections::HashMap<&str, f64> =
+        tokens.iter().copied().zip(scores.iter().copied()).collect();
+    let mut ranked: Vec<(f64, f64, f64, usize, String, String)> = Vec::new();
+    for (order, (piece, &piece_score)) in tokens.iter().zip(scores).enumerate() {
+        let bounds: Vec<usize> = piece.char_indices().map(|(i, _)| i).skip(1).collect();
+        for i in bounds {
+            let (left, right) = piece.split_at(i);
+            if let (Some(&l), Some(&r)) = (score.get(left), score.get(right)) {
+                ranked.push((
+                    piece_score,
+                    l,
+                    r,
+                    order,
+                    left.to_string(),
+                    right.to_string(),
+                ));
+            }
+        }
+    }
+    // A stable sort on (piece score desc); within one piece, (left, right) scores desc.
+    ranked.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.3.cmp(&b.3))
+            .then(b.1.total_cmp(&a.1))
+            .then(b.2.total_cmp(&a.2))
+    });
+    ranked.into_iter().map(|m| (m.4, m.5)).collect()
 }
 
 /// Rendered when a model has no chat template of its own.
@@ -271,45 +304,71 @@ impl Tokenizer {
     }
 
     /// Rebuilds the tokenizer embedded in a GGUF file (`tokenizer.ggml.*`), as transformers
-    /// does when loading a GGUF: byte-level BPE over the token list and merges, with control
-    /// tokens (type 3) as special tokens. Only `gpt2` (byte-level BPE) tokenizers are
-    /// supported; SentencePiece (`llama`) vocabularies are refused.
+    /// does when loading a GGUF:
+    /// - `gpt2`: byte-level BPE over the token list and merges;
+    /// - `llama` (SentencePiece BPE, as Llama 2, Mistral, Gemma and Phi-3 ship): BPE with byte
+    ///   fallback over the pieces, merges ranked by the merged piece's score when the file has
+    ///   none, spaces as `▁` (with a leading `▁` when `add_space_prefix`).
+    ///
+    /// Control tokens (type 3) become special tokens.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, TokenizerError> {
         let invalid = |what: String| TokenizerError::GgufTokenizer {
             path: gguf.path().to_path_buf(),
             what,
         };
         let model = gguf.require_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(invalid(format!(
-                "tokenizer model `{model}` is not supported (rlft reads byte-level BPE, `gpt2`)"
-            )));
-        }
+        let sentencepiece = match model {
+            "gpt2" => false,
+            "llama" => true,
+            other => {
+                return Err(invalid(format!(
+                    "tokenizer model `{other}` is not supported (rlft reads `gpt2` byte-level BPE and `llama` SentencePiece BPE)"
+                )));
+            }
+        };
         let tokens = gguf
             .get_str_array("tokenizer.ggml.tokens")?
             .ok_or_else(|| GgufError::MissingKey {
                 path: gguf.path().to_path_buf(),
                 key: "tokenizer.ggml.tokens".into(),
             })?;
-        let merges = gguf
-            .get_str_array("tokenizer.ggml.merges")?
-            .ok_or_else(|| GgufError::MissingKey {
-                path: gguf.path().to_path_buf(),
-                key: "tokenizer.ggml.merges".into(),
-            })?;
-        let merges = merges
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "merge #{i} `{m}` is not two tokens separated by a space"
-                        ))
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let merges = match gguf.get_str_array("tokenizer.ggml.merges")? {
+            Some(merges) => merges
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    m.split_once(' ')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "merge #{i} `{m}` is not two tokens separated by a space"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None if sentencepiece => {
+                let scores = gguf
+                    .get_f64_array("tokenizer.ggml.scores")?
+                    .ok_or_else(|| GgufError::MissingKey {
+                        path: gguf.path().to_path_buf(),
+                        key: "tokenizer.ggml.scores".into(),
+                    })?;
+                if scores.len() != tokens.len() {
+                    return Err(invalid(format!(
+                        "{} scores for {} tokens",
+                        scores.len(),
+                        tokens.len()
+                    )));
+                }
+                merges_from_scores(&tokens, &scores)
+            }
+            None => {
+                return Err(TokenizerError::Gguf(GgufError::MissingKey {
+                    path: gguf.path().to_path_buf(),
+                    key: "tokenizer.ggml.merges".into(),
+                }));
+            }
+        };
         let types = gguf.get_i64_array("tokenizer.ggml.token_type")?;
         if let Some(types) = &types
             && types.len() != tokens.len()
@@ -356,22 +415,55 @@ impl Tokenizer {
             .map_err(|e| invalid(format!("cannot build BPE model: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
 
-        let pre: PreTokenizerWrapper = match gguf.get_str("tokenizer.ggml.pre")? {
-            // SmolLM's HF tokenizer splits digits individually before the byte-level split.
-            Some("smollm") => {
-                Sequence::new(vec![Digits::new(true).into(), byte_level().into()]).into()
+        if sentencepiece {
+            // As transformers 5 writes these tokenizers: a Metaspace pre-tokenizer that adds
+            // `▁` before the first word only (Llama 2, Mistral, Phi-3), or spaces replaced by
+            // `▁` without a prefix (Gemma, `add_space_prefix = false`).
+            use tokenizers::decoders::byte_fallback::ByteFallback;
+            use tokenizers::decoders::fuse::Fuse;
+            use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+            use tokenizers::decoders::strip::Strip;
+            use tokenizers::normalizers::Replace;
+            use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+            let space_prefix = gguf
+                .get_bool("tokenizer.ggml.add_space_prefix")?
+                .unwrap_or(true);
+            let replace = |a: &str, b: &str| {
+                Replace::new(a, b).map_err(|e| invalid(format!("normalizer: {e}")))
+            };
+            let mut decoders = vec![
+                replace("\u{2581}", " ")?.into(),
+                ByteFallback::default().into(),
+                Fuse::default().into(),
+            ];
+            if space_prefix {
+                inner.with_pre_tokenizer(Some(Metaspace::new(
+                    '\u{2581}',
+                    PrependScheme::First,
+                    false,
+                )));
+                decoders.push(Strip::new(' ', 1, 0).into());
+            } else {
+                inner.with_normalizer(Some(replace(" ", "\u{2581}")?));
             }
-            Some("llama-bpe" | "llama3") => regex_then_bytes(LLAMA3_REGEX)
-                .map_err(|e| invalid(format!("pre-tokenizer: {e}")))?,
-            Some("qwen2") => {
-                regex_then_bytes(QWEN2_REGEX).map_err(|e| invalid(format!("pre-tokenizer: {e}")))?
-            }
-            // "gpt2", "default" and names rlft does not know: GPT-2's split, which is also
-            // what transformers uses for every GGUF byte-level tokenizer.
-            _ => byte_level().into(),
-        };
-        inner.with_pre_tokenizer(Some(pre));
-        inner.with_decoder(Some(byte_level()));
+            inner.with_decoder(Some(DecoderSequence::new(decoders)));
+        } else {
+            let pre: PreTokenizerWrapper = match gguf.get_str("tokenizer.ggml.pre")? {
+                // SmolLM's HF tokenizer splits digits individually before the byte-level split.
+                Some("smollm") => {
+                    Sequence::new(vec![Digits::new(true).into(), byte_level().into()]).into()
+                }
+                Some("llama-bpe" | "llama3") => regex_then_bytes(LLAMA3_REGEX)
+                    .map_err(|e| invalid(format!("pre-tokenizer: {e}")))?,
+                Some("qwen2") => regex_then_bytes(QWEN2_REGEX)
+                    .map_err(|e| invalid(format!("pre-tokenizer: {e}")))?,
+                // "gpt2", "default" and names rlft does not know: GPT-2's split, which is also
+                // what transformers uses for every GGUF byte-level tokenizer.
+                _ => byte_level().into(),
+            };
+            inner.with_pre_tokenizer(Some(pre));
+            inner.with_decoder(Some(byte_level()));
+        }
 
         let added_token = |id: usize, special: bool| {
             AddedToken::from(tokens[id].to_string(), special).normalized(false)
@@ -1067,7 +1159,7 @@ mod tests {
 
     /// A tiny GGUF vocabulary exercising BOS insertion, token types and the llama3 split.
     fn tiny_gguf(pre: &str, with_types: bool) -> tempfile::NamedTempFile {
-        let mut w = crate::engine::gguf::test_writer::Writer::new();
+        let mut w = crate::engine::model::gguf::test_writer::Writer::new();
         let tokens = [
             "<s>", "</s>", "a", "b", "ab", "Ġ", "Ġab", "1", "2", "12", "<tool>",
         ];
@@ -1107,7 +1199,7 @@ mod tests {
         assert_eq!(tok.encode("</s>", false).unwrap(), vec![1]);
         assert!(regex_then_bytes(QWEN2_REGEX).is_ok());
         // A SentencePiece vocabulary is refused with the file named.
-        let mut w = crate::engine::gguf::test_writer::Writer::new();
+        let mut w = crate::engine::model::gguf::test_writer::Writer::new();
         w.kv_str("tokenizer.ggml.model", "llama");
         let tmp = w.write();
         let err = Tokenizer::from_gguf(&GgufFile::open(tmp.path()).unwrap()).unwrap_err();

@@ -1,9 +1,10 @@
 //! GGUF reader (llama.cpp's single-file model format, versions 2 and 3).
 //!
 //! rlft trains in f32, so every tensor is dequantised on load into a [`HostTensor`] in
-//! PyTorch layout; quantised blocks are decoded exactly as ggml does. [`load_llama_as_hf`]
-//! turns a llama GGUF into what a Hugging Face checkpoint would contain (config.json, HF
-//! tensor names, tokenizer), so the model code only ever sees one naming scheme.
+//! PyTorch layout; quantised blocks are decoded exactly as ggml does. [`load_as_hf`]
+//! turns a GGUF of any supported family into what the Hugging Face checkpoint it was converted
+//! from would contain (config.json, HF tensor names and layouts, tokenizer), so the model code
+//! only ever sees one naming scheme.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +14,9 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use serde_json::json;
 
-use crate::engine::tokenizer::{Tokenizer, TokenizerError};
-use crate::engine::weights::{HostTensor, NamedTensors};
+use crate::engine::model::Family;
+use crate::engine::model::tokenizer::{Tokenizer, TokenizerError};
+use crate::engine::model::weights::{HostTensor, NamedTensors};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -530,6 +532,13 @@ impl GgufFile {
         })
     }
 
+    /// Optional array of numbers (token scores).
+    pub fn get_f64_array(&self, key: &str) -> Result<Option<Vec<f64>>, GgufError> {
+        self.typed(key, "an array of numbers", |v| {
+            v.as_array()?.iter().map(GgufValue::as_f64).collect()
+        })
+    }
+
     /// Optional array of integers (token types).
     pub fn get_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>, GgufError> {
         self.typed(key, "an array of integers", |v| {
@@ -931,123 +940,358 @@ pub struct GgufModel {
     pub generation_config: Option<serde_json::Value>,
 }
 
+/// What a llama.cpp tensor is in a Hugging Face checkpoint of `family`: its name there, and
+/// what llama.cpp's converter did to it that loading must undo.
+#[derive(Clone, Debug, PartialEq)]
+struct HfTensor {
+    name: String,
+    fix: Fix,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fix {
+    None,
+    /// Rows permuted into the interleaved rotary layout, over this many heads (Llama, Granite).
+    Unpermute(QkKind),
+    /// Stored as `1 + w` (Gemma norms).
+    MinusOne,
+    /// A Conv1D weight the converter transposed to `[out, in]` (GPT-2).
+    ToConv1d,
+}
+
 /// Which of q/k a tensor is, so its rows can be un-permuted.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum QkKind {
     Q,
     K,
 }
 
-/// Maps a llama GGUF tensor name to its HF name (and whether its rows need un-permuting).
-/// `Some(None)` means "no HF counterpart, skip" (e.g. precomputed rope frequencies); `None`
-/// means the name is unknown, which the caller reports rather than silently dropping a
-/// weight.
-fn hf_tensor_name(name: &str) -> Option<Option<(String, Option<QkKind>)>> {
-    let plain = |s: &str| Some(Some((s.to_string(), None)));
-    match name {
-        "token_embd.weight" => return plain("model.embed_tokens.weight"),
-        "output_norm.weight" => return plain("model.norm.weight"),
-        "output.weight" => return plain("lm_head.weight"),
-        "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight" => {
-            return Some(None);
-        }
-        _ => {}
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (part, suffix) = rest.rsplit_once('.')?;
+/// Maps a llama.cpp tensor name to its Hugging Face name for `family`. `Some(None)` means "no
+/// HF counterpart, skip" (e.g. precomputed rope frequencies); `None` means the name is
+/// unknown, which the caller reports rather than silently dropping a weight.
+fn hf_tensor_name(name: &str, family: Family) -> Option<Option<HfTensor>> {
+    use crate::engine::model::config::NormPlacement;
+    let plain = |s: &str| {
+        Some(Some(HfTensor {
+            name: s.to_string(),
+            fix: Fix::None,
+        }))
+    };
+    let gemma = matches!(family, Family::Gemma | Family::Gemma2 | Family::Gemma3);
+    let (prefix, suffix) = name.rsplit_once('.')?;
     if suffix != "weight" && suffix != "bias" {
         return None;
     }
-    let (hf, qk) = match part {
-        "attn_norm" => ("input_layernorm", None),
-        "ffn_norm" => ("post_attention_layernorm", None),
-        "attn_q" => ("self_attn.q_proj", Some(QkKind::Q)),
-        "attn_k" => ("self_attn.k_proj", Some(QkKind::K)),
-        "attn_v" => ("self_attn.v_proj", None),
-        "attn_output" => ("self_attn.o_proj", None),
-        "ffn_gate" => ("mlp.gate_proj", None),
-        "ffn_up" => ("mlp.up_proj", None),
-        "ffn_down" => ("mlp.down_proj", None),
-        "attn_rot_embd" => return Some(None),
+    let norm_fix = |n: &str| {
+        if gemma && suffix == "weight" && n.ends_with("norm") {
+            Fix::MinusOne
+        } else {
+            Fix::None
+        }
+    };
+    if family == Family::Gpt2 {
+        let top = match prefix {
+            "token_embd" => Some("transformer.wte"),
+            "position_embd" => Some("transformer.wpe"),
+            "output_norm" => Some("transformer.ln_f"),
+            "output" => Some("lm_head"),
+            _ => None,
+        };
+        if let Some(top) = top {
+            return plain(&format!("{top}.{suffix}"));
+        }
+        let rest = prefix.strip_prefix("blk.")?;
+        let (layer, part) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let (hf, conv) = match part {
+            "attn_norm" => ("ln_1", false),
+            "attn_qkv" => ("attn.c_attn", true),
+            "attn_output" => ("attn.c_proj", true),
+            "ffn_norm" => ("ln_2", false),
+            "ffn_up" => ("mlp.c_fc", true),
+            "ffn_down" => ("mlp.c_proj", true),
+            _ => return None,
+        };
+        let fix = if conv && suffix == "weight" {
+            Fix::ToConv1d
+        } else {
+            Fix::None
+        };
+        return Some(Some(HfTensor {
+            name: format!("transformer.h.{layer}.{hf}.{suffix}"),
+            fix,
+        }));
+    }
+    match prefix {
+        "token_embd" => return plain(&format!("model.embed_tokens.{suffix}")),
+        "output_norm" => {
+            return Some(Some(HfTensor {
+                name: format!("model.norm.{suffix}"),
+                fix: norm_fix("output_norm"),
+            }));
+        }
+        "output" => return plain(&format!("lm_head.{suffix}")),
+        "rope_freqs" | "rope_factors_long" | "rope_factors_short" => return Some(None),
+        _ => {}
+    }
+    let rest = prefix.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    // Llama-architecture converters (Llama, Mistral, Granite) permute q and k.
+    let permuted = matches!(family, Family::Llama | Family::Mistral | Family::Granite);
+    let placement = match family {
+        Family::Gemma2 | Family::Gemma3 => NormPlacement::Sandwich,
+        Family::Olmo2 => NormPlacement::Post,
+        _ => NormPlacement::Pre,
+    };
+    let (hf, fix) = match (part, placement) {
+        ("attn_q", _) if permuted => ("self_attn.q_proj", Fix::Unpermute(QkKind::Q)),
+        ("attn_k", _) if permuted => ("self_attn.k_proj", Fix::Unpermute(QkKind::K)),
+        ("attn_q", _) => ("self_attn.q_proj", Fix::None),
+        ("attn_k", _) => ("self_attn.k_proj", Fix::None),
+        ("attn_v", _) => ("self_attn.v_proj", Fix::None),
+        ("attn_output", _) => ("self_attn.o_proj", Fix::None),
+        ("attn_qkv", _) if family == Family::Phi3 => ("self_attn.qkv_proj", Fix::None),
+        ("attn_q_norm", _) => ("self_attn.q_norm", norm_fix(part)),
+        ("attn_k_norm", _) => ("self_attn.k_norm", norm_fix(part)),
+        ("ffn_gate", _) => ("mlp.gate_proj", Fix::None),
+        ("ffn_up", _) if family == Family::Phi3 => ("mlp.gate_up_proj", Fix::None),
+        ("ffn_up", _) => ("mlp.up_proj", Fix::None),
+        ("ffn_down", _) => ("mlp.down_proj", Fix::None),
+        ("attn_norm", NormPlacement::Pre | NormPlacement::Sandwich) => {
+            ("input_layernorm", norm_fix(part))
+        }
+        ("ffn_norm", NormPlacement::Pre) => ("post_attention_layernorm", norm_fix(part)),
+        ("ffn_norm", NormPlacement::Sandwich) => ("pre_feedforward_layernorm", norm_fix(part)),
+        ("post_attention_norm", NormPlacement::Sandwich | NormPlacement::Post) => {
+            ("post_attention_layernorm", norm_fix(part))
+        }
+        ("post_ffw_norm", NormPlacement::Sandwich | NormPlacement::Post) => {
+            ("post_feedforward_layernorm", norm_fix(part))
+        }
+        ("attn_rot_embd", _) => return Some(None),
         _ => return None,
     };
-    Some(Some((format!("model.layers.{layer}.{hf}.{suffix}"), qk)))
+    Some(Some(HfTensor {
+        name: format!("model.layers.{layer}.{hf}.{suffix}"),
+        fix,
+    }))
 }
 
-/// Loads a llama-architecture GGUF as a Hugging Face `LlamaForCausalLM` checkpoint:
-/// config.json values from `llama.*` metadata, HF tensor names, Q/K rows restored to HF
-/// order, and the embedded tokenizer.
-pub fn load_llama_as_hf(path: &Path) -> Result<GgufModel, GgufError> {
-    let file = GgufFile::open(path)?;
-    let arch = file.require_str("general.architecture")?;
-    if arch != "llama" {
-        return Err(GgufError::UnsupportedArchitecture {
-            path: path.to_path_buf(),
-            arch: arch.to_string(),
-        });
-    }
-    let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| GgufError::Tokenizer(Box::new(e)))?;
-
-    let hidden = file.require_u64("llama.embedding_length")?;
-    let n_head = file.require_u64("llama.attention.head_count")?;
+/// `config.json` fields of `family` from a GGUF's `<arch>.*` metadata.
+fn hf_config(
+    file: &GgufFile,
+    family: Family,
+    tokenizer: &Tokenizer,
+) -> Result<serde_json::Value, GgufError> {
+    let arch = file.require_str("general.architecture")?.to_string();
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = file.require_u64(&key("embedding_length"))?;
+    let n_head = file.require_u64(&key("attention.head_count"))?;
     let n_kv_head = file
-        .get_u64("llama.attention.head_count_kv")?
+        .get_u64(&key("attention.head_count_kv"))?
         .unwrap_or(n_head);
     if n_head == 0 || n_kv_head == 0 {
         return Err(GgufError::Malformed {
-            path: path.to_path_buf(),
+            path: file.path().to_path_buf(),
             what: "attention head counts must be positive".to_string(),
         });
     }
-    let head_dim = match file.get_u64("llama.attention.key_length")? {
+    let head_dim = match file.get_u64(&key("attention.key_length"))? {
         Some(d) => d,
         None => hidden / n_head,
     };
-    let vocab_size = match file.get_u64("llama.vocab_size")? {
+    let vocab_size = match file.get_u64(&key("vocab_size"))? {
         Some(v) => v,
         None => tokenizer.vocab_size() as u64,
     };
-    let has_output = file.tensor_info("output.weight").is_some();
+    let tied = file.tensor_info("output.weight").is_none();
+    let layers = file.require_u64(&key("block_count"))?;
+    let context = file.get_u64(&key("context_length"))?.unwrap_or(2048);
+    // The MLP width from the weights: the metadata can be wrong (GPT-2's converter writes
+    // 4 x hidden whatever `n_inner` is).
+    let ff = match file.tensor_info("blk.0.ffn_down.weight") {
+        Some(t) if t.shape().len() == 2 => t.shape()[1] as u64,
+        _ => file.require_u64(&key("feed_forward_length"))?,
+    };
+    if family == Family::Gpt2 {
+        return Ok(json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "n_embd": hidden,
+            "n_head": n_head,
+            "n_layer": layers,
+            "n_positions": context,
+            "n_inner": ff,
+            "vocab_size": vocab_size,
+            "layer_norm_epsilon": file.get_f64(&key("attention.layer_norm_epsilon"))?.unwrap_or(1e-5),
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": tied,
+            "torch_dtype": "float32",
+        }));
+    }
     let has_bias = file
         .tensor_infos()
         .iter()
-        .any(|t| t.name.ends_with(".bias"));
-
+        .any(|t| t.name.ends_with("attn_q.bias") || t.name.ends_with("attn_qkv.bias"));
     let mut config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [family.architecture(false)],
+        "model_type": family.model_type(),
         "hidden_size": hidden,
-        "intermediate_size": file.require_u64("llama.feed_forward_length")?,
-        "num_hidden_layers": file.require_u64("llama.block_count")?,
+        "intermediate_size": ff,
+        "num_hidden_layers": layers,
         "num_attention_heads": n_head,
         "num_key_value_heads": n_kv_head,
         "head_dim": head_dim,
-        "rms_norm_eps": file.get_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-        "rope_theta": file.get_f64("llama.rope.freq_base")?.unwrap_or(10_000.0),
-        "max_position_embeddings": file.get_u64("llama.context_length")?.unwrap_or(2048),
+        "rms_norm_eps": file.get_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+        "rope_theta": file.get_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+        "max_position_embeddings": context,
         "vocab_size": vocab_size,
-        "tie_word_embeddings": !has_output,
-        "attention_bias": has_bias,
+        "tie_word_embeddings": tied,
+        "attention_bias": has_bias && family != Family::Qwen2,
         "mlp_bias": false,
-        "hidden_act": "silu",
         "torch_dtype": "float32",
-        "rope_scaling": null,
     });
-    if let Some(kind) = file.get_str("llama.rope.scaling.type")?
+    if let Some(dims) = file.get_u64(&key("rope.dimension_count"))?
+        && dims != head_dim
+        && head_dim > 0
+    {
+        config["partial_rotary_factor"] = json!(dims as f64 / head_dim as f64);
+    }
+    // Phi-3 GGUFs store 0 for "no window".
+    if let Some(window) = file.get_u64(&key("attention.sliding_window"))?
+        && window > 0
+    {
+        config["sliding_window"] = json!(window);
+    }
+    if let Some(kind) = file.get_str(&key("rope.scaling.type"))?
         && kind != "none"
     {
         let mut scaling = json!({ "rope_type": kind, "type": kind });
-        if let Some(factor) = file.get_f64("llama.rope.scaling.factor")? {
+        if let Some(factor) = file.get_f64(&key("rope.scaling.factor"))? {
             scaling["factor"] = json!(factor);
         }
-        if let Some(orig) = file.get_u64("llama.rope.scaling.original_context_length")? {
+        if let Some(orig) = file.get_u64(&key("rope.scaling.original_context_length"))? {
             scaling["original_max_position_embeddings"] = json!(orig);
         }
         config["rope_scaling"] = scaling;
     }
+    if let Some(info) = file.tensor_info("rope_freqs.weight") {
+        let name = info.name.clone();
+        let factors = file.tensor_f32(&name)?.data;
+        let theta = config["rope_theta"].as_f64().unwrap_or(10_000.0);
+        let scaling =
+            llama3_from_rope_freqs(&factors, theta, head_dim as usize).ok_or_else(|| {
+                file.bad_tensor(
+                    &name,
+                    "per-dimension RoPE factors that are not Llama 3 scaling (factor, low/high \
+                 frequency factors 1/4, an original context of a power of two) are not supported",
+                )
+            })?;
+        config["rope_scaling"] = scaling;
+    }
+    match family {
+        Family::Gemma2 | Family::Gemma3 => {
+            // llama.cpp scales queries by 1/sqrt(head_dim); the GGUF has no other value.
+            config["query_pre_attn_scalar"] = json!(head_dim);
+            for name in ["attn_logit_softcapping", "final_logit_softcapping"] {
+                if let Some(cap) = file.get_f64(&key(name))? {
+                    config[name] = json!(cap);
+                }
+            }
+            if family == Family::Gemma3 {
+                if let Some(p) = file.get_u64(&key("attention.sliding_window_pattern"))? {
+                    config["sliding_window_pattern"] = json!(p);
+                }
+                config["rope_local_base_freq"] = json!(
+                    file.get_f64(&key("rope.freq_base_swa"))?
+                        .unwrap_or(10_000.0)
+                );
+            }
+        }
+        Family::Granite => {
+            for (name, field) in [
+                ("embedding_scale", "embedding_multiplier"),
+                ("residual_scale", "residual_multiplier"),
+                ("attention.scale", "attention_multiplier"),
+                ("logit_scale", "logits_scaling"),
+            ] {
+                if let Some(v) = file.get_f64(&key(name))? {
+                    config[field] = json!(v);
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(config)
+}
+
+/// Llama 3's `rope_scaling` recovered from the per-dimension factors llama.cpp's converter
+/// stores instead (`rope_freqs.weight`, each rotary frequency divided by its factor): the
+/// factor is the largest, the low/high frequency factors are Meta's 1 and 4, and the original
+/// context is the power of two that reproduces every factor.
+fn llama3_from_rope_freqs(
+    factors: &[f32],
+    theta: f64,
+    head_dim: usize,
+) -> Option<serde_json::Value> {
+    if factors.len() * 2 != head_dim || factors.is_empty() {
+        return None;
+    }
+    let factor = factors.iter().copied().fold(1.0f32, f32::max) as f64;
+    let (low, high) = (1.0f64, 4.0f64);
+    (4..=24).map(|k| (1u64 << k) as f64).find_map(|old_ctx| {
+        let fits = factors.iter().enumerate().all(|(i, &got)| {
+            let freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let want = if wavelen < old_ctx / high {
+                1.0
+            } else if wavelen > old_ctx / low {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            ((got as f64 - want) / want).abs() < 1e-4
+        });
+        fits.then(|| {
+            json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": old_ctx,
+            })
+        })
+    })
+}
+
+/// Loads a GGUF of a supported family as the Hugging Face checkpoint it was converted from:
+/// `config.json` values from the `<arch>.*` metadata, HF tensor names, what the converter
+/// changed undone (q/k row order, Gemma's `1 + w` norms, GPT-2's Conv1D layout), and the
+/// embedded tokenizer.
+pub fn load_as_hf(path: &Path) -> Result<GgufModel, GgufError> {
+    let file = GgufFile::open(path)?;
+    let arch = file.require_str("general.architecture")?;
+    let family =
+        Family::from_gguf_architecture(arch).ok_or_else(|| GgufError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            arch: arch.to_string(),
+        })?;
+    let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| GgufError::Tokenizer(Box::new(e)))?;
+    let config = hf_config(&file, family, &tokenizer)?;
+    let n_head = config
+        .get("num_attention_heads")
+        .or_else(|| config.get("n_head"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(1) as usize;
+    let n_kv_head = config
+        .get("num_key_value_heads")
+        .and_then(|v| v.as_u64())
+        .map_or(n_head, |v| v as usize);
+
     let mut generation = serde_json::Map::new();
+    let mut config = config;
     for (key, id) in [
         ("bos_token_id", file.get_u64("tokenizer.ggml.bos_token_id")?),
         ("eos_token_id", file.get_u64("tokenizer.ggml.eos_token_id")?),
@@ -1070,32 +1314,46 @@ pub fn load_llama_as_hf(path: &Path) -> Result<GgufModel, GgufError> {
 
     let mut tensors = NamedTensors::new();
     for info in file.tensor_infos() {
-        let Some(mapped) = hf_tensor_name(&info.name) else {
-            return Err(file.bad_tensor(&info.name, "no Hugging Face llama counterpart"));
+        let Some(mapped) = hf_tensor_name(&info.name, family) else {
+            return Err(file.bad_tensor(
+                &info.name,
+                format!("no Hugging Face {} counterpart", family.model_type()),
+            ));
         };
-        let Some((hf_name, qk)) = mapped else {
+        let Some(HfTensor { name: hf_name, fix }) = mapped else {
             continue;
         };
         let mut tensor = file.tensor_f32(&info.name)?;
-        if let Some(kind) = qk {
-            let heads = match kind {
-                QkKind::Q => n_head,
-                QkKind::K => n_kv_head,
-            } as usize;
-            let cols = if tensor.shape.len() == 2 {
-                tensor.shape[1]
-            } else {
-                1
-            };
-            tensor.data = unpermute_qk(&tensor.data, cols, heads).ok_or_else(|| {
-                file.bad_tensor(
-                    &info.name,
-                    format!(
-                        "shape {:?} does not split into {heads} rotary heads",
-                        tensor.shape
-                    ),
-                )
-            })?;
+        match fix {
+            Fix::None => {}
+            Fix::MinusOne => tensor.data.iter_mut().for_each(|v| *v -= 1.0),
+            Fix::ToConv1d => {
+                let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+                tensor = HostTensor::new(
+                    vec![cols, rows],
+                    crate::engine::model::transpose(&tensor.data, rows, cols),
+                );
+            }
+            Fix::Unpermute(kind) => {
+                let heads = match kind {
+                    QkKind::Q => n_head,
+                    QkKind::K => n_kv_head,
+                };
+                let cols = if tensor.shape.len() == 2 {
+                    tensor.shape[1]
+                } else {
+                    1
+                };
+                tensor.data = unpermute_qk(&tensor.data, cols, heads).ok_or_else(|| {
+                    file.bad_tensor(
+                        &info.name,
+                        format!(
+                            "shape {:?} does not split into {heads} rotary heads",
+                            tensor.shape
+                        ),
+                    )
+                })?;
+            }
         }
         tensors.insert(hf_name, tensor);
     }
@@ -1519,7 +1777,7 @@ mod tests {
 
     #[test]
     fn maps_llama_names() {
-        let m = |n: &str| hf_tensor_name(n).map(|o| o.map(|(s, _)| s));
+        let m = |n: &str| hf_tensor_name(n, Family::Llama).map(|o| o.map(|t| t.name));
         assert_eq!(
             m("token_embd.weight"),
             Some(Some("model.embed_tokens.weight".into()))
@@ -1551,7 +1809,7 @@ mod tests {
             );
             return;
         }
-        let m = load_llama_as_hf(&path).expect("load SmolLM2");
+        let m = load_as_hf(&path).expect("load SmolLM2");
         let c = &m.config;
         assert_eq!(c["num_hidden_layers"], 30);
         assert_eq!(c["hidden_size"], 576);
