@@ -256,7 +256,7 @@ fn every_family_generates_greedily_as_transformers_does() {
         let max_positions = m.config.max_position_embeddings;
         let out = sample::generate(
             &m.model,
-            &[prompt.clone()],
+            std::slice::from_ref(&prompt),
             &params,
             &[],
             0,

@@ -45,13 +45,19 @@ impl fmt::Display for DeviceChoice {
 
 impl DeviceChoice {
     /// Initialises the device. wgpu is initialised eagerly so a machine without an adapter
-    /// gets an error here instead of a panic at the first tensor.
+    /// gets an error here instead of a panic at the first tensor; once per process (a second
+    /// initialisation fails with "Service already initialized"), so runs side by side share it.
     pub fn init(self) -> Result<Device, String> {
+        static WGPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
         match self {
             Self::Cpu => Ok(Device::flex()),
-            Self::Wgpu => Device::wgpu_options()
-                .init()
-                .map_err(|e| format!("no usable wgpu adapter: {e}")),
+            Self::Wgpu => WGPU
+                .get_or_init(|| {
+                    Device::wgpu_options()
+                        .init()
+                        .map_err(|e| format!("no usable wgpu adapter: {e}"))
+                })
+                .clone(),
             #[cfg(feature = "ndarray")]
             #[allow(deprecated)]
             Self::Ndarray => Ok(Device::ndarray()),

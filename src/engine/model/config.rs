@@ -121,7 +121,10 @@ pub struct Rope {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Positions {
     /// Rotary; `local` is a second set for sliding-window layers (Gemma 3).
-    Rope { global: Rope, local: Option<Rope> },
+    Rope {
+        global: Box<Rope>,
+        local: Option<Box<Rope>>,
+    },
     /// A learned `[max_positions, hidden]` table added to the embeddings (GPT-2).
     Learned,
 }
@@ -174,7 +177,6 @@ impl Arch {
             && self.activation == Activation::Silu
             && self.qk_norm == QkNorm::None
             && plain_rope
-            && !self.mlp_bias
             && self.attn_softcap.is_none()
             && self.final_softcap.is_none()
             && self.embedding_scale == 1.0
@@ -362,7 +364,7 @@ impl ModelConfig {
             }
         }
         if let Positions::Rope { global, local } = &self.arch.positions {
-            for rope in std::iter::once(global).chain(local) {
+            for rope in std::iter::once(global).chain(local.as_ref()) {
                 if rope.rotary_dim == 0
                     || !rope.rotary_dim.is_multiple_of(2)
                     || rope.rotary_dim > self.head_dim

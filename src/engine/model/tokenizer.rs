@@ -1198,16 +1198,22 @@ mod tests {
         assert_eq!(tok.encode("12", false).unwrap(), vec![7, 8]);
         assert_eq!(tok.encode("</s>", false).unwrap(), vec![1]);
         assert!(regex_then_bytes(QWEN2_REGEX).is_ok());
-        // A SentencePiece vocabulary is refused with the file named.
+        // A tokenizer model rlft does not build (WordPiece) is refused with the file named;
+        // a SentencePiece one without its pieces names the missing key.
         let mut w = crate::engine::model::gguf::test_writer::Writer::new();
-        w.kv_str("tokenizer.ggml.model", "llama");
+        w.kv_str("tokenizer.ggml.model", "bert");
         let tmp = w.write();
         let err = Tokenizer::from_gguf(&GgufFile::open(tmp.path()).unwrap()).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("`llama`") && msg.contains(&tmp.path().display().to_string()),
+            msg.contains("`bert`") && msg.contains(&tmp.path().display().to_string()),
             "{msg}"
         );
+        let mut w = crate::engine::model::gguf::test_writer::Writer::new();
+        w.kv_str("tokenizer.ggml.model", "llama");
+        let tmp = w.write();
+        let err = Tokenizer::from_gguf(&GgufFile::open(tmp.path()).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("tokenizer.ggml.tokens"), "{err}");
     }
 
     fn smollm2() -> Option<GgufFile> {

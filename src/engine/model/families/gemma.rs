@@ -108,8 +108,8 @@ pub(super) fn gemma3_arch(f: &Fields, s: &Sizes) -> Result<Arch, String> {
         }
     };
     arch.positions = Positions::Rope {
-        global,
-        local: Some(local),
+        global: Box::new(global),
+        local: Some(Box::new(local)),
     };
     Ok(arch)
 }

@@ -114,14 +114,11 @@ pub(super) fn to_canonical(cfg: &ModelConfig, t: &mut NamedTensors) -> Result<()
     // Files saved from `GPT2Model` have no `transformer.` prefix.
     let old: Vec<String> = t.keys().cloned().collect();
     for name in old {
-        if name.starts_with("h.")
-            || name.starts_with("wte.")
-            || name.starts_with("wpe.")
-            || name.starts_with("ln_f.")
-        {
-            if let Some(v) = t.remove(&name) {
-                t.insert(format!("transformer.{name}"), v);
-            }
+        let bare = ["h.", "wte.", "wpe.", "ln_f."]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if bare && let Some(v) = t.remove(&name) {
+            t.insert(format!("transformer.{name}"), v);
         }
     }
     t.retain(|k, _| !(k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias")));

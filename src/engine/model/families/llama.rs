@@ -21,7 +21,13 @@ pub(super) fn llama_like(f: &Fields, s: &Sizes, default_eps: f64) -> Result<Arch
         activation: f.activation(&["hidden_act"], Activation::Silu)?,
         qk_norm: QkNorm::None,
         positions: Positions::Rope {
-            global: read_rope(f, None, 10_000.0, s.head_dim, s.max_position_embeddings)?,
+            global: Box::new(read_rope(
+                f,
+                None,
+                10_000.0,
+                s.head_dim,
+                s.max_position_embeddings,
+            )?),
             local: None,
         },
         qkv_bias: bias,
