@@ -33,7 +33,7 @@ const SCORE_HEAD_INIT_SEED: u64 = 0x5c0e;
 
 impl Checkpoint {
     pub fn from_gguf(path: &Path) -> Result<Self, ModelError> {
-        let g = super::gguf::load_as_hf(path)?;
+        let g = super::gguf_to_hf::load_as_hf(path)?;
         let config = parse_config(path, g.config)?;
         Ok(Self {
             source: path.into(),

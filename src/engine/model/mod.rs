@@ -13,6 +13,7 @@ pub mod cpu_decode;
 pub mod decoder;
 pub mod families;
 pub mod gguf;
+pub mod gguf_to_hf;
 pub mod hf;
 pub mod tokenizer;
 pub mod weights;
