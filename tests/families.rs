@@ -114,6 +114,9 @@ fn every_family_gives_transformers_logits_at_every_position() {
             &cpu(),
         );
         let worst = worst_over_valid(&got, &floats(&b["logits"]), &valid, m.config.vocab_size);
+        eprintln!(
+            "{case:>14}: max |logit diff| vs transformers {diff:.2e} (batch A), {worst:.2e} (left-padded batch B)"
+        );
         assert!(worst <= 1e-4, "{case}: batch B max |diff| {worst}");
     }
 }
@@ -232,6 +235,9 @@ fn every_family_cached_decode_equals_the_full_forward() {
                 }
                 from = to;
             }
+            eprintln!(
+                "{case:>14}: cached decode vs full forward {worst:.2e} (whole capacity: {whole_capacity})"
+            );
             assert!(
                 worst <= 1e-4,
                 "{case}: cached vs full max |diff| {worst} (whole capacity: {whole_capacity})"
@@ -330,6 +336,7 @@ fn every_family_gguf_equals_its_hf_folder() {
         let (got, _) = batch_a_logits(&from_gguf, &e);
         let (want, _) = batch_a_logits(&hf, &e);
         let diff = max_abs_diff(&got, &want);
+        eprintln!("{case:>14}: GGUF vs HF folder max |logit diff| {diff:.2e}");
         assert!(diff <= 1e-4, "{case}: GGUF vs HF folder max |diff| {diff}");
         let (tg, th) = (from_gguf.tokenizer.unwrap(), hf.tokenizer.unwrap());
         for t in e["tokenizer"]["texts"].as_array().unwrap() {
