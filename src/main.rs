@@ -47,6 +47,9 @@ enum Cmd {
     Generate {
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter folder, merged into the model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
         /// Wrap the prompt as a user message in the model's chat template.
@@ -74,6 +77,9 @@ enum Cmd {
     Serve {
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter folder, merged into the model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
         /// 0 picks a free port.
@@ -115,6 +121,13 @@ enum Cmd {
     },
     /// Convert a GGUF file into a Hugging Face model folder.
     Convert { gguf: PathBuf, out_dir: PathBuf },
+    /// Merge a PEFT LoRA adapter into its base and write a Hugging Face model folder.
+    #[command(after_help = "Example:\n  rlft merge assets/base runs/sft-lora/final merged/")]
+    Merge {
+        base: PathBuf,
+        adapter: PathBuf,
+        out_dir: PathBuf,
+    },
     /// Measure train, rollout and scoring throughput and peak memory.
     #[command(after_help = "Example:\n  rlft bench --model assets/base --batch 8 --seq 128 --json")]
     Bench {
@@ -155,6 +168,9 @@ struct JudgeArgs {
     /// A chat model folder or .gguf file.
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter folder, merged into the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(
         long,
         default_value = "Prefer the answer that is more helpful, correct and polite."
@@ -203,6 +219,7 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Some(Cmd::Generate {
             model,
+            adapter,
             prompt,
             chat,
             max_new_tokens,
@@ -213,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
         }) => generate(
             &model,
+            adapter.as_deref(),
             &prompt,
             chat,
             SamplingParams {
@@ -227,11 +245,12 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Some(Cmd::Serve {
             model,
+            adapter,
             host,
             port,
             device,
             name,
-        }) => serve(&model, host, port, device, name),
+        }) => serve(&model, adapter, host, port, device, name),
         Some(Cmd::Train {
             config,
             headless,
@@ -253,6 +272,11 @@ fn run(cli: Cli) -> Result<()> {
             device,
         }) => train(config, run_dir, max_steps, device, false),
         Some(Cmd::Convert { gguf, out_dir }) => convert(&gguf, &out_dir),
+        Some(Cmd::Merge {
+            base,
+            adapter,
+            out_dir,
+        }) => merge(&base, &adapter, &out_dir),
         Some(Cmd::Bench {
             model,
             batch,
@@ -386,6 +410,7 @@ fn workbench(
 
 fn serve(
     path: &std::path::Path,
+    adapter: Option<PathBuf>,
     host: String,
     port: u16,
     device: DeviceChoice,
@@ -393,7 +418,12 @@ fn serve(
 ) -> Result<()> {
     use rlft::engine::serve::{ServeOptions, Server};
     let device = device.init().map_err(anyhow::Error::msg)?;
-    let opts = ServeOptions { host, port, name };
+    let opts = ServeOptions {
+        host,
+        port,
+        name,
+        adapter,
+    };
     let server = Server::start(path, &device, &opts)?;
     println!("serving {} on {}", server.name(), server.base_url());
     std::io::stdout().flush()?;
@@ -401,15 +431,37 @@ fn serve(
     Ok(())
 }
 
+/// Merges `adapter` into `base` and writes the result as a Hugging Face folder (what
+/// transformers loads without PEFT).
+fn merge(base: &std::path::Path, adapter: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let device = DeviceChoice::Cpu.init().map_err(anyhow::Error::msg)?;
+    let loaded = model::load_for_inference(base, Some(adapter), &device, Heads::Lm)?;
+    model::hf::save_dir(
+        out,
+        &loaded.config,
+        &loaded.model,
+        loaded.tokenizer.as_ref(),
+        loaded.generation_config.as_ref(),
+    )?;
+    println!(
+        "merged {} into {}: {}",
+        adapter.display(),
+        base.display(),
+        out.display()
+    );
+    Ok(())
+}
+
 fn generate(
     path: &std::path::Path,
+    adapter: Option<&std::path::Path>,
     prompt: &str,
     chat: bool,
     params: SamplingParams,
     device: DeviceChoice,
 ) -> Result<()> {
     let device = device.init().map_err(anyhow::Error::msg)?;
-    let loaded = model::load(path, &device, Heads::Lm)?;
+    let loaded = model::load_for_inference(path, adapter, &device, Heads::Lm)?;
     let tokenizer = loaded
         .tokenizer
         .as_ref()
@@ -604,6 +656,7 @@ fn judge(args: JudgeArgs) -> Result<()> {
     use rlft::engine::judge::{eval, model::ModelJudge};
     let JudgeArgs {
         model: path,
+        adapter,
         principle,
         contrast,
         pairs: pairs_path,
@@ -620,7 +673,8 @@ fn judge(args: JudgeArgs) -> Result<()> {
         bail!("{}: no preference pairs", pairs_path.display());
     }
     let device = device.init().map_err(anyhow::Error::msg)?;
-    let mut judge = ModelJudge::load(&path, &device)?.with_contrast(contrast.clone());
+    let mut judge = ModelJudge::load_with_adapter(&path, adapter.as_deref(), &device)?
+        .with_contrast(contrast.clone());
     let (e, _) = eval::measure(&mut judge, &principle, &pairs, seed, &mut |done, total| {
         eprint!("\rjudged {done}/{total} pairs");
     });

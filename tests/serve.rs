@@ -67,6 +67,7 @@ fn serve(path: &Path) -> Server {
         host: "127.0.0.1".into(),
         port: 0,
         name: None,
+        adapter: None,
     };
     Server::start(path, &Device::flex(), &opts).unwrap()
 }

@@ -93,6 +93,9 @@ pub struct RunConfig {
     /// The AI judge that labels pairs (RLAIF).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<crate::engine::judge::JudgeConfig>,
+    /// LoRA adapters on the policy (PEFT's `LoraConfig` names); the base model is frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::engine::model::lora::LoraConfig>,
     /// Reward sources, summed with their weights.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rewards: Vec<crate::engine::reward::RewardConfig>,
@@ -107,6 +110,9 @@ pub struct ModelSection {
     /// A Hugging Face model folder or a `.gguf` file.
     #[serde(default)]
     pub path: PathBuf,
+    /// A PEFT LoRA adapter folder to start from (trained further, the base frozen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub port: u16,
     /// The model id clients see; default: the model's file or folder name.
     pub name: Option<String>,
+    /// A PEFT LoRA adapter merged into the model before serving.
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +62,7 @@ impl Default for ServeOptions {
         Self {
             host: "127.0.0.1".into(),
             port: 8080,
+            adapter: None,
             name: None,
         }
     }
@@ -118,7 +121,7 @@ struct Finished {
 impl Server {
     /// Loads the model at `path` on `device` and starts serving it.
     pub fn start(path: &Path, device: &Device, opts: &ServeOptions) -> Result<Self, ServeError> {
-        let loaded = model::load(path, device, Heads::Lm)?;
+        let loaded = model::load_for_inference(path, opts.adapter.as_deref(), device, Heads::Lm)?;
         let name = opts.name.clone().unwrap_or_else(|| default_name(path));
         if loaded.tokenizer.is_none() {
             return Err(ServeError::NoTokenizer { path: path.into() });

@@ -331,7 +331,18 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     }
     let prompts_per_step = completions_per_step / g.num_generations;
     let train_device = device.clone().autodiff();
-    let loaded = model::load(&cfg.model.path, &train_device, Heads::Lm)?;
+    let loaded = model::load_for_run(
+        &cfg.model.path,
+        cfg.model.adapter.as_deref(),
+        cfg.lora.as_ref(),
+        &train_device,
+        Heads::Lm,
+        cfg.seed,
+    )?;
+    ctx.log(
+        crate::engine::events::LogLevel::Info,
+        crate::engine::model::lora::describe_parameters(&loaded.model),
+    );
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: GRPO needs a tokenizer",
@@ -357,7 +368,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             "GRPO needs at least one [[rewards]] source".into(),
         ));
     }
-    let reference = (g.beta > 0.0).then(|| loaded.model.valid());
+    // With LoRA: the base without its adapters, sharing the frozen weights.
+    let reference = (g.beta > 0.0).then(|| model::lora::without_adapters(loaded.model.valid()));
     let mut policy = loaded.model;
     let mut optim = Optimizer::new(cfg.optim.clone());
     let mut sampler = EpochSampler::new(train.len(), cfg.seed);

@@ -273,7 +273,18 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let train_cfg = &cfg.train;
     let train_device = device.clone().autodiff();
     let plain = device.clone().without_autodiff();
-    let loaded = model::load(&cfg.model.path, &train_device, Heads::Lm)?;
+    let loaded = model::load_for_run(
+        &cfg.model.path,
+        cfg.model.adapter.as_deref(),
+        cfg.lora.as_ref(),
+        &train_device,
+        Heads::Lm,
+        cfg.seed,
+    )?;
+    ctx.log(
+        crate::engine::events::LogLevel::Info,
+        crate::engine::model::lora::describe_parameters(&loaded.model),
+    );
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: online DPO needs a tokenizer",
@@ -314,7 +325,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         overlong: Overlong::Truncate,
     };
     let pad = preference::pad_id(&tokenizer);
-    let reference = loaded.model.valid();
+    // With LoRA: the base without its adapters, sharing the frozen weights.
+    let reference = model::lora::without_adapters(loaded.model.valid());
     let mut policy = loaded.model;
     let mut optim = Optimizer::new(cfg.optim.clone());
     let mut sampler = EpochSampler::new(prompts.len(), cfg.seed);

@@ -167,7 +167,18 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let center = rm.center_rewards_coefficient.filter(|&c| c > 0.0);
     let train_cfg = &cfg.train;
     let train_device = device.clone().autodiff();
-    let loaded = model::load(&cfg.model.path, &train_device, Heads::Score)?;
+    let loaded = model::load_for_run(
+        &cfg.model.path,
+        cfg.model.adapter.as_deref(),
+        cfg.lora.as_ref(),
+        &train_device,
+        Heads::Score,
+        cfg.seed,
+    )?;
+    ctx.log(
+        crate::engine::events::LogLevel::Info,
+        crate::engine::model::lora::describe_parameters(&loaded.model),
+    );
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: the model has no tokenizer.json; a reward model needs one to read text",

@@ -65,11 +65,22 @@ pub fn tokenize_file(
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
     let train_device = device.clone().autodiff();
     // A resumed run continues from its checkpoint's weights.
-    let path = ctx
-        .resume_from
-        .clone()
-        .unwrap_or_else(|| cfg.model.path.clone());
-    let loaded = model::load(&path, &train_device, Heads::Lm)?;
+    let loaded = match &ctx.resume_from {
+        // A LoRA checkpoint is an adapter folder naming its base; `load` follows it.
+        Some(checkpoint) => model::load(checkpoint, &train_device, Heads::Lm)?,
+        None => model::load_for_run(
+            &cfg.model.path,
+            cfg.model.adapter.as_deref(),
+            cfg.lora.as_ref(),
+            &train_device,
+            Heads::Lm,
+            cfg.seed,
+        )?,
+    };
+    ctx.log(
+        crate::engine::events::LogLevel::Info,
+        crate::engine::model::lora::describe_parameters(&loaded.model),
+    );
     let tokenizer = loaded.tokenizer.ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: the model has no tokenizer.json; SFT needs one to read text",

@@ -48,6 +48,15 @@ impl ModelJudge {
     /// Loads a Hugging Face model folder or `.gguf` file (it needs a chat template) onto a
     /// no-autodiff copy of `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self, JudgeError> {
+        Self::load_with_adapter(path, None, device)
+    }
+
+    /// [`Self::load`] with a PEFT LoRA adapter merged in.
+    pub fn load_with_adapter(
+        path: &Path,
+        adapter: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self, JudgeError> {
         let err = |message: String| JudgeError::Model {
             path: path.to_path_buf(),
             message,
@@ -64,7 +73,8 @@ impl ModelJudge {
         }
         // Judging never needs gradients; an autodiff device would only grow a graph.
         let device = device.clone().without_autodiff();
-        let loaded = model::load(path, &device, Heads::Lm).map_err(|e| err(e.to_string()))?;
+        let loaded = model::load_for_inference(path, adapter, &device, Heads::Lm)
+            .map_err(|e| err(e.to_string()))?;
         Self::from_loaded(path, loaded)
     }
 

@@ -8,18 +8,35 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, relu, silu, softmax};
 
 use super::config::{Activation, NormKind, Rope};
+use super::lora::Lora;
 use super::{LayerCache, ModelError, WeightReader, WeightWriter};
 
-/// `y = x W + b` with `W` stored `[in, out]`.
+/// `y = x W + b` with `W` stored `[in, out]`, plus a LoRA adapter's `s (x A) B` when one is
+/// attached (see `lora.rs`).
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        match &self.lora {
+            None => burn::tensor::module::linear(
+                x,
+                self.weight.val(),
+                self.bias.as_ref().map(|b| b.val()),
+            ),
+            Some(lora) => {
+                let delta = lora.delta(x.clone());
+                burn::tensor::module::linear(
+                    x,
+                    self.weight.val(),
+                    self.bias.as_ref().map(|b| b.val()),
+                ) + delta
+            }
+        }
     }
 
     /// Reads a Hugging Face `[out, in]` weight (and bias) named `{name}.weight`.
@@ -36,6 +53,7 @@ impl Linear {
             } else {
                 None
             },
+            lora: None,
         })
     }
 

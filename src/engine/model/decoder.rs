@@ -69,6 +69,10 @@ pub struct CausalLm {
     arch: Arch,
     #[module(skip)]
     max_positions: usize,
+    /// Set when LoRA adapters are attached: their config and the base they adapt (what
+    /// saving writes as a PEFT adapter folder).
+    #[module(skip)]
+    pub adapter: Option<super::lora::AdapterInfo>,
 }
 
 fn norm(
@@ -205,6 +209,7 @@ impl CausalLm {
             local_rotary,
             arch: a.clone(),
             max_positions: cfg.max_position_embeddings,
+            adapter: None,
         })
     }
 

@@ -214,6 +214,18 @@ pub fn save_dir(
     tokenizer: Option<&Tokenizer>,
     generation_config: Option<&serde_json::Value>,
 ) -> Result<(), ModelError> {
+    // A LoRA model saves as a PEFT adapter folder (with the tokenizer, as TRL does).
+    if let Some(info) = &model.adapter {
+        return super::lora::save_adapter(dir, info, config, model, |tmp| {
+            if let Some(g) = generation_config {
+                write_json(&tmp.join("generation_config.json"), g)?;
+            }
+            if let Some(tokenizer) = tokenizer {
+                tokenizer.save(tmp)?;
+            }
+            Ok(())
+        });
+    }
     let tmp = dir.with_extension("tmp-save");
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;

@@ -15,6 +15,7 @@ pub mod families;
 pub mod gguf;
 pub mod gguf_to_hf;
 pub mod hf;
+pub mod lora;
 pub mod tokenizer;
 pub mod weights;
 
@@ -365,8 +366,13 @@ pub enum Heads {
     Both,
 }
 
-/// Loads a Hugging Face model folder or a `.gguf` file onto `device`.
+/// Loads a Hugging Face model folder, a `.gguf` file, or a PEFT adapter folder (its base, named
+/// by `base_model_name_or_path`, with the adapter attached) onto `device`.
 pub fn load(path: &Path, device: &Device, heads: Heads) -> Result<LoadedModel, ModelError> {
+    if lora::is_adapter_dir(path) {
+        let base = lora::adapter_base(path)?;
+        return load_with_adapter(&base, path, device, heads);
+    }
     let checkpoint = if path.is_dir() {
         hf::read_dir(path)?
     } else if path
@@ -391,4 +397,83 @@ pub fn load(path: &Path, device: &Device, heads: Heads) -> Result<LoadedModel, M
         });
     };
     checkpoint.build(device, heads)
+}
+
+/// Loads `base` and attaches the PEFT adapter in `adapter` (the base frozen, the adapter
+/// trainable on an autodiff device). The adapter's tokenizer, when it has one, wins.
+pub fn load_with_adapter(
+    base: &Path,
+    adapter: &Path,
+    device: &Device,
+    heads: Heads,
+) -> Result<LoadedModel, ModelError> {
+    let mut loaded = load(base, device, heads)?;
+    loaded.model = lora::load_adapter(loaded.model, adapter, &absolute(base))?;
+    if adapter.join("tokenizer.json").exists() {
+        loaded.tokenizer = Some(Tokenizer::from_dir(adapter)?);
+    }
+    Ok(loaded)
+}
+
+/// Loads a model for generation, serving or judging: `path` (a folder, `.gguf` or adapter
+/// folder) with `adapter` attached, every adapter merged into its weights (`W + s A B`), so
+/// decoding costs what the base costs.
+pub fn load_for_inference(
+    path: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+    heads: Heads,
+) -> Result<LoadedModel, ModelError> {
+    let mut loaded = match adapter {
+        Some(adapter) => load_with_adapter(path, adapter, device, heads)?,
+        None => load(path, device, heads)?,
+    };
+    loaded.model = lora::merge(loaded.model);
+    Ok(loaded)
+}
+
+/// `path` made absolute where it exists (what an adapter records as its base, so a resume
+/// from another directory finds it).
+fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Loads the model a run trains: `[model] path`, with `[model] adapter` attached, or fresh
+/// adapters from `[lora]` (base frozen); a plain model otherwise.
+pub fn load_for_run(
+    path: &Path,
+    adapter: Option<&Path>,
+    lora_config: Option<&lora::LoraConfig>,
+    device: &Device,
+    heads: Heads,
+    seed: u64,
+) -> Result<LoadedModel, ModelError> {
+    match (adapter, lora_config) {
+        (Some(_), Some(_)) => Err(ModelError::Config {
+            path: path.to_path_buf(),
+            message: "both `[model] adapter` and a `[lora]` section: train the saved adapter \
+                      (drop `[lora]`) or a new one (drop `adapter`)"
+                .into(),
+        }),
+        (Some(adapter), None) => load_with_adapter(path, adapter, device, heads),
+        (None, Some(cfg)) => {
+            let mut loaded = load(path, device, heads)?;
+            loaded.model = lora::add_adapters(
+                loaded.model,
+                loaded.config.family,
+                cfg,
+                &absolute(path),
+                seed,
+            )
+            .map_err(|message| ModelError::Config {
+                path: path.to_path_buf(),
+                message,
+            })?;
+            Ok(loaded)
+        }
+        (None, None) => load(path, device, heads),
+    }
 }

@@ -98,7 +98,9 @@ impl CpuDecoder {
     /// Qwen2, Mistral without a window). Other families decode on the batched path.
     pub fn supports(model: &CausalLm) -> bool {
         let head_dim = model.layers.first().map_or(0, |l| l.self_attn.head_dim);
-        model.arch().is_plain_llama(head_dim)
+        // Adapters are merged before decoding (`rlft generate --adapter`); an unmerged one
+        // would be ignored here.
+        model.arch().is_plain_llama(head_dim) && !super::lora::has_adapters(model)
     }
 
     /// Copies the weights of `model` (on any device) into a decoder, when [`Self::supports`]
