@@ -147,6 +147,18 @@ enum Cmd {
         json: bool,
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
+        /// Train with LoRA adapters of this rank on all linear layers (alpha = 2r), the base
+        /// frozen, as a `[lora]` run does.
+        #[arg(long)]
+        lora_r: Option<usize>,
+        /// Recompute memory-bound activations in the backward pass (Burn's balanced
+        /// gradient checkpointing), as `gradient_checkpointing = true` in `[train]`.
+        #[arg(long)]
+        gradient_checkpointing: bool,
+        /// Random weights in the shape of `--model`'s config.json (with its tokenizer.json):
+        /// measure a checkpoint's shape without its weights.
+        #[arg(long)]
+        random_weights: bool,
     },
     /// Measure an AI judge on preference pairs with a known answer (TRL prompt/chosen/rejected
     /// JSONL): accuracy, ties, order consistency and position bias.
@@ -285,7 +297,21 @@ fn run(cli: Cli) -> Result<()> {
             generations,
             json,
             device,
-        }) => bench(&model, batch, seq, iters.max(1), generations, json, device),
+            lora_r,
+            gradient_checkpointing,
+            random_weights,
+        }) => bench(
+            &model,
+            batch,
+            seq,
+            iters.max(1),
+            generations,
+            json,
+            device,
+            lora_r,
+            gradient_checkpointing,
+            random_weights,
+        ),
         Some(Cmd::Judge(args)) => judge(args),
         Some(Cmd::Label { runs }) => label(&runs),
     }
@@ -721,6 +747,7 @@ fn judge(args: JudgeArgs) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench(
     path: &std::path::Path,
     batch: usize,
@@ -729,9 +756,37 @@ fn bench(
     generations: usize,
     json: bool,
     choice: DeviceChoice,
+    lora_r: Option<usize>,
+    gradient_checkpointing: bool,
+    random_weights: bool,
 ) -> Result<()> {
     let device = choice.init().map_err(anyhow::Error::msg)?;
-    let loaded = model::load(path, &device.clone().autodiff(), Heads::Lm)?;
+    let train = rlft::engine::config::TrainSection {
+        gradient_checkpointing,
+        ..Default::default()
+    };
+    let lora = lora_r.map(|r| model::lora::LoraConfig {
+        r,
+        lora_alpha: 2.0 * r as f64,
+        ..Default::default()
+    });
+    let train_device = train.train_device(&device);
+    let loaded = if random_weights {
+        let mut loaded = model::random_weights(path, &train_device, Heads::Lm)?;
+        if let Some(cfg) = &lora {
+            loaded.model = model::lora::add_adapters(
+                loaded.model,
+                loaded.config.family,
+                cfg,
+                &path.display().to_string(),
+                0,
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
+        loaded
+    } else {
+        model::load_for_run(path, None, lora.as_ref(), &train_device, Heads::Lm, 0)?
+    };
     let opts = rlft::engine::bench::BenchOptions {
         batch,
         seq,
@@ -754,6 +809,12 @@ fn bench(
         println!(
             "model            {} ({} parameters) on {}",
             r.model, r.params, r.device
+        );
+        println!(
+            "training         {} ({} trainable, {:.2}%)",
+            r.training,
+            r.trainable_params,
+            100.0 * r.trainable_params as f64 / r.params.max(1) as f64
         );
         println!("batch x seq      {} x {}", r.batch, r.seq);
         println!(

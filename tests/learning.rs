@@ -88,6 +88,18 @@ fn dpo_arith_heldout_preference_accuracy() {
 
 /// Reward model on the UCI sentiment pairs (positive review preferred). The base model saw
 /// Shakespeare and sums, not modern reviews, so this is the harder set: it reaches about 80%
+/// LoRA DPO (rank 16, all linear layers) on the same pairs: held-out preference accuracy >= 90%.
+#[test]
+#[ignore]
+fn lora_dpo_arith_heldout_preference_accuracy() {
+    let (rows, seconds) = train("configs/dpo_arith_lora.toml");
+    let (_, last) = last_accuracy(&rows, "eval_rewards/accuracies", "dpo-arith-lora", seconds);
+    assert!(
+        last >= 0.90,
+        "held-out preference accuracy {last:.3} < 0.90"
+    );
+}
+
 /// held-out pair accuracy (the 85% target is met on arithmetic above). Checked against 75%.
 #[test]
 #[ignore = "slow: trains the base model for minutes"]

@@ -687,3 +687,29 @@ fn an_empty_workbench_says_how_to_start() {
         insta::assert_snapshot!(snap_name("screen_empty", size), d.render());
     }
 }
+
+/// The Health pane says what a run trains: how many parameters, and its LoRA adapters.
+#[test]
+fn health_pane_says_what_a_lora_run_trains() {
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.send(Event::Started {
+        run: "grpo-lora".into(),
+        method: "grpo".into(),
+        run_dir: std::path::PathBuf::from("runs/grpo-lora"),
+        total_steps: 500,
+        model: Some(rlft::engine::events::ModelSummary {
+            trainable: 1_843_200,
+            total: 136_358_208,
+            adapter: Some("LoRA r=16 alpha=32 all-linear".into()),
+        }),
+    });
+    d.train("grpo-lora", 1..=20, script::grpo_metrics, 0);
+    d.key(KeyCode::Char('5'));
+    let screen = d.render();
+    assert!(
+        screen.contains("1.8M of 136.4M parameters (1.35%)") && screen.contains("LoRA r=16"),
+        "{screen}"
+    );
+    insta::assert_snapshot!("pane_health_lora_run_80x24", screen);
+}

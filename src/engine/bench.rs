@@ -42,6 +42,12 @@ pub struct BenchReport {
     pub model: String,
     pub device: String,
     pub params: usize,
+    /// Parameters that train (all of them without LoRA).
+    pub trainable_params: usize,
+    /// `LoRA r=.. alpha=.. all-linear`, or `full fine-tuning`.
+    pub training: String,
+    /// Burn's balanced gradient checkpointing was on.
+    pub gradient_checkpointing: bool,
     pub batch: usize,
     pub seq: usize,
     pub train_tokens_per_s: f64,
@@ -247,7 +253,6 @@ fn grpo_step(
     let plain_batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &plain);
     let ref_lp = score(reference, &plain_batch, 1.0).logprobs;
     let _ = ref_lp.clone().slice([0..1, 0..1]).into_data();
-    let ref_lp = ref_lp.autodiff();
     times.scoring = start.elapsed().as_secs_f64();
 
     // Update: policy forward with autodiff, loss, backward, AdamW.
@@ -257,9 +262,9 @@ fn grpo_step(
         TensorData::new(advantages.clone(), [advantages.len()]),
         &train_device,
     );
-    let scored = score(&policy, &batch, 1.0);
+    let scored = crate::engine::algo::sequences::score_with_entropy(&policy, &batch, 1.0);
     let _entropy = scalar(masked_mean(
-        losses::token_entropy(scored.logits.clone().detach()),
+        scored.entropy.clone().expect("asked for the entropy"),
         batch.completion_mask.clone(),
     ));
     let old = scored.logprobs.clone().detach();
@@ -300,10 +305,16 @@ pub fn run(
     let rows = token_rows(b, t, config.vocab_size, 1);
     let tokens = (b * t) as f64;
 
-    // Scoring: no-grad forward over the whole batch.
+    let (trainable_params, _) = crate::engine::model::lora::parameter_counts(&model);
+    let training = model
+        .adapter
+        .as_ref()
+        .map_or_else(|| "full fine-tuning".to_string(), |a| a.describe());
+    // Scoring: no-grad forward over the whole batch. With LoRA this is the base (the
+    // reference a run uses; generation and serving merge the adapters into it).
     let plain = device.clone().without_autodiff();
     let score_batch = BatchTensors::new(&batch_of(&rows), &plain);
-    let score_model = model.valid();
+    let score_model = crate::engine::model::lora::without_adapters(model.valid());
     let time_score = || {
         let start = Instant::now();
         let out = lm_loss(&score_model, &score_batch);
@@ -384,7 +395,12 @@ pub fn run(
     drop(cpu_decoder);
 
     // Training: forward + backward + AdamW on an autodiff copy.
-    let train_device = device.clone().autodiff();
+    // The model's own device: autodiff, with gradient checkpointing when asked.
+    let train_device = model.embed_tokens.val().device();
+    let gradient_checkpointing = matches!(
+        train_device.gradient_checkpointing_strategy(),
+        Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
+    );
     let mut policy = model;
     let mut optim = Optimizer::new(OptimConfig::default());
     let train_batch = BatchTensors::new(&batch_of(&rows), &train_device);
@@ -458,6 +474,9 @@ pub fn run(
         score_tokens_per_s: tokens / score_s,
         train_gflops: 6.0 * params as f64 * tokens / train_s / 1e9,
         peak_rss_mb: peak_rss_mb(),
+        trainable_params,
+        training,
+        gradient_checkpointing,
         threads: cpu_threads(),
         grpo_step_s: grpo.map(|(x, _, _)| x.generation + x.scoring + x.update),
         grpo_generation_s: grpo.map(|(x, _, _)| x.generation),

@@ -141,6 +141,21 @@ pub struct TrainSection {
     pub save_steps: usize,
     /// Keep the newest N step checkpoints (older ones are deleted; `final` is always kept).
     pub save_total_limit: usize,
+    /// Recompute memory-bound activations (elementwise ops, softmax pieces) in the backward
+    /// pass instead of keeping them: Burn's balanced checkpointing. Matmul outputs stay cached.
+    pub gradient_checkpointing: bool,
+}
+
+impl TrainSection {
+    /// The autodiff device training runs on (with checkpointing when asked).
+    pub fn train_device(&self, device: &burn::prelude::Device) -> burn::prelude::Device {
+        let device = device.clone().autodiff();
+        if self.gradient_checkpointing {
+            device.gradient_checkpointing()
+        } else {
+            device
+        }
+    }
 }
 
 impl Default for TrainSection {
@@ -156,6 +171,7 @@ impl Default for TrainSection {
             eval_steps: 0,
             save_steps: 0,
             save_total_limit: 2,
+            gradient_checkpointing: false,
         }
     }
 }

@@ -42,6 +42,15 @@ pub struct SampleRecord {
     pub advantage: Option<f64>,
 }
 
+/// What a run trains: parameter counts, and the adapters when it trains LoRA.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSummary {
+    pub trainable: usize,
+    pub total: usize,
+    /// `LoRA r=16 alpha=32 all-linear`; None for full fine-tuning.
+    pub adapter: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     Started {
@@ -49,6 +58,8 @@ pub enum Event {
         method: String,
         run_dir: PathBuf,
         total_steps: usize,
+        /// The trained model's parameters (None where a run has no model, e.g. test fakes).
+        model: Option<ModelSummary>,
     },
     /// TRL-named scalars for one optimisation step.
     Metrics {

@@ -369,8 +369,10 @@ impl App {
                 method,
                 run_dir,
                 total_steps,
+                model,
                 ..
             } => {
+                run.model = model;
                 run.method = method.clone();
                 run.dir = Some(run_dir);
                 run.total_steps = Some(total_steps);

@@ -99,6 +99,7 @@ impl Engine for FakeEngine {
             method: method.clone(),
             run_dir: dir.clone(),
             total_steps,
+            model: None,
         });
         Ok(LaunchedRun {
             id,
@@ -221,6 +222,7 @@ impl Driver {
             method: method.into(),
             run_dir: PathBuf::from("runs").join(run),
             total_steps,
+            model: None,
         });
         self.send(Event::Status {
             run: run.into(),

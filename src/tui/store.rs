@@ -49,6 +49,8 @@ pub struct RunData {
     pub error: Option<String>,
     /// Step and path (relative to the run folder when inside it) of the newest checkpoint.
     pub last_checkpoint: Option<(usize, String)>,
+    /// Trainable and total parameters, and the adapters when the run trains LoRA.
+    pub model: Option<crate::engine::events::ModelSummary>,
     series_cap: usize,
 }
 
@@ -73,6 +75,7 @@ impl RunData {
             health: HealthMonitor::new(),
             error: None,
             last_checkpoint: None,
+            model: None,
             series_cap: cap,
         }
     }

@@ -281,7 +281,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let d = cfg.dpo.clone().unwrap_or_default();
     d.validate().map_err(TrainError::Invalid)?;
     let train_cfg = &cfg.train;
-    let train_device = device.clone().autodiff();
+    let train_device = cfg.train.train_device(device);
     let plain = device.clone().without_autodiff();
     let loaded = model::load_for_run(
         &cfg.model.path,
@@ -355,6 +355,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         method: cfg.method.name().into(),
         run_dir: ctx.dir.path.clone(),
         total_steps: total,
+        model: Some(crate::engine::model::lora::summary(&policy)),
     });
     ctx.status(RunStatus::Running);
     let cache_started = Instant::now();

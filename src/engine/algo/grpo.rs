@@ -330,7 +330,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         )));
     }
     let prompts_per_step = completions_per_step / g.num_generations;
-    let train_device = device.clone().autodiff();
+    let train_device = cfg.train.train_device(device);
     let loaded = model::load_for_run(
         &cfg.model.path,
         cfg.model.adapter.as_deref(),
@@ -409,6 +409,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         method: cfg.method.name().into(),
         run_dir: ctx.dir.path.clone(),
         total_steps,
+        model: Some(crate::engine::model::lora::summary(&policy)),
     });
     ctx.status(RunStatus::Running);
     ctx.log(
@@ -493,12 +494,11 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         let plain_batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &plain);
         let ref_lp = reference
             .as_ref()
-            .map(|r| score(r, &plain_batch, g.temperature).logprobs.autodiff());
-        let old_lp = (g.num_iterations > 1).then(|| {
-            score(&policy.valid(), &plain_batch, g.temperature)
-                .logprobs
-                .autodiff()
-        });
+            // Constants: a tensor without autodiff joins the graph as one, whatever the
+            // training device's checkpointing strategy.
+            .map(|r| score(r, &plain_batch, g.temperature).logprobs);
+        let old_lp = (g.num_iterations > 1)
+            .then(|| score(&policy.valid(), &plain_batch, g.temperature).logprobs);
         let adv = Tensor::<1>::from_data(
             TensorData::new(advantages.clone(), [advantages.len()]),
             &train_device,
@@ -507,9 +507,9 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
 
         let mut last = None;
         for _ in 0..g.num_iterations.max(1) {
-            let scored = score(&policy, &batch, g.temperature);
+            let scored = super::sequences::score_with_entropy(&policy, &batch, g.temperature);
             let entropy = scalar(super::masked_mean(
-                losses::token_entropy(scored.logits.clone().detach()),
+                scored.entropy.clone().expect("asked for the entropy"),
                 batch.completion_mask.clone(),
             ));
             let old = old_lp

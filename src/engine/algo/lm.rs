@@ -10,7 +10,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
 use super::state::TrainerState;
-use super::{BatchTensors, TrainError, TrainOutcome, masked_mean, scalar, token_logprobs};
+use super::{BatchTensors, TrainError, TrainOutcome, masked_mean, scalar};
 use crate::engine::config::RunConfig;
 use crate::engine::data::{EpochSampler, TokenizedExample, pad_batch};
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
@@ -48,15 +48,22 @@ pub fn lm_loss(model: &CausalLm, batch: &BatchTensors) -> LmLoss {
         batch.valid.clone(),
         None,
     );
-    // Position i predicts token i + 1.
-    let logits = model.logits(hidden).narrow(1, 0, t - 1);
+    // Position i predicts token i + 1; the head runs in chunks (no [B, T, V] tensor).
     let targets = batch.ids.clone().narrow(1, 1, t - 1);
     let mask = batch.loss_mask.clone().narrow(1, 1, t - 1);
-    let predicted = logits.clone().argmax(2).squeeze_dim::<2>(2);
-    let correct = predicted.equal(targets.clone()).float() * mask.clone();
+    let head = super::sequences::head_outputs(
+        model,
+        hidden.narrow(1, 0, t - 1),
+        targets.clone(),
+        1.0,
+        false,
+        true,
+    );
+    let predicted = head.argmax.expect("asked for the argmax");
+    let correct = predicted.equal(targets).float() * mask.clone();
     let correct = scalar(correct.sum());
     let count = scalar(mask.clone().sum());
-    let logprobs = token_logprobs(logits, targets);
+    let logprobs = head.logprobs;
     LmLoss {
         loss: masked_mean(logprobs.neg(), mask),
         correct,
@@ -110,6 +117,7 @@ pub fn train_lm(
         method: cfg.method.name().into(),
         run_dir: ctx.dir.path.clone(),
         total_steps: total,
+        model: Some(crate::engine::model::lora::summary(&model)),
     });
     ctx.status(RunStatus::Running);
     ctx.log(

@@ -387,7 +387,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let rollout_size = mini * p.num_mini_batches;
 
     let plain = device.clone().without_autodiff();
-    let train_device = device.clone().autodiff();
+    let train_device = cfg.train.train_device(device);
     let loaded = model::load_for_run(
         &cfg.model.path,
         cfg.model.adapter.as_deref(),
@@ -526,6 +526,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         method: cfg.method.name().into(),
         run_dir: ctx.dir.path.clone(),
         total_steps,
+        model: Some(crate::engine::model::lora::summary(&policy)),
     });
     ctx.status(RunStatus::Running);
     ctx.log(
@@ -670,9 +671,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     };
                     let mask = batch.completion_mask.clone();
 
-                    let scored = score(&policy, &batch, p.temperature);
+                    let scored =
+                        super::sequences::score_with_entropy(&policy, &batch, p.temperature);
                     ts.entropy.push(scalar(masked_mean(
-                        losses::token_entropy(scored.logits.clone().detach()),
+                        scored.entropy.clone().expect("asked for the entropy"),
                         mask.clone(),
                     )));
                     let pg = losses::ppo_policy_loss(

@@ -166,7 +166,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     rm.validate().map_err(TrainError::Invalid)?;
     let center = rm.center_rewards_coefficient.filter(|&c| c > 0.0);
     let train_cfg = &cfg.train;
-    let train_device = device.clone().autodiff();
+    let train_device = cfg.train.train_device(device);
     let loaded = model::load_for_run(
         &cfg.model.path,
         cfg.model.adapter.as_deref(),
@@ -232,6 +232,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         method: cfg.method.name().into(),
         run_dir: ctx.dir.path.clone(),
         total_steps: total,
+        model: Some(crate::engine::model::lora::summary(&model)),
     });
     ctx.status(RunStatus::Running);
     ctx.log(

@@ -3,7 +3,6 @@
 
 use burn::prelude::*;
 
-use super::token_logprobs;
 use crate::engine::model::CausalLm;
 
 /// Right-padded `prompt ++ completion` rows. Targets and masks are shifted by one (position
@@ -69,16 +68,101 @@ impl SeqBatch {
     }
 }
 
-/// Forward pass output over a `SeqBatch`: shifted logits (temperature applied) and the
-/// log-probabilities of the targets.
+/// Forward pass output over a `SeqBatch`: the log-probabilities of the targets (temperature
+/// applied) and, when asked, the per-position entropy of the distribution (detached: a metric).
 pub struct Scored {
-    pub logits: Tensor<3>,
     pub logprobs: Tensor<2>,
+    pub entropy: Option<Tensor<2>>,
+}
+
+/// Logits of at most this many `[position, vocab]` values exist at once: the LM head runs on
+/// chunks of positions, so no `[B, T, V]` tensor is ever formed (at Qwen's 151,936-token
+/// vocabulary, 8 x 512 positions would be one 2.5 GB buffer, over wgpu's largest).
+pub const HEAD_CHUNK_VALUES: usize = 1 << 26;
+
+/// What the LM head gives per position: the target's log-probability, and optionally the
+/// entropy (detached) and the argmax.
+pub struct HeadOutputs {
+    pub logprobs: Tensor<2>,
+    pub entropy: Option<Tensor<2>>,
+    pub argmax: Option<Tensor<2, Int>>,
+}
+
+/// Runs the LM head over `hidden` `[B, T, H]` in chunks of positions (see
+/// [`HEAD_CHUNK_VALUES`]) and gathers the log-probabilities of `targets` `[B, T]`; logits are
+/// divided by `temperature` first when it is not 1.
+pub fn head_outputs(
+    model: &CausalLm,
+    hidden: Tensor<3>,
+    targets: Tensor<2, Int>,
+    temperature: f32,
+    with_entropy: bool,
+    with_argmax: bool,
+) -> HeadOutputs {
+    head_outputs_in_chunks(
+        model,
+        hidden,
+        targets,
+        temperature,
+        (with_entropy, with_argmax),
+        HEAD_CHUNK_VALUES,
+    )
+}
+
+fn head_outputs_in_chunks(
+    model: &CausalLm,
+    hidden: Tensor<3>,
+    targets: Tensor<2, Int>,
+    temperature: f32,
+    (with_entropy, with_argmax): (bool, bool),
+    chunk_values: usize,
+) -> HeadOutputs {
+    let [b, t, h] = hidden.dims();
+    let vocab = model.vocab_size();
+    let n = b * t;
+    let chunk = (chunk_values / vocab.max(1)).clamp(1, n.max(1));
+    let flat = hidden.reshape([1, n, h]);
+    let flat_targets = targets.reshape([n, 1]);
+    let scale = temperature > 0.0 && (temperature - 1.0).abs() > f32::EPSILON;
+    let (mut lps, mut ents, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let mut logits = model.logits(flat.clone().narrow(1, start, len));
+        if scale {
+            logits = logits / temperature;
+        }
+        let logits = logits.reshape([len, vocab]);
+        let logp = burn::tensor::activation::log_softmax(logits, 1);
+        if with_entropy {
+            let lp = logp.clone().detach();
+            ents.push((lp.clone().exp() * lp).sum_dim(1).neg());
+        }
+        if with_argmax {
+            maxes.push(logp.clone().detach().argmax(1));
+        }
+        lps.push(logp.gather(1, flat_targets.clone().narrow(0, start, len)));
+        start += len;
+    }
+    HeadOutputs {
+        logprobs: Tensor::cat(lps, 0).reshape([b, t]),
+        entropy: with_entropy.then(|| Tensor::cat(ents, 0).reshape([b, t])),
+        argmax: with_argmax.then(|| Tensor::cat(maxes, 0).reshape([b, t])),
+    }
 }
 
 /// Scores the targets of `batch` under `model`. Logits are divided by `temperature` so the
 /// log-probabilities match those of the sampling distribution (as TRL does).
 pub fn score(model: &CausalLm, batch: &SeqBatch, temperature: f32) -> Scored {
+    score_with(model, batch, temperature, false)
+}
+
+/// [`score`], with the per-position entropy as well.
+pub fn score_with_entropy(model: &CausalLm, batch: &SeqBatch, temperature: f32) -> Scored {
+    score_with(model, batch, temperature, true)
+}
+
+fn score_with(model: &CausalLm, batch: &SeqBatch, temperature: f32, entropy: bool) -> Scored {
     let t = batch.ids.dims()[1];
     let hidden = model.hidden(
         batch.ids.clone(),
@@ -86,12 +170,19 @@ pub fn score(model: &CausalLm, batch: &SeqBatch, temperature: f32) -> Scored {
         batch.valid.clone(),
         None,
     );
-    let mut logits = model.logits(hidden).narrow(1, 0, t - 1);
-    if temperature > 0.0 && (temperature - 1.0).abs() > f32::EPSILON {
-        logits = logits / temperature;
+    // Position i predicts token i + 1: the last position predicts nothing.
+    let out = head_outputs(
+        model,
+        hidden.narrow(1, 0, t - 1),
+        batch.targets.clone(),
+        temperature,
+        entropy,
+        false,
+    );
+    Scored {
+        logprobs: out.logprobs,
+        entropy: out.entropy,
     }
-    let logprobs = token_logprobs(logits.clone(), batch.targets.clone());
-    Scored { logits, logprobs }
 }
 
 /// Sum of completion-token log-probabilities per row (`[B]`), as DPO uses.
@@ -120,6 +211,61 @@ pub fn last_token_scores(model: &CausalLm, batch: &SeqBatch) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chunked head gives what one pass over all positions gives: log-probabilities,
+    /// entropies and argmax, with 3 positions per chunk (and a ragged last chunk).
+    #[test]
+    fn chunked_head_equals_the_whole_head() {
+        use crate::engine::model::{ModelConfig, WeightReader, decoder};
+        let device = Device::flex();
+        let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "vocab_size": 50, "hidden_size": 16,
+            "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "max_position_embeddings": 32
+        }))
+        .unwrap();
+        let mut r = WeightReader::new(decoder::init_weights(&cfg, 7), &device);
+        let model = CausalLm::from_weights(&cfg, &mut r, true, false).unwrap();
+        let ids: Vec<i64> = (0..14).map(|i| (i * 7 + 3) % 50).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 7]), &device);
+        let pos = Tensor::<1, Int>::arange(0..7, &device)
+            .reshape([1, 7])
+            .repeat_dim(0, 2);
+        let valid = Tensor::<2, Int>::ones([2, 7], &device).bool();
+        let hidden = model.hidden(ids.clone(), pos, valid, None);
+        let targets = ids.clone().narrow(1, 1, 6);
+        let whole = model.logits(hidden.clone()).narrow(1, 0, 6) / 0.7;
+        let want = crate::engine::algo::token_logprobs(whole.clone(), targets.clone());
+        let want_entropy = crate::engine::algo::losses::token_entropy(whole.clone());
+        let got = head_outputs_in_chunks(
+            &model,
+            hidden.narrow(1, 0, 6),
+            targets,
+            0.7,
+            (true, true),
+            3 * 50,
+        );
+        let close = |a: Tensor<2>, b: Tensor<2>| {
+            let d: f32 = (a - b).abs().max().into_scalar::<f32>();
+            assert!(d < 1e-5, "max |diff| {d}");
+        };
+        close(got.logprobs, want);
+        close(got.entropy.unwrap(), want_entropy);
+        let argmax: Vec<i64> = got
+            .argmax
+            .unwrap()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .unwrap();
+        let want_argmax: Vec<i64> = whole
+            .argmax(2)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .unwrap();
+        assert_eq!(argmax, want_argmax);
+    }
 
     #[test]
     fn completion_mask_covers_exactly_the_completion_targets() {

@@ -63,7 +63,7 @@ pub fn tokenize_file(
 }
 
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
-    let train_device = device.clone().autodiff();
+    let train_device = cfg.train.train_device(device);
     // A resumed run continues from its checkpoint's weights.
     let loaded = match &ctx.resume_from {
         // A LoRA checkpoint is an adapter folder naming its base; `load` follows it.

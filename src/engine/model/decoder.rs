@@ -257,6 +257,14 @@ impl CausalLm {
         }
     }
 
+    /// Rows of the LM head (the embedding table when tied).
+    pub fn vocab_size(&self) -> usize {
+        match &self.lm_head {
+            Some(head) => head.weight.dims()[1],
+            None => self.embed_tokens.dims()[0],
+        }
+    }
+
     /// `max_position_embeddings` of the config it was built from.
     pub fn max_positions(&self) -> usize {
         self.max_positions

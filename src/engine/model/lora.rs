@@ -333,6 +333,16 @@ pub fn parameter_counts(model: &CausalLm) -> (usize, usize) {
     (c.trainable, c.total)
 }
 
+/// The workbench's view of what `model` trains.
+pub fn summary(model: &CausalLm) -> crate::engine::events::ModelSummary {
+    let (trainable, total) = parameter_counts(model);
+    crate::engine::events::ModelSummary {
+        trainable,
+        total,
+        adapter: model.adapter.as_ref().map(AdapterInfo::describe),
+    }
+}
+
 /// `trainable params: 1,843,200 || all params: 136,358,208 || trainable%: 1.35 · LoRA r=16
 /// alpha=32 all-linear`, as PEFT's `print_trainable_parameters` says it (full fine-tuning
 /// says so instead of LoRA).

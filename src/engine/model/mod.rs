@@ -432,6 +432,47 @@ pub fn load_for_inference(
     Ok(loaded)
 }
 
+/// A model with fresh random weights (N(0, 0.02), as [`decoder::init_weights`]) in the shape
+/// of `dir/config.json`, with `dir/tokenizer.json` when present: for measuring a checkpoint's
+/// shape where its weights cannot be fetched (`rlft bench --random-weights`).
+pub fn random_weights(
+    dir: &Path,
+    device: &Device,
+    heads: Heads,
+) -> Result<LoadedModel, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format {
+        path: path.clone(),
+        message: format!("invalid JSON: {e}"),
+    })?;
+    let config = ModelConfig::from_json(value).map_err(|message| ModelError::Config {
+        path: path.clone(),
+        message,
+    })?;
+    let mut tensors = decoder::init_weights(&config, 0);
+    let with_score = matches!(heads, Heads::Score | Heads::Both);
+    if with_score {
+        tensors.insert(
+            "score.weight".into(),
+            HostTensor::new(vec![1, config.hidden_size], vec![0.0; config.hidden_size]),
+        );
+    }
+    let mut reader = WeightReader::new(tensors, device);
+    let model = CausalLm::from_weights(&config, &mut reader, heads != Heads::Score, with_score)?;
+    let tokenizer = if dir.join("tokenizer.json").exists() {
+        Some(Tokenizer::from_dir(dir)?)
+    } else {
+        None
+    };
+    Ok(LoadedModel {
+        config,
+        model,
+        tokenizer,
+        generation_config: None,
+    })
+}
+
 /// `path` made absolute where it exists (what an adapter records as its base, so a resume
 /// from another directory finds it).
 fn absolute(path: &Path) -> String {

@@ -51,6 +51,30 @@ fn hanging(
         .collect()
 }
 
+/// `Training 1.2M of 135.4M parameters (0.88%) · LoRA r=16 alpha=32 all-linear`.
+fn model_line(m: &crate::engine::events::ModelSummary) -> Line<'static> {
+    let short = |n: usize| match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    };
+    let kind = m
+        .adapter
+        .clone()
+        .unwrap_or_else(|| "full fine-tuning".into());
+    Line::from(vec![
+        Span::styled("Training ", theme::dim()),
+        Span::raw(format!(
+            "{} of {} parameters ({:.2}%)",
+            short(m.trainable),
+            short(m.total),
+            100.0 * m.trainable as f64 / m.total.max(1) as f64
+        )),
+        Span::styled(format!(" · {kind}"), theme::dim()),
+    ])
+}
+
 /// Draws the Health pane.
 pub fn render(frame: &mut Frame, area: Rect, view: &HealthView) {
     let warnings = view.run.map(|r| r.health.warnings()).unwrap_or_default();
@@ -69,6 +93,9 @@ pub fn render(frame: &mut Frame, area: Rect, view: &HealthView) {
         frame.render_widget(Paragraph::new("No run yet.").style(theme::dim()), inner);
         return;
     };
+    if let Some(model) = &run.model {
+        lines.push(model_line(model));
+    }
     if let Some(err) = &run.error {
         lines.extend(hanging(
             "✗ Run failed: ",
