@@ -277,6 +277,25 @@ impl RunConfig {
         if !(self.optim.learning_rate > 0.0 && self.optim.learning_rate.is_finite()) {
             return Err("[optim] learning_rate must be a positive number".into());
         }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
+        if self.method == Method::Pretrain && (self.lora.is_some() || self.model.adapter.is_some())
+        {
+            return Err(
+                "pretraining trains a model from scratch: [lora] and [model] adapter do not apply"
+                    .into(),
+            );
+        }
+        if let Some(adapter) = &self.model.adapter
+            && self.lora.is_some()
+        {
+            return Err(format!(
+                "[model] adapter = \"{}\" and a [lora] section: train the saved adapter (drop \
+                 [lora]) or a new one (drop adapter)",
+                adapter.display()
+            ));
+        }
         match self.method {
             Method::Sft
             | Method::Grpo
@@ -339,6 +358,9 @@ impl RunConfig {
             }
         };
         fix(&mut self.model.path);
+        if let Some(a) = self.model.adapter.as_mut() {
+            fix(a);
+        }
         fix(&mut self.data.train);
         if let Some(e) = self.data.eval.as_mut() {
             fix(e);
@@ -374,6 +396,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("max_step"), "{err}");
+    }
+
+    #[test]
+    fn lora_sections_are_checked_where_they_are_read() {
+        let base = "method = \"sft\"\n[model]\npath = \"m\"\n[data]\ntrain = \"d.jsonl\"\n";
+        let cfg = RunConfig::from_toml(&format!(
+            "{base}[lora]\nr = 4\ntarget_modules = [\"q_proj\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.lora.as_ref().unwrap().r, 4);
+        let err = RunConfig::from_toml(&format!("{base}[lora]\nr = 0\n")).unwrap_err();
+        assert!(err.contains("[lora] r"), "{err}");
+        let err = RunConfig::from_toml(&format!("{base}[lora]\nrank = 4\n")).unwrap_err();
+        assert!(err.contains("rank"), "{err}");
+        let err =
+            RunConfig::from_toml(&format!("{base}[lora]\ntarget_modules = \"all\"\n")).unwrap_err();
+        assert!(err.contains("target_modules"), "{err}");
+        let both = base.replace("path = \"m\"", "path = \"m\"\nadapter = \"a\"");
+        let err = RunConfig::from_toml(&format!("{both}[lora]\nr = 4\n")).unwrap_err();
+        assert!(err.contains("adapter") && err.contains("[lora]"), "{err}");
     }
 
     #[test]
