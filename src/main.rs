@@ -159,6 +159,9 @@ enum Cmd {
         /// measure a checkpoint's shape without its weights.
         #[arg(long)]
         random_weights: bool,
+        /// Time only the GRPO step (other figures print as NaN).
+        #[arg(long)]
+        only_grpo: bool,
     },
     /// Measure an AI judge on preference pairs with a known answer (TRL prompt/chosen/rejected
     /// JSONL): accuracy, ties, order consistency and position bias.
@@ -300,6 +303,7 @@ fn run(cli: Cli) -> Result<()> {
             lora_r,
             gradient_checkpointing,
             random_weights,
+            only_grpo,
         }) => bench(
             &model,
             batch,
@@ -311,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             lora_r,
             gradient_checkpointing,
             random_weights,
+            only_grpo,
         ),
         Some(Cmd::Judge(args)) => judge(args),
         Some(Cmd::Label { runs }) => label(&runs),
@@ -759,6 +764,7 @@ fn bench(
     lora_r: Option<usize>,
     gradient_checkpointing: bool,
     random_weights: bool,
+    only_grpo: bool,
 ) -> Result<()> {
     let device = choice.init().map_err(anyhow::Error::msg)?;
     let train = rlft::engine::config::TrainSection {
@@ -792,6 +798,7 @@ fn bench(
         seq,
         iters,
         generations,
+        only_grpo,
     };
     let name = path.display().to_string();
     let r = rlft::engine::bench::run(

@@ -35,6 +35,9 @@ pub struct BenchOptions {
     pub iters: usize,
     /// Completions per prompt (G) of the GRPO step; `batch` is rounded down to a multiple.
     pub generations: usize,
+    /// Time only the GRPO step (the other figures are NaN): for shapes where each phase costs
+    /// minutes on a CPU.
+    pub only_grpo: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -321,8 +324,11 @@ pub fn run(
         let _ = scalar(out.loss);
         start.elapsed().as_secs_f64()
     };
-    time_score();
-    let score_s: f64 = (0..opts.iters).map(|_| time_score()).sum::<f64>() / opts.iters as f64;
+    let timed = if opts.only_grpo { 0 } else { opts.iters };
+    if timed > 0 {
+        time_score();
+    }
+    let score_s: f64 = (0..timed).map(|_| time_score()).sum::<f64>() / timed as f64;
 
     // Rollouts: prompts of a quarter of the sequence, the rest generated (EOS ignored).
     let prompt_len = (t / 4).max(1);
@@ -385,12 +391,18 @@ pub fn run(
         let decode = first.map_or(0.0, |f| (last - f).as_secs_f64());
         (total, decode)
     };
-    rollout();
-    let (mut rollout_s, mut decode_s) = (0.0, 0.0);
-    for _ in 0..opts.iters {
+    if timed > 0 {
+        rollout();
+    }
+    let (mut rollout_s, mut decode_s) = if timed > 0 {
+        (0.0, 0.0)
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    for _ in 0..timed {
         let (total, decode) = rollout();
-        rollout_s += total / opts.iters as f64;
-        decode_s += decode / opts.iters as f64;
+        rollout_s += total / timed as f64;
+        decode_s += decode / timed as f64;
     }
     drop(cpu_decoder);
 
@@ -413,14 +425,16 @@ pub fn run(
         let _ = next.embed_tokens.val().slice([0..1, 0..1]).into_data();
         (next, start.elapsed().as_secs_f64())
     };
-    (policy, _) = step(policy);
+    if timed > 0 {
+        (policy, _) = step(policy);
+    }
     let mut train_s = 0.0;
-    for _ in 0..opts.iters {
+    for _ in 0..timed {
         let (next, s) = step(policy);
         policy = next;
         train_s += s;
     }
-    train_s /= opts.iters as f64;
+    train_s /= timed as f64;
 
     // One GRPO step: B/G prompts of T/2 tokens x G completions of T - T/2 tokens.
     let g = opts.generations.clamp(1, b);
@@ -469,7 +483,11 @@ pub fn run(
         train_step_s: train_s,
         rollout_tokens_per_s: (b * new_tokens) as f64 / rollout_s,
         // The first token of each row comes from the prefill.
-        decode_tokens_per_s: (b * new_tokens.saturating_sub(1)) as f64 / decode_s.max(1e-9),
+        decode_tokens_per_s: if decode_s.is_nan() {
+            f64::NAN
+        } else {
+            (b * new_tokens.saturating_sub(1)) as f64 / decode_s.max(1e-9)
+        },
         rollout_new_tokens: new_tokens,
         score_tokens_per_s: tokens / score_s,
         train_gflops: 6.0 * params as f64 * tokens / train_s / 1e9,
