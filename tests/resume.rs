@@ -184,3 +184,28 @@ fn kill_9_then_resume_from_the_command_line() {
         "one row per step, no gaps or repeats"
     );
 }
+
+const LORA: &str = "[lora]\nr = 4\nlora_alpha = 8\ntarget_modules = \"all-linear\"\n";
+
+/// LoRA checkpoints are PEFT adapter folders naming their base: a resumed LoRA run restores
+/// the adapters and their optimizer moments and continues the same metrics.
+#[test]
+fn lora_sft_and_grpo_resumed_continue_the_same_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("d.jsonl");
+    write_sft(&data);
+    let sft = tmp.path().join("sft");
+    std::fs::create_dir_all(&sft).unwrap();
+    check_resume_matches(&(sft_config(&model, &data) + LORA), &sft);
+    assert!(
+        sft.join("run/checkpoints/step-000004/adapter_model.safetensors")
+            .exists(),
+        "a LoRA checkpoint is an adapter folder"
+    );
+    let prompts = tmp.path().join("p.jsonl");
+    write_prompts(&prompts);
+    let grpo = tmp.path().join("grpo");
+    std::fs::create_dir_all(&grpo).unwrap();
+    check_resume_matches(&(grpo_config(&model, &prompts) + LORA), &grpo);
+}

@@ -40,6 +40,30 @@ pub enum TrainError {
     },
 }
 
+/// Loads the model a run trains (`[model] path`, with `[model] adapter` or fresh `[lora]`
+/// adapters) on `device`, and logs what trains.
+pub fn load_trained_model(
+    cfg: &crate::engine::config::RunConfig,
+    device: &Device,
+    heads: crate::engine::model::Heads,
+    ctx: &crate::engine::run::RunContext,
+) -> Result<crate::engine::model::LoadedModel, TrainError> {
+    use crate::engine::model;
+    let loaded = model::load_for_run(
+        &cfg.model.path,
+        cfg.model.adapter.as_deref(),
+        cfg.lora.as_ref(),
+        device,
+        heads,
+        cfg.seed,
+    )?;
+    ctx.log(
+        crate::engine::events::LogLevel::Info,
+        model::lora::describe_parameters(&loaded.model),
+    );
+    Ok(loaded)
+}
+
 /// How a training loop ended when it did not fail.
 pub type TrainOutcome = Result<RunStatus, TrainError>;
 

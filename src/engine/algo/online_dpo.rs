@@ -273,18 +273,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let train_cfg = &cfg.train;
     let train_device = cfg.train.train_device(device);
     let plain = device.clone().without_autodiff();
-    let loaded = model::load_for_run(
-        &cfg.model.path,
-        cfg.model.adapter.as_deref(),
-        cfg.lora.as_ref(),
-        &train_device,
-        Heads::Lm,
-        cfg.seed,
-    )?;
-    ctx.log(
-        crate::engine::events::LogLevel::Info,
-        crate::engine::model::lora::describe_parameters(&loaded.model),
-    );
+    let loaded = super::load_trained_model(cfg, &train_device, Heads::Lm, ctx)?;
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: online DPO needs a tokenizer",

@@ -20,7 +20,7 @@ use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
 use crate::engine::model::tokenizer::Tokenizer;
-use crate::engine::model::{self, CausalLm, Heads, host_f32};
+use crate::engine::model::{CausalLm, Heads, host_f32};
 use crate::engine::optim::Optimizer;
 use crate::engine::run::RunContext;
 
@@ -167,18 +167,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let center = rm.center_rewards_coefficient.filter(|&c| c > 0.0);
     let train_cfg = &cfg.train;
     let train_device = cfg.train.train_device(device);
-    let loaded = model::load_for_run(
-        &cfg.model.path,
-        cfg.model.adapter.as_deref(),
-        cfg.lora.as_ref(),
-        &train_device,
-        Heads::Score,
-        cfg.seed,
-    )?;
-    ctx.log(
-        crate::engine::events::LogLevel::Info,
-        crate::engine::model::lora::describe_parameters(&loaded.model),
-    );
+    let loaded = super::load_trained_model(cfg, &train_device, Heads::Score, ctx)?;
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: the model has no tokenizer.json; a reward model needs one to read text",

@@ -414,7 +414,14 @@ pub fn load_as_hf(path: &Path) -> Result<GgufModel, ModelError> {
             Fix::None => {}
             Fix::MinusOne => tensor.data.iter_mut().for_each(|v| *v -= 1.0),
             Fix::ToConv1d => {
-                let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+                let &[rows, cols] = tensor.shape.as_slice() else {
+                    return Err(file
+                        .bad_tensor(
+                            &info.name,
+                            format!("expected a matrix, found shape {:?}", tensor.shape),
+                        )
+                        .into());
+                };
                 tensor = HostTensor::new(
                     vec![cols, rows],
                     crate::engine::model::transpose(&tensor.data, rows, cols),
