@@ -1,5 +1,6 @@
 //! Language models, all in one place:
-//! - the families (`families/`: one file each, what differs from Llama) and the blocks they
+//! - the families (`families/`: one file each, what differs from Llama), RoPE as configs state
+//!   it (`rope.rs`) and the blocks they
 //!   share (`blocks.rs`), assembled by one decoder (`decoder.rs`), configured from
 //!   `config.json` (`config.rs`);
 //! - the formats: Hugging Face folders and safetensors (`hf.rs`), GGUF (`gguf.rs`), host
@@ -16,6 +17,7 @@ pub mod gguf;
 pub mod gguf_to_hf;
 pub mod hf;
 pub mod lora;
+pub mod rope;
 pub mod tokenizer;
 pub mod weights;
 
