@@ -1,10 +1,10 @@
 //! Language models, all in one place:
-//! - the families (`families/`: one file each, what differs from Llama), RoPE as configs state
-//!   it (`rope.rs`) and the blocks they
+//! - the families (`families/`: one file each, what differs from Llama) and the blocks they
 //!   share (`blocks.rs`), assembled by one decoder (`decoder.rs`), configured from
-//!   `config.json` (`config.rs`);
-//! - the formats: Hugging Face folders and safetensors (`hf.rs`), GGUF (`gguf.rs`), host
-//!   tensors by checkpoint name (`weights.rs`);
+//!   `config.json` (`config.rs`, with RoPE in `rope.rs`);
+//! - LoRA adapters in PEFT's format (`lora.rs`);
+//! - the formats: Hugging Face folders and safetensors (`hf.rs`), GGUF (`gguf.rs`, and
+//!   `gguf_to_hf.rs` for the conversion), host tensors by checkpoint name (`weights.rs`);
 //! - the tokenizer and chat templates (`tokenizer.rs`);
 //! - the KV cache used by sampling, and the CPU single-sequence decoder (`cpu_decode/`).
 
