@@ -352,6 +352,18 @@ fn every_family_gguf_equals_its_hf_folder() {
     assert!(checked >= 9, "only {checked} GGUF fixtures found");
 }
 
+/// Saves `m` (weights, tokenizer, generation config) as a Hugging Face folder at `out`.
+fn save(m: &LoadedModel, out: &Path) {
+    hf::save_dir(
+        out,
+        &m.config,
+        &m.model,
+        m.tokenizer.as_ref(),
+        m.generation_config.as_ref(),
+    )
+    .unwrap();
+}
+
 /// What rlft saves is the family's own Hugging Face layout: the same tensor names and values as
 /// transformers wrote, and a config that reloads to the same model.
 #[test]
@@ -361,14 +373,7 @@ fn every_family_saves_in_its_own_hf_format_and_reloads() {
         let m = load(case, Heads::Lm);
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("saved");
-        hf::save_dir(
-            &out,
-            &m.config,
-            &m.model,
-            m.tokenizer.as_ref(),
-            m.generation_config.as_ref(),
-        )
-        .unwrap();
+        save(&m, &out);
         let mut original = NamedTensors::new();
         hf::read_safetensors(&dir.join("model.safetensors"), &mut original).unwrap();
         let mut saved = NamedTensors::new();
@@ -402,14 +407,7 @@ fn transformers_loads_what_rlft_saved() {
         let m = load(case, Heads::Lm);
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("saved");
-        hf::save_dir(
-            &out,
-            &m.config,
-            &m.model,
-            m.tokenizer.as_ref(),
-            m.generation_config.as_ref(),
-        )
-        .unwrap();
+        save(&m, &out);
         let status = std::process::Command::new(&python)
             .arg(&script)
             .arg(&out)

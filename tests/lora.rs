@@ -23,9 +23,14 @@ fn adapter_dir(name: &str) -> PathBuf {
 }
 
 fn logits_of(m: &model::LoadedModel, ids: &[Vec<u32>]) -> Vec<f32> {
+    model_logits(&m.model, ids)
+}
+
+/// Logits at every position of unpadded rows.
+fn model_logits(model: &model::CausalLm, ids: &[Vec<u32>]) -> Vec<f32> {
     let t = ids[0].len();
     full_logits(
-        &m.model,
+        model,
         ids,
         &[(0..t as i64).collect()],
         &[vec![true; t]],
@@ -60,14 +65,7 @@ fn peft_adapters_give_peft_logits_unmerged_and_merged() {
         // Without its adapters the model is the base again.
         let plain = model::load(&base, &cpu(), Heads::Lm).unwrap();
         let stripped = lora::without_adapters(m.model.clone());
-        let t = ids[0].len();
-        let a = full_logits(
-            &stripped,
-            &ids,
-            &[(0..t as i64).collect()],
-            &[vec![true; t]],
-            &cpu(),
-        );
+        let a = model_logits(&stripped, &ids);
         assert_eq!(a, logits_of(&plain, &ids), "{name}: adapters off = base");
     }
 }
@@ -228,14 +226,7 @@ fn lora_sft_trains_only_the_adapters() {
     let plain = model::load(&base, &cpu(), Heads::Lm).unwrap();
     let ids = vec![vec![8u32, 45, 82, 119, 156, 193]];
     let stripped = lora::without_adapters(trained.model.clone());
-    let t = ids[0].len();
-    let a = full_logits(
-        &stripped,
-        &ids,
-        &[(0..t as i64).collect()],
-        &[vec![true; t]],
-        &cpu(),
-    );
+    let a = model_logits(&stripped, &ids);
     assert_eq!(a, logits_of(&plain, &ids), "the base did not move");
     let moved = max_abs_diff(&logits_of(&trained, &ids), &logits_of(&plain, &ids));
     assert!(moved > 1e-4, "the adapters did not move ({moved})");

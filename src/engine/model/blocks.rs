@@ -22,20 +22,12 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        match &self.lora {
-            None => burn::tensor::module::linear(
-                x,
-                self.weight.val(),
-                self.bias.as_ref().map(|b| b.val()),
-            ),
-            Some(lora) => {
-                let delta = lora.delta(x.clone());
-                burn::tensor::module::linear(
-                    x,
-                    self.weight.val(),
-                    self.bias.as_ref().map(|b| b.val()),
-                ) + delta
-            }
+        let delta = self.lora.as_ref().map(|lora| lora.delta(x.clone()));
+        let y =
+            burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        match delta {
+            Some(delta) => y + delta,
+            None => y,
         }
     }
 

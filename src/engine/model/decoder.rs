@@ -38,15 +38,6 @@ pub struct DecoderLayer {
     pub local_rope: bool,
 }
 
-/// Scalars of the forward pass that are not parameters.
-#[derive(Clone, Debug)]
-pub struct Scales {
-    pub embedding: f64,
-    pub residual: f64,
-    pub logit: f64,
-    pub final_softcap: Option<f64>,
-}
-
 /// A decoder-only language model of any supported family, with its heads. `lm_head` is absent
 /// when tied to `embed_tokens`; `score` is the scalar head of value and reward models (Hugging
 /// Face's `...ForSequenceClassification`).
@@ -59,8 +50,6 @@ pub struct CausalLm {
     pub norm: Norm,
     pub lm_head: Option<Linear>,
     pub score: Option<Linear>,
-    #[module(skip)]
-    scales: Scales,
     #[module(skip)]
     rotary: Option<Rotary>,
     #[module(skip)]
@@ -199,12 +188,6 @@ impl CausalLm {
             norm: Norm::read(r, "model.norm", h, a.norm, a.norm_eps)?,
             lm_head,
             score,
-            scales: Scales {
-                embedding: a.embedding_scale,
-                residual: a.residual_scale,
-                logit: a.logit_scale,
-                final_softcap: a.final_softcap,
-            },
             rotary,
             local_rotary,
             arch: a.clone(),
@@ -297,9 +280,9 @@ impl CausalLm {
             .val()
             .select(0, flat_ids)
             .reshape([b, t, hidden_size]);
-        if self.scales.embedding != 1.0 {
+        if self.arch.embedding_scale != 1.0 {
             // transformers multiplies by the scale rounded to the activations' dtype.
-            x = x * (self.scales.embedding as f32);
+            x = x * (self.arch.embedding_scale as f32);
         }
         if let Some(table) = &self.embed_positions {
             x = x + table
@@ -320,7 +303,7 @@ impl CausalLm {
             }
         }
         let reserve = cache.as_ref().map_or(0, |c| c.capacity());
-        let residual = self.scales.residual;
+        let residual = self.arch.residual_scale;
         let add = |x: Tensor<3>, h: Tensor<3>| {
             if residual != 1.0 {
                 x + h * residual
@@ -382,12 +365,12 @@ impl CausalLm {
                     .reshape([b, t, vocab])
             }
         };
-        let logits = if self.scales.logit != 1.0 {
-            logits * self.scales.logit
+        let logits = if self.arch.logit_scale != 1.0 {
+            logits * self.arch.logit_scale
         } else {
             logits
         };
-        match self.scales.final_softcap {
+        match self.arch.final_softcap {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
         }

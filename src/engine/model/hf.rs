@@ -216,7 +216,7 @@ pub fn save_dir(
 ) -> Result<(), ModelError> {
     // A LoRA model saves as a PEFT adapter folder (with the tokenizer, as TRL does).
     if let Some(info) = &model.adapter {
-        return super::lora::save_adapter(dir, info, config, model, |tmp| {
+        return super::lora::save_adapter(dir, info, model, |tmp| {
             if let Some(g) = generation_config {
                 write_json(&tmp.join("generation_config.json"), g)?;
             }

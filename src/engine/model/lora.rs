@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::Linear;
 use super::weights::{HostTensor, NamedTensors};
-use super::{CausalLm, Family, ModelConfig, ModelError, hf, host_f32, transpose};
+use super::{CausalLm, Family, ModelError, hf, host_f32, transpose};
 
 /// Which projections get an adapter: PEFT's module names, or every linear layer of the
 /// decoder blocks (`"all-linear"`, which leaves the output heads alone).
@@ -280,10 +280,9 @@ pub fn add_adapters(
     Ok(model)
 }
 
-/// Whether any projection carries an adapter.
+/// Whether any projection carries an adapter (`adapter` is set exactly when one is attached).
 pub fn has_adapters(model: &CausalLm) -> bool {
-    let mut m = model.clone();
-    linears_mut(&mut m).iter().any(|(_, l)| l.lora.is_some())
+    model.adapter.is_some()
 }
 
 /// The same model without its adapters: for a LoRA policy, the base it started from (the
@@ -373,22 +372,11 @@ pub fn describe_parameters(model: &CausalLm) -> String {
 
 const PREFIX: &str = "base_model.model.";
 
-/// PEFT's `adapter_config.json` for `cfg` on a base of `family`.
-fn peft_config(
-    cfg: &LoraConfig,
-    base: &str,
-    family: Family,
-    classifier: bool,
-) -> serde_json::Value {
+/// PEFT's `adapter_config.json` for `cfg` on `base`.
+fn peft_config(cfg: &LoraConfig, base: &str, classifier: bool) -> serde_json::Value {
     let targets = match &cfg.target_modules {
         TargetModules::Names(n) => serde_json::json!(n),
-        TargetModules::Preset(_) => {
-            let mut names: Vec<&str> = LAYER_PROJECTIONS.to_vec();
-            if family == Family::Gpt2 {
-                names.clear();
-            }
-            serde_json::json!(names)
-        }
+        TargetModules::Preset(_) => serde_json::json!(LAYER_PROJECTIONS),
     };
     serde_json::json!({
         "peft_type": "LORA",
@@ -418,7 +406,6 @@ fn peft_config(
 pub fn save_adapter(
     dir: &Path,
     info: &AdapterInfo,
-    config: &ModelConfig,
     model: &CausalLm,
     extra: impl FnOnce(&Path) -> Result<(), ModelError>,
 ) -> Result<(), ModelError> {
@@ -464,7 +451,7 @@ pub fn save_adapter(
     hf::write_safetensors(&tmp.join("adapter_model.safetensors"), &tensors)?;
     hf::write_json(
         &tmp.join("adapter_config.json"),
-        &peft_config(cfg, base, config.family, classifier),
+        &peft_config(cfg, base, classifier),
     )?;
     extra(&tmp)?;
     if dir.exists() {
