@@ -11,7 +11,7 @@ use rlft::engine::config::RunConfig;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::{Event, LogLevel};
 use rlft::engine::model::tokenizer::ChatMessage;
-use rlft::engine::model::{self, Heads, hf};
+use rlft::engine::model::{self, Heads, WeightDtype, hf};
 use rlft::engine::sample::{SamplingParams, SingleSequence};
 use rlft::engine::session::{self, LaunchOptions};
 
@@ -151,8 +151,8 @@ enum Cmd {
         /// frozen, as a `[lora]` run does.
         #[arg(long)]
         lora_r: Option<usize>,
-        /// Recompute memory-bound activations in the backward pass (Burn's balanced
-        /// gradient checkpointing), as `gradient_checkpointing = true` in `[train]`.
+        /// Compute gradients layer by layer, recomputing each layer's activations in the
+        /// backward pass, as `gradient_checkpointing = true` in `[train]`.
         #[arg(long)]
         gradient_checkpointing: bool,
         /// Random weights in the shape of `--model`'s config.json (with its tokenizer.json):
@@ -162,6 +162,10 @@ enum Cmd {
         /// Time only the GRPO step (other figures print as NaN).
         #[arg(long)]
         only_grpo: bool,
+        /// How frozen weights are stored (the LoRA base, the reference): f32, bf16 or f16,
+        /// as `[model] dtype`.
+        #[arg(long, default_value = "f32")]
+        dtype: WeightDtype,
     },
     /// Measure an AI judge on preference pairs with a known answer (TRL prompt/chosen/rejected
     /// JSONL): accuracy, ties, order consistency and position bias.
@@ -304,6 +308,7 @@ fn run(cli: Cli) -> Result<()> {
             gradient_checkpointing,
             random_weights,
             only_grpo,
+            dtype,
         }) => bench(
             &model,
             batch,
@@ -316,6 +321,7 @@ fn run(cli: Cli) -> Result<()> {
             gradient_checkpointing,
             random_weights,
             only_grpo,
+            dtype,
         ),
         Some(Cmd::Judge(args)) => judge(args),
         Some(Cmd::Label { runs }) => label(&runs),
@@ -466,7 +472,7 @@ fn serve(
 /// transformers loads without PEFT).
 fn merge(base: &std::path::Path, adapter: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let device = DeviceChoice::Cpu.init().map_err(anyhow::Error::msg)?;
-    let loaded = model::load_for_inference(base, Some(adapter), &device, Heads::Lm)?;
+    let loaded = model::load_for_inference(base, Some(adapter), &device, Heads::Lm, WeightDtype::F32)?;
     model::hf::save_dir(
         out,
         &loaded.config,
@@ -492,7 +498,7 @@ fn generate(
     device: DeviceChoice,
 ) -> Result<()> {
     let device = device.init().map_err(anyhow::Error::msg)?;
-    let loaded = model::load_for_inference(path, adapter, &device, Heads::Lm)?;
+    let loaded = model::load_for_inference(path, adapter, &device, Heads::Lm, WeightDtype::F32)?;
     let tokenizer = loaded
         .tokenizer
         .as_ref()
@@ -670,7 +676,7 @@ fn convert(gguf: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let ckpt = hf::Checkpoint::from_gguf(gguf)?;
     let device = DeviceChoice::Cpu.init().map_err(anyhow::Error::msg)?;
     let generation_config = ckpt.generation_config.clone();
-    let loaded = ckpt.build(&device, Heads::Lm)?;
+    let loaded = ckpt.build(&device, Heads::Lm, WeightDtype::F32)?;
     hf::save_dir(
         out,
         &loaded.config,
@@ -765,6 +771,7 @@ fn bench(
     gradient_checkpointing: bool,
     random_weights: bool,
     only_grpo: bool,
+    dtype: WeightDtype,
 ) -> Result<()> {
     let device = choice.init().map_err(anyhow::Error::msg)?;
     let train = rlft::engine::config::TrainSection {
@@ -776,9 +783,15 @@ fn bench(
         lora_alpha: 2.0 * r as f64,
         ..Default::default()
     });
-    let train_device = train.train_device(&device);
+    let train_device = train.train_device(&device, true);
     let loaded = if random_weights {
-        let mut loaded = model::random_weights(path, &train_device, Heads::Lm)?;
+        // Only a LoRA base is frozen, so only it is stored narrow.
+        let storage = if lora.is_some() {
+            dtype
+        } else {
+            WeightDtype::F32
+        };
+        let mut loaded = model::random_weights(path, &train_device, Heads::Lm, storage)?;
         if let Some(cfg) = &lora {
             loaded.model = model::lora::add_adapters(
                 loaded.model,
@@ -791,7 +804,8 @@ fn bench(
         }
         loaded
     } else {
-        model::load_for_run(path, None, lora.as_ref(), &train_device, Heads::Lm, 0)?
+        let frozen = dtype;
+        model::load_for_run(path, None, lora.as_ref(), &train_device, Heads::Lm, 0, frozen)?
     };
     let opts = rlft::engine::bench::BenchOptions {
         batch,
@@ -799,6 +813,8 @@ fn bench(
         iters,
         generations,
         only_grpo,
+        gradient_checkpointing,
+        frozen_dtype: dtype,
     };
     let name = path.display().to_string();
     let r = rlft::engine::bench::run(
@@ -822,6 +838,16 @@ fn bench(
             r.training,
             r.trainable_params,
             100.0 * r.trainable_params as f64 / r.params.max(1) as f64
+        );
+        println!(
+            "weights          {:.0} MB as stored (frozen weights in {}){}",
+            r.weights_mb,
+            r.frozen_dtype,
+            if r.gradient_checkpointing {
+                "; gradients layer by layer"
+            } else {
+                ""
+            }
         );
         println!("batch x seq      {} x {}", r.batch, r.seq);
         println!(

@@ -11,6 +11,7 @@ use common::*;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::{Event, LogLevel};
 use rlft::engine::model::weights::NamedTensors;
+use rlft::engine::model::WeightDtype::F32;
 use rlft::engine::model::{self, Heads, hf, lora};
 use rlft::engine::sample::bool_tensor;
 
@@ -47,7 +48,7 @@ fn peft_adapters_give_peft_logits_unmerged_and_merged() {
         let ids = ids_2d(&e["input_ids"]);
         let want = floats(&e["logits"]);
 
-        let m = model::load_with_adapter(&base, &dir, &cpu(), Heads::Lm).unwrap();
+        let m = model::load_with_adapter(&base, &dir, &cpu(), Heads::Lm, F32).unwrap();
         assert!(m.model.adapter.is_some(), "{name}");
         let diff = max_abs_diff(&logits_of(&m, &ids), &want);
         eprintln!("{name:>17}: rlft vs peft max |logit diff| {diff:.2e}");
@@ -57,7 +58,7 @@ fn peft_adapters_give_peft_logits_unmerged_and_merged() {
         let by_folder = model::load(&dir, &cpu(), Heads::Lm).unwrap();
         assert_eq!(logits_of(&by_folder, &ids), logits_of(&m, &ids), "{name}");
 
-        let merged = model::load_for_inference(&base, Some(&dir), &cpu(), Heads::Lm).unwrap();
+        let merged = model::load_for_inference(&base, Some(&dir), &cpu(), Heads::Lm, F32).unwrap();
         assert!(merged.model.adapter.is_none());
         let diff = max_abs_diff(&logits_of(&merged, &ids), &want);
         assert!(diff <= 1e-4, "{name}: merged logits differ by {diff}");
@@ -75,7 +76,7 @@ fn a_peft_sequence_classification_adapter_gives_peft_scores() {
     let dir = adapter_dir("llama-seqcls");
     let e = json(&dir.join("expected.json"));
     let base = fixture(e["base"].as_str().unwrap());
-    let m = model::load_with_adapter(&base, &dir, &cpu(), Heads::Score).unwrap();
+    let m = model::load_with_adapter(&base, &dir, &cpu(), Heads::Score, F32).unwrap();
     let ids = ids_2d(&e["input_ids"]);
     let t = ids[0].len();
     let flat: Vec<i64> = ids[0].iter().map(|&x| x as i64).collect();
@@ -113,7 +114,7 @@ fn rlft_saves_adapters_under_peft_names() {
         } else {
             Heads::Lm
         };
-        let m = model::load_with_adapter(&base, &dir, &cpu(), heads).unwrap();
+        let m = model::load_with_adapter(&base, &dir, &cpu(), heads, F32).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("adapter");
         hf::save_dir(&out, &m.config, &m.model, m.tokenizer.as_ref(), None).unwrap();
@@ -160,7 +161,7 @@ fn adapters_that_do_not_fit_are_errors_naming_the_file() {
     config["use_dora"] = true.into();
     std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
     let base = fixture("families/llama");
-    let err = model::load_with_adapter(&base, &dir, &cpu(), Heads::Lm)
+    let err = model::load_with_adapter(&base, &dir, &cpu(), Heads::Lm, F32)
         .err()
         .unwrap();
     assert!(
@@ -168,7 +169,7 @@ fn adapters_that_do_not_fit_are_errors_naming_the_file() {
         "{err}"
     );
     // An adapter made for another model: shapes do not fit.
-    let err = model::load_with_adapter(&fixture("families/qwen3"), &src, &cpu(), Heads::Lm)
+    let err = model::load_with_adapter(&fixture("families/qwen3"), &src, &cpu(), Heads::Lm, F32)
         .err()
         .unwrap();
     assert!(
@@ -243,6 +244,7 @@ fn lora_sft_trains_only_the_adapters() {
             &cpu().autodiff(),
             Heads::Lm,
             0,
+            F32,
         )
         .unwrap()
         .model,

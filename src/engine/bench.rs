@@ -6,15 +6,15 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::Serialize;
 
 use crate::engine::algo::grpo::{PromptItem, Rollout, compute_rewards};
-use crate::engine::algo::lm::lm_loss;
+use crate::engine::algo::layerwise::{self, HeadExtras};
+use crate::engine::algo::lm::{lm_grads, lm_loss};
 use crate::engine::algo::losses::{self, GrpoLossType, ScaleRewards};
 use crate::engine::algo::sequences::{SeqBatch, score};
-use crate::engine::algo::{BatchTensors, masked_mean, scalar};
+use crate::engine::algo::{BatchTensors, TrainError, masked_mean, scalar};
 use crate::engine::data::{PaddedBatch, TokenizedExample, pad_batch};
 use crate::engine::model::tokenizer::Tokenizer;
 use crate::engine::model::{CausalLm, CpuDecoder, ModelConfig};
@@ -38,6 +38,11 @@ pub struct BenchOptions {
     /// Time only the GRPO step (the other figures are NaN): for shapes where each phase costs
     /// minutes on a CPU.
     pub only_grpo: bool,
+    /// Gradients by per-layer recomputation (`gradient_checkpointing = true`; see
+    /// `algo::layerwise`).
+    pub gradient_checkpointing: bool,
+    /// How frozen weights are stored (`[model] dtype`): the LoRA base and the reference.
+    pub frozen_dtype: crate::engine::model::WeightDtype,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -49,8 +54,12 @@ pub struct BenchReport {
     pub trainable_params: usize,
     /// `LoRA r=.. alpha=.. all-linear`, or `full fine-tuning`.
     pub training: String,
-    /// Burn's balanced gradient checkpointing was on.
+    /// Gradients were computed layer by layer (`gradient_checkpointing = true`).
     pub gradient_checkpointing: bool,
+    /// How frozen weights were stored (`f32`, `bf16`, `f16`).
+    pub frozen_dtype: String,
+    /// Bytes of the policy's parameters as stored, in MB.
+    pub weights_mb: f64,
     pub batch: usize,
     pub seq: usize,
     pub train_tokens_per_s: f64,
@@ -200,6 +209,7 @@ fn grpo_step(
     tokenizer: &Tokenizer,
     config: &ModelConfig,
     seed: u64,
+    by_layer: bool,
 ) -> (CausalLm, GrpoTimes) {
     let train_device = policy.embed_tokens.val().device();
     let plain = train_device.clone().without_autodiff();
@@ -223,7 +233,7 @@ fn grpo_step(
         ..Default::default()
     };
     let gens = sample::generate(
-        &policy.valid(),
+        &crate::engine::model::lora::for_generation(&policy),
         &rows,
         &params,
         &[],
@@ -265,27 +275,38 @@ fn grpo_step(
         TensorData::new(advantages.clone(), [advantages.len()]),
         &train_device,
     );
-    let scored = crate::engine::algo::sequences::score_with_entropy(&policy, &batch, 1.0);
-    let _entropy = scalar(masked_mean(
-        scored.entropy.clone().expect("asked for the entropy"),
-        batch.completion_mask.clone(),
-    ));
-    let old = scored.logprobs.clone().detach();
-    let out = losses::grpo_loss(
-        scored.logprobs,
-        old,
-        Some(ref_lp),
-        adv,
-        batch.completion_mask.clone(),
-        0.2,
-        0.2,
-        GRPO_BENCH_BETA,
-        GrpoLossType::Dapo,
-        new_tokens,
+    let extras = HeadExtras {
+        entropy: true,
+        argmax: false,
+    };
+    let (grads, _, ()) = layerwise::logprob_grads(
+        &policy,
+        (&batch).into(),
+        1.0,
+        extras,
+        by_layer,
+        |scored| {
+            let _entropy = scalar(masked_mean(
+                scored.entropy.clone().expect("asked for the entropy"),
+                batch.completion_mask.clone(),
+            ));
+            let old = scored.logprobs.clone().detach();
+            let out = losses::grpo_loss(
+                scored.logprobs,
+                old,
+                Some(ref_lp),
+                adv,
+                batch.completion_mask.clone(),
+                0.2,
+                0.2,
+                GRPO_BENCH_BETA,
+                GrpoLossType::Dapo,
+                new_tokens,
+            )?;
+            Ok::<_, TrainError>((out.loss, ()))
+        },
     )
     .expect("grpo loss");
-    let _ = scalar(out.loss.clone());
-    let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
     let (next, _) = optim.step(1e-6, policy, grads);
     let _ = next.embed_tokens.val().slice([0..1, 0..1]).into_data();
     times.update = start.elapsed().as_secs_f64();
@@ -309,6 +330,7 @@ pub fn run(
     let tokens = (b * t) as f64;
 
     let (trainable_params, _) = crate::engine::model::lora::parameter_counts(&model);
+    let weights_mb = crate::engine::model::precision::stored_bytes(&model) as f64 / 1e6;
     let training = model
         .adapter
         .as_ref()
@@ -317,7 +339,12 @@ pub fn run(
     // reference a run uses; generation and serving merge the adapters into it).
     let plain = device.clone().without_autodiff();
     let score_batch = BatchTensors::new(&batch_of(&rows), &plain);
-    let score_model = crate::engine::model::lora::without_adapters(model.valid());
+    // The GRPO step's reference: the base with the adapters off (LoRA) or a frozen copy,
+    // stored as `--dtype` (as `[model] dtype` does in a run).
+    let score_model = crate::engine::model::precision::store_frozen(
+        crate::engine::model::lora::without_adapters(model.valid()),
+        opts.frozen_dtype,
+    );
     let time_score = || {
         let start = Instant::now();
         let out = lm_loss(&score_model, &score_batch);
@@ -407,19 +434,14 @@ pub fn run(
     drop(cpu_decoder);
 
     // Training: forward + backward + AdamW on an autodiff copy.
-    // The model's own device: autodiff, with gradient checkpointing when asked.
     let train_device = model.embed_tokens.val().device();
-    let gradient_checkpointing = matches!(
-        train_device.gradient_checkpointing_strategy(),
-        Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
-    );
+    let gradient_checkpointing = opts.gradient_checkpointing;
     let mut policy = model;
     let mut optim = Optimizer::new(OptimConfig::default());
     let train_batch = BatchTensors::new(&batch_of(&rows), &train_device);
     let mut step = |policy: CausalLm| {
         let start = Instant::now();
-        let out = lm_loss(&policy, &train_batch);
-        let grads = GradientsParams::from_grads(out.loss.backward(), &policy);
+        let (grads, _, _) = lm_grads(&policy, &train_batch, 1.0, gradient_checkpointing);
         let (next, _) = optim.step(1e-5, policy, grads);
         // Force the update to finish before the clock stops.
         let _ = next.embed_tokens.val().slice([0..1, 0..1]).into_data();
@@ -454,6 +476,7 @@ pub fn run(
                 tok,
                 config,
                 i as u64 + 1,
+                opts.gradient_checkpointing,
             );
             policy = next;
             total += times;
@@ -495,6 +518,8 @@ pub fn run(
         trainable_params,
         training,
         gradient_checkpointing,
+        frozen_dtype: opts.frozen_dtype.name().into(),
+        weights_mb,
         threads: cpu_threads(),
         grpo_step_s: grpo.map(|(x, _, _)| x.generation + x.scoring + x.update),
         grpo_generation_s: grpo.map(|(x, _, _)| x.generation),

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::model::WeightDtype;
+
 use crate::engine::optim::OptimConfig;
 use crate::engine::sample::SamplingParams;
 
@@ -113,6 +115,11 @@ pub struct ModelSection {
     /// A PEFT LoRA adapter folder to start from (trained further, the base frozen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<PathBuf>,
+    /// How frozen weights are stored: `"f32"` (default), `"bf16"` or `"f16"` (half the
+    /// memory, computed in f32): a LoRA run's base, the reference copy, reward and judge
+    /// models. Weights that train stay f32.
+    #[serde(default, skip_serializing_if = "WeightDtype::is_f32")]
+    pub dtype: WeightDtype,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -146,11 +153,24 @@ pub struct TrainSection {
     pub gradient_checkpointing: bool,
 }
 
+/// Why `lora_dropout` and `gradient_checkpointing` do not mix (yet).
+pub const DROPOUT_WITH_CHECKPOINTING: &str =
+    "[lora] lora_dropout > 0 with [train] gradient_checkpointing = true is not supported: the \
+     recomputed pass would draw other dropout masks than the forward pass, so the gradients \
+     would be wrong; set lora_dropout = 0 (TRL's LoRA-without-regret recipe uses none) or \
+     turn checkpointing off";
+
 impl TrainSection {
-    /// The autodiff device training runs on (with checkpointing when asked).
-    pub fn train_device(&self, device: &burn::prelude::Device) -> burn::prelude::Device {
+    /// The autodiff device training runs on. With `gradient_checkpointing`, an algorithm
+    /// that `recomputes_layers` itself (`algo::layerwise`: SFT, DPO, online DPO, GRPO) gets
+    /// the plain autodiff device; the others get Burn's checkpointing strategy.
+    pub fn train_device(
+        &self,
+        device: &burn::prelude::Device,
+        recomputes_layers: bool,
+    ) -> burn::prelude::Device {
         let device = device.clone().autodiff();
-        if self.gradient_checkpointing {
+        if self.gradient_checkpointing && !recomputes_layers {
             device.gradient_checkpointing()
         } else {
             device
@@ -279,6 +299,9 @@ impl RunConfig {
         }
         if let Some(lora) = &self.lora {
             lora.validate()?;
+            if lora.lora_dropout > 0.0 && t.gradient_checkpointing {
+                return Err(DROPOUT_WITH_CHECKPOINTING.into());
+            }
         }
         if self.method == Method::Pretrain && (self.lora.is_some() || self.model.adapter.is_some())
         {

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::engine::model::tokenizer::{ChatMessage, Tokenizer};
-use crate::engine::model::{self, Heads, LoadedModel, ModelError};
+use crate::engine::model::{self, Heads, LoadedModel, ModelError, WeightDtype};
 use crate::engine::sample::{FinishReason, Generation, SamplingParams, SingleSequence};
 
 /// HTTP handler threads: requests beyond this many wait in the listener's queue.
@@ -121,7 +121,13 @@ struct Finished {
 impl Server {
     /// Loads the model at `path` on `device` and starts serving it.
     pub fn start(path: &Path, device: &Device, opts: &ServeOptions) -> Result<Self, ServeError> {
-        let loaded = model::load_for_inference(path, opts.adapter.as_deref(), device, Heads::Lm)?;
+        let loaded = model::load_for_inference(
+            path,
+            opts.adapter.as_deref(),
+            device,
+            Heads::Lm,
+            WeightDtype::F32,
+        )?;
         let name = opts.name.clone().unwrap_or_else(|| default_name(path));
         if loaded.tokenizer.is_none() {
             return Err(ServeError::NoTokenizer { path: path.into() });

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::{self, DpoLoss};
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
-use super::sequences::{score, sequence_logprob};
+use super::layerwise::{self, HeadExtras};
+use super::sequences::{SeqBatch, score, sequence_logprob};
 use super::state;
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
@@ -194,9 +195,53 @@ pub(super) fn batch_loss(
     device: &Device,
     stats: &mut DpoStats,
 ) -> Result<Tensor<1>, TrainError> {
+    let pairs: Vec<&PreferencePair> = rows.iter().map(|r| &r.pair).collect();
+    let batch = preference::pair_batch(&pairs, pad, device);
+    let scored = score(model, &batch, 1.0);
+    pairs_loss(scored.logprobs, &batch, rows, d, device, stats)
+}
+
+/// Gradients of [`batch_loss`] (times `scale`) for `model`'s trainable parameters, and the
+/// loss's value; layer by layer when `by_layer` (see `layerwise`).
+pub(super) fn batch_grads(
+    model: &CausalLm,
+    rows: &[&RefPair],
+    d: &DpoSection,
+    (pad, device): (u32, &Device),
+    stats: &mut DpoStats,
+    scale: f32,
+    by_layer: bool,
+) -> Result<(GradientsParams, f64), TrainError> {
+    let pairs: Vec<&PreferencePair> = rows.iter().map(|r| &r.pair).collect();
+    let batch = preference::pair_batch(&pairs, pad, device);
+    let (grads, value, ()) = layerwise::logprob_grads(
+        model,
+        (&batch).into(),
+        1.0,
+        HeadExtras::default(),
+        by_layer,
+        |out| {
+            let loss = pairs_loss(out.logprobs, &batch, rows, d, device, stats)?;
+            Ok::<_, TrainError>((loss * scale, ()))
+        },
+    )?;
+    Ok((grads, value / scale as f64))
+}
+
+/// The DPO loss of `rows` given the policy's target log-probabilities over their
+/// `[chosen..., rejected...]` batch; records its statistics in `stats`.
+fn pairs_loss(
+    logprobs: Tensor<2>,
+    batch: &SeqBatch,
+    rows: &[&RefPair],
+    d: &DpoSection,
+    device: &Device,
+    stats: &mut DpoStats,
+) -> Result<Tensor<1>, TrainError> {
     let b = rows.len();
     let pairs: Vec<&PreferencePair> = rows.iter().map(|r| &r.pair).collect();
-    let (mut sums, logprobs, mask) = forward(model, &pairs, pad, device);
+    let mask = batch.completion_mask.clone();
+    let mut sums = sequence_logprob(logprobs.clone(), mask.clone());
     let mut ref_c: Vec<f32> = rows.iter().map(|r| r.ref_chosen).collect();
     let mut ref_r: Vec<f32> = rows.iter().map(|r| r.ref_rejected).collect();
     if d.normalise() {
@@ -281,7 +326,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let d = cfg.dpo.clone().unwrap_or_default();
     d.validate().map_err(TrainError::Invalid)?;
     let train_cfg = &cfg.train;
-    let train_device = cfg.train.train_device(device);
+    let train_device = cfg.train.train_device(device, true);
     let plain = device.clone().without_autodiff();
     let loaded = super::load_trained_model(cfg, &train_device, Heads::Lm, ctx)?;
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
@@ -321,6 +366,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Lm,
+        cfg.model.dtype,
         Optimizer::new(cfg.optim.clone()),
         train.len(),
         cfg.seed,
@@ -379,8 +425,15 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             let idx = sampler.next_batch(bs);
             let rows: Vec<&RefPair> = idx.iter().map(|&i| &train[i]).collect();
             num_tokens += rows.iter().map(|r| r.pair.num_tokens()).sum::<usize>();
-            let loss = batch_loss(&policy, &rows, &d, pad, &train_device, &mut stats)?;
-            let value = scalar(loss.clone().detach());
+            let (grads, value) = batch_grads(
+                &policy,
+                &rows,
+                &d,
+                (pad, &train_device),
+                &mut stats,
+                1.0 / ga as f32,
+                train_cfg.gradient_checkpointing,
+            )?;
             if !value.is_finite() {
                 ctx.send(Event::Failed {
                     run: ctx.id.clone(),
@@ -392,7 +445,6 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     value,
                 });
             }
-            let grads = GradientsParams::from_grads((loss / ga as f32).backward(), &policy);
             accumulator.accumulate(&policy, grads);
         }
         let lr = cfg.optim.lr_at(step, total);

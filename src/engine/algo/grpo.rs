@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::losses::{self, GrpoLossType, ScaleRewards};
-use super::sequences::{SeqBatch, score};
+use super::layerwise::{self, HeadExtras};
+use super::sequences::{HeadOutputs, SeqBatch, score};
 use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, scalar};
 use crate::engine::config::RunConfig;
@@ -330,7 +331,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         )));
     }
     let prompts_per_step = completions_per_step / g.num_generations;
-    let train_device = cfg.train.train_device(device);
+    let train_device = cfg.train.train_device(device, true);
     let loaded = super::load_trained_model(cfg, &train_device, Heads::Lm, ctx)?;
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
@@ -350,7 +351,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     }
     // `reward_model` sources run on the plain device: scoring needs no gradients.
     let scorer_device = device.clone().without_autodiff();
-    let mut sources = reward::model::build_all_on(&cfg.rewards, &scorer_device)
+    let mut sources = reward::model::build_all_on(&cfg.rewards, &scorer_device, cfg.model.dtype)
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     if sources.is_empty() {
         return Err(TrainError::Invalid(
@@ -358,7 +359,13 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ));
     }
     // With LoRA: the base without its adapters, sharing the frozen weights.
-    let reference = (g.beta > 0.0).then(|| model::lora::without_adapters(loaded.model.valid()));
+    // The same base with the adapters off (LoRA), or a frozen copy, stored as `[model] dtype`.
+    let reference = (g.beta > 0.0).then(|| {
+        model::precision::store_frozen(
+            model::lora::without_adapters(loaded.model.valid()),
+            cfg.model.dtype,
+        )
+    });
     let mut policy = loaded.model;
     let mut optim = Optimizer::new(cfg.optim.clone());
     let mut sampler = EpochSampler::new(train.len(), cfg.seed);
@@ -369,6 +376,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Lm,
+        cfg.model.dtype,
         Optimizer::new(cfg.optim.clone()),
         train.len(),
         cfg.seed,
@@ -415,7 +423,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     );
     if !eval.is_empty() && !resume {
         let metrics = evaluate(
-            &policy.valid(),
+            &model::lora::for_generation(&policy),
             &eval,
             &mut sources,
             &params,
@@ -463,7 +471,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         };
         let gen_started = Instant::now();
         let ro = rollout(
-            &policy.valid(),
+            &model::lora::for_generation(&policy),
             &prompts,
             g.num_generations,
             &step_params,
@@ -496,32 +504,64 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
 
         let mut last = None;
         for _ in 0..g.num_iterations.max(1) {
-            let scored = super::sequences::score_with_entropy(&policy, &batch, g.temperature);
-            let entropy = scalar(super::masked_mean(
-                scored.entropy.clone().expect("asked for the entropy"),
-                batch.completion_mask.clone(),
-            ));
-            let old = old_lp
-                .clone()
-                .unwrap_or_else(|| scored.logprobs.clone().detach());
-            let out = losses::grpo_loss(
-                scored.logprobs,
-                old,
-                ref_lp.clone(),
-                adv.clone(),
-                batch.completion_mask.clone(),
-                g.epsilon as f64,
-                eps_high as f64,
-                g.beta,
-                g.loss_type,
-                g.max_completion_length,
+            // The policy loss on the scored completions, and what it measured.
+            let policy_loss = |scored: HeadOutputs| -> Result<_, TrainError> {
+                let entropy = scalar(super::masked_mean(
+                    scored.entropy.clone().expect("asked for the entropy"),
+                    batch.completion_mask.clone(),
+                ));
+                let old = old_lp
+                    .clone()
+                    .unwrap_or_else(|| scored.logprobs.clone().detach());
+                let out = losses::grpo_loss(
+                    scored.logprobs,
+                    old,
+                    ref_lp.clone(),
+                    adv.clone(),
+                    batch.completion_mask.clone(),
+                    g.epsilon as f64,
+                    eps_high as f64,
+                    g.beta,
+                    g.loss_type,
+                    g.max_completion_length,
+                )?;
+                Ok((out.loss.clone(), (entropy, out)))
+            };
+            let by_layer = train_cfg.gradient_checkpointing;
+            let with_entropy = HeadExtras {
+                entropy: true,
+                argmax: false,
+            };
+            let (grads, mut loss_value, (entropy, out)) = layerwise::logprob_grads(
+                &policy,
+                (&batch).into(),
+                g.temperature,
+                with_entropy,
+                by_layer,
+                policy_loss,
             )?;
-            let mut loss = out.loss.clone();
-            if let Some(d) = &demo {
-                let lp = score(&policy, d, 1.0).logprobs;
-                loss = loss + losses::demo_nll(lp, d.completion_mask.clone()) * g.sft_coef;
-            }
-            let loss_value = scalar(loss.clone());
+            let grads = match &demo {
+                Some(d) => {
+                    let demo_loss = |scored: HeadOutputs| -> Result<_, TrainError> {
+                        let mask = d.completion_mask.clone();
+                        Ok((losses::demo_nll(scored.logprobs, mask) * g.sft_coef, ()))
+                    };
+                    let (demo_grads, demo_value, ()) = layerwise::logprob_grads(
+                        &policy,
+                        d.into(),
+                        1.0,
+                        HeadExtras::default(),
+                        by_layer,
+                        demo_loss,
+                    )?;
+                    loss_value += demo_value;
+                    let mut acc = GradientsAccumulator::<CausalLm>::new();
+                    acc.accumulate(&policy, grads);
+                    acc.accumulate(&policy, demo_grads);
+                    acc.grads()
+                }
+                None => grads,
+            };
             if !loss_value.is_finite() {
                 ctx.send(Event::Failed {
                     run: ctx.id.clone(),
@@ -533,7 +573,6 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     value: loss_value,
                 });
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &policy);
             let lr = cfg.optim.lr_at(step, total_steps);
             let (next, grad_norm) = optim.step(lr, policy, grads);
             policy = next;
@@ -578,7 +617,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         values.insert("timing/generation".into(), gen_time);
         if train_cfg.eval_steps > 0 && step % train_cfg.eval_steps == 0 && !eval.is_empty() {
             values.extend(evaluate(
-                &policy.valid(),
+                &model::lora::for_generation(&policy),
                 &eval,
                 &mut sources,
                 &params,

@@ -9,6 +9,8 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
+use super::layerwise::{self, HeadExtras, TokenRows};
+use super::sequences::HeadOutputs;
 use super::state::TrainerState;
 use super::{BatchTensors, TrainError, TrainOutcome, masked_mean, scalar};
 use crate::engine::config::RunConfig;
@@ -41,34 +43,77 @@ pub struct LmLoss {
 }
 
 pub fn lm_loss(model: &CausalLm, batch: &BatchTensors) -> LmLoss {
-    let t = batch.ids.dims()[1];
+    let rows = token_rows(batch);
     let hidden = model.hidden(
-        batch.ids.clone(),
-        batch.positions.clone(),
-        batch.valid.clone(),
+        rows.ids.clone(),
+        rows.positions.clone(),
+        rows.valid.clone(),
         None,
     );
     // Position i predicts token i + 1; the head runs in chunks (no [B, T, V] tensor).
-    let targets = batch.ids.clone().narrow(1, 1, t - 1);
-    let mask = batch.loss_mask.clone().narrow(1, 1, t - 1);
+    let t = rows.ids.dims()[1];
     let head = super::sequences::head_outputs(
         model,
         hidden.narrow(1, 0, t - 1),
-        targets.clone(),
+        rows.targets.clone(),
         1.0,
         false,
         true,
     );
+    loss_from_head(head, rows.targets, target_mask(batch))
+}
+
+/// The rows of `batch` as the layer-wise backward takes them (targets shifted by one).
+fn token_rows(batch: &BatchTensors) -> TokenRows {
+    let t = batch.ids.dims()[1];
+    TokenRows {
+        ids: batch.ids.clone(),
+        positions: batch.positions.clone(),
+        valid: batch.valid.clone(),
+        targets: batch.ids.clone().narrow(1, 1, t - 1),
+    }
+}
+
+/// 1 where a target is trained on, `[B, T - 1]`.
+fn target_mask(batch: &BatchTensors) -> Tensor<2> {
+    let t = batch.ids.dims()[1];
+    batch.loss_mask.clone().narrow(1, 1, t - 1)
+}
+
+/// Mean negative log-likelihood of the masked targets, and the argmax's accuracy.
+fn loss_from_head(head: HeadOutputs, targets: Tensor<2, Int>, mask: Tensor<2>) -> LmLoss {
     let predicted = head.argmax.expect("asked for the argmax");
     let correct = predicted.equal(targets).float() * mask.clone();
     let correct = scalar(correct.sum());
     let count = scalar(mask.clone().sum());
-    let logprobs = head.logprobs;
     LmLoss {
-        loss: masked_mean(logprobs.neg(), mask),
+        loss: masked_mean(head.logprobs.neg(), mask),
         correct,
         targets: count,
     }
+}
+
+/// Gradients of [`lm_loss`] (times `scale`) for `model`'s trainable parameters, layer by
+/// layer when `by_layer`; with the loss's value, correct targets and targets.
+pub fn lm_grads(
+    model: &CausalLm,
+    batch: &BatchTensors,
+    scale: f32,
+    by_layer: bool,
+) -> (GradientsParams, f64, (f64, f64)) {
+    let rows = token_rows(batch);
+    let targets = rows.targets.clone();
+    let extras = HeadExtras {
+        entropy: false,
+        argmax: true,
+    };
+    let (grads, value, counts) =
+        layerwise::logprob_grads(model, rows, 1.0, extras, by_layer, |head| {
+            let out = loss_from_head(head, targets, target_mask(batch));
+            Ok::<_, std::convert::Infallible>((out.loss * scale, (out.correct, out.targets)))
+        })
+        .unwrap_or_else(|never| match never {});
+    (grads, value / scale as f64, counts)
 }
 
 /// Trains until `max_steps`, a stop command, or an error. Saves `checkpoints/final` (and
@@ -153,8 +198,12 @@ pub fn train_lm(
             let rows: Vec<&TokenizedExample> = idx.iter().map(|&i| &setup.train[i]).collect();
             let batch = BatchTensors::new(&pad_batch(&rows, pad_id, false), device);
             num_tokens += batch.real_tokens;
-            let out = lm_loss(&model, &batch);
-            let value = scalar(out.loss.clone());
+            let (grads, value, (batch_correct, batch_targets)) = lm_grads(
+                &model,
+                &batch,
+                1.0 / ga as f32,
+                train_cfg.gradient_checkpointing,
+            );
             if !value.is_finite() {
                 ctx.send(Event::Failed {
                     run: ctx.id.clone(),
@@ -167,9 +216,8 @@ pub fn train_lm(
                 });
             }
             loss_sum += value;
-            correct += out.correct;
-            targets += out.targets;
-            let grads = GradientsParams::from_grads((out.loss / ga as f32).backward(), &model);
+            correct += batch_correct;
+            targets += batch_targets;
             accumulator.accumulate(&model, grads);
         }
         let lr = cfg.optim.lr_at(step, total);

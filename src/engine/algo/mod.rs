@@ -3,6 +3,7 @@
 
 pub mod dpo;
 pub mod grpo;
+pub mod layerwise;
 pub mod lm;
 pub mod losses;
 pub mod online_dpo;
@@ -56,12 +57,30 @@ pub fn load_trained_model(
         device,
         heads,
         cfg.seed,
+        cfg.model.dtype,
     )?;
+    check_dropout(cfg, &loaded.model)?;
     ctx.log(
         crate::engine::events::LogLevel::Info,
         model::lora::describe_parameters(&loaded.model),
     );
     Ok(loaded)
+}
+
+/// Refuses a saved adapter with dropout under per-layer recomputation (see
+/// [`crate::engine::config::DROPOUT_WITH_CHECKPOINTING`]); `[lora]` is checked with the config.
+pub fn check_dropout(
+    cfg: &crate::engine::config::RunConfig,
+    model: &crate::engine::model::CausalLm,
+) -> Result<(), TrainError> {
+    let dropout = model.adapter.as_ref().map_or(0.0, |a| a.config.lora_dropout);
+    if cfg.train.gradient_checkpointing && dropout > 0.0 {
+        return Err(TrainError::Invalid(format!(
+            "the adapter has lora_dropout = {dropout}: {}",
+            crate::engine::config::DROPOUT_WITH_CHECKPOINTING
+        )));
+    }
+    Ok(())
 }
 
 /// How a training loop ended when it did not fail.

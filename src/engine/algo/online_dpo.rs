@@ -21,17 +21,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::dpo::{DpoStats, RefPair, batch_loss, cache_reference};
+use super::dpo::{DpoStats, RefPair, batch_grads, cache_reference};
 use super::grpo::{PromptItem, compute_rewards, evaluate, load_prompts, rollout};
 use super::losses::DpoLoss;
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::{SeqBatch, score, sequence_logprob};
 use super::state;
-use super::{TrainError, TrainOutcome, scalar};
+use super::{TrainError, TrainOutcome};
 use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
@@ -271,7 +270,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ..Default::default()
     };
     let train_cfg = &cfg.train;
-    let train_device = cfg.train.train_device(device);
+    let train_device = cfg.train.train_device(device, true);
     let plain = device.clone().without_autodiff();
     let loaded = super::load_trained_model(cfg, &train_device, Heads::Lm, ctx)?;
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
@@ -286,11 +285,11 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         Some(p) => load_prompts(p, &tokenizer, o.chat, "")?,
         None => Vec::new(),
     };
-    let mut truth = reward::model::build_all_on(&cfg.rewards, &plain)
+    let mut truth = reward::model::build_all_on(&cfg.rewards, &plain, cfg.model.dtype)
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     let mut judge: Option<Box<dyn Judge>> = match (&cfg.judge, o.labeler.uses_judge()) {
         (Some(j), true) => {
-            Some(judge::build(j, &plain).map_err(|e| TrainError::Invalid(e.to_string()))?)
+            Some(judge::build(j, &plain, cfg.model.dtype).map_err(|e| TrainError::Invalid(e.to_string()))?)
         }
         _ => None,
     };
@@ -325,6 +324,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Lm,
+        cfg.model.dtype,
         Optimizer::new(cfg.optim.clone()),
         prompts.len(),
         cfg.seed,
@@ -413,7 +413,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     };
     if !eval.is_empty() && ctx.resume_from.is_none() && !truth.is_empty() {
         let m = evaluate(
-            &policy.valid(),
+            &model::lora::for_generation(&policy),
             &eval,
             &mut truth,
             &greedy_params,
@@ -453,7 +453,14 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(round_no),
             };
             let valid = policy.valid();
-            let r = rollout(&valid, &batch, 2, &params, &tokenizer, &model_cfg)?;
+            let r = rollout(
+                &model::lora::for_generation(&policy),
+                &batch,
+                2,
+                &params,
+                &tokenizer,
+                &model_cfg,
+            )?;
             let mut values = rollout_stats(
                 &valid,
                 &reference,
@@ -644,15 +651,21 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         let refs: Vec<&RefPair> = rows.iter().collect();
         num_tokens += refs.iter().map(|r| r.pair.num_tokens()).sum::<usize>();
         let mut stats = DpoStats::default();
-        let loss = batch_loss(&policy, &refs, &dpo, pad, &train_device, &mut stats)?;
-        let value = scalar(loss.clone().detach());
+        let (grads, value) = batch_grads(
+            &policy,
+            &refs,
+            &dpo,
+            (pad, &train_device),
+            &mut stats,
+            1.0,
+            cfg.train.gradient_checkpointing,
+        )?;
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
                 step: step + 1,
                 value,
             });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &policy);
         let lr = cfg.optim.lr_at(step, total);
         let (next, grad_norm) = optim.step(lr, policy, grads);
         policy = next;
@@ -685,7 +698,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             && !truth.is_empty()
         {
             values.extend(evaluate(
-                &policy.valid(),
+                &model::lora::for_generation(&policy),
                 &eval,
                 &mut truth,
                 &greedy_params,

@@ -387,7 +387,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let rollout_size = mini * p.num_mini_batches;
 
     let plain = device.clone().without_autodiff();
-    let train_device = cfg.train.train_device(device);
+    let train_device = cfg.train.train_device(device, false);
     let loaded = super::load_trained_model(cfg, &train_device, Heads::Lm, ctx)?;
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
@@ -422,7 +422,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     if p.eval_max_items > 0 {
         eval.truncate(p.eval_max_items);
     }
-    let (mut sources, rm_slot) = super::rlhf::build_sources(&cfg.rewards, &plain)?;
+    let (mut sources, rm_slot) = super::rlhf::build_sources(&cfg.rewards, &plain, cfg.model.dtype)?;
     if sources.is_empty() {
         return Err(TrainError::Invalid(
             "PPO needs at least one [[rewards]] source".into(),
@@ -458,7 +458,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     }
 
     // With LoRA: the base without its adapters, sharing the frozen weights.
-    let reference = model::lora::without_adapters(loaded.model.valid());
+    let reference = model::precision::store_frozen(
+        model::lora::without_adapters(loaded.model.valid()),
+        cfg.model.dtype,
+    );
     let mut policy = loaded.model;
     let mut value_model = value_loaded.model;
     let mut optim = Optimizer::new(cfg.optim.clone());
@@ -540,7 +543,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     );
     if !eval.is_empty() && !resume {
         let metrics = grpo::evaluate(
-            &policy.valid(),
+            &model::lora::for_generation(&policy),
             &eval,
             &mut sources,
             &params,
@@ -590,7 +593,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         let gen_started = Instant::now();
         let policy_now = policy.valid();
         let ro = grpo::rollout(
-            &policy_now,
+            &model::lora::for_generation(&policy),
             &prompts,
             1,
             &step_params,
@@ -762,7 +765,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         values.insert("timing/generation".into(), gen_time);
         if train_cfg.eval_steps > 0 && step % train_cfg.eval_steps == 0 && !eval.is_empty() {
             values.extend(grpo::evaluate(
-                &policy.valid(),
+                &model::lora::for_generation(&policy),
                 &eval,
                 &mut sources,
                 &params,

@@ -82,10 +82,11 @@ pub type RewardModelSlot = (PathBuf, Arc<Mutex<CausalLm>>);
 pub fn build_sources(
     cfgs: &[RewardConfig],
     device: &Device,
+    storage: crate::engine::model::WeightDtype,
 ) -> Result<(WeightedSources, Option<RewardModelSlot>), TrainError> {
     let mut slot = None;
     let mut load = |c: &reward::RewardModelConfig| {
-        let rm = reward::model::RewardModel::load(c, device)?;
+        let rm = reward::model::RewardModel::load(c, device, storage)?;
         if slot.is_none() {
             slot = Some((c.path.clone(), rm.handle()));
         }

@@ -166,7 +166,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     rm.validate().map_err(TrainError::Invalid)?;
     let center = rm.center_rewards_coefficient.filter(|&c| c > 0.0);
     let train_cfg = &cfg.train;
-    let train_device = cfg.train.train_device(device);
+    let train_device = cfg.train.train_device(device, false);
     let loaded = super::load_trained_model(cfg, &train_device, Heads::Score, ctx)?;
     let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
         TrainError::Invalid(format!(
@@ -203,6 +203,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Score,
+        cfg.model.dtype,
         Optimizer::new(cfg.optim.clone()),
         train.len(),
         cfg.seed,

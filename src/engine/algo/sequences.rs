@@ -125,10 +125,16 @@ fn head_outputs_in_chunks(
     let flat_targets = targets.reshape([n, 1]);
     let scale = temperature > 0.0 && (temperature - 1.0).abs() > f32::EPSILON;
     let (mut lps, mut ents, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
+    // One head matrix for every chunk (a head stored narrow is widened once).
+    let head = model.head_matrix();
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
-        let mut logits = model.logits(flat.clone().narrow(1, start, len));
+        let positions = flat.clone().narrow(1, start, len);
+        let mut logits = match &head {
+            Some(head) => model.logits_with(head, positions),
+            None => model.logits(positions),
+        };
         if scale {
             logits = logits / temperature;
         }

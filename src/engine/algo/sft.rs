@@ -63,11 +63,13 @@ pub fn tokenize_file(
 }
 
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
-    let train_device = cfg.train.train_device(device);
+    let train_device = cfg.train.train_device(device, true);
     // A resumed run continues from its checkpoint's weights.
     let loaded = match &ctx.resume_from {
         // A LoRA checkpoint is an adapter folder naming its base; `load` follows it.
-        Some(checkpoint) => model::load(checkpoint, &train_device, Heads::Lm)?,
+        Some(checkpoint) => {
+            model::load_checkpoint(checkpoint, &train_device, Heads::Lm, cfg.model.dtype)?
+        }
         None => model::load_for_run(
             &cfg.model.path,
             cfg.model.adapter.as_deref(),
@@ -75,8 +77,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &train_device,
             Heads::Lm,
             cfg.seed,
+            cfg.model.dtype,
         )?,
     };
+    super::check_dropout(cfg, &loaded.model)?;
     ctx.log(
         crate::engine::events::LogLevel::Info,
         crate::engine::model::lora::describe_parameters(&loaded.model),

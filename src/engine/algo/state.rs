@@ -173,11 +173,12 @@ pub struct Resumed {
 }
 
 /// When the run resumes (`ctx.resume_from`), loads the checkpoint's weights with `heads` on
-/// `device`, restores the trainer state onto them and moves the run's step and clock there.
+/// `device` (a LoRA base stored as `frozen`), restores the trainer state onto them and moves the run's step and clock there.
 pub fn resume(
     ctx: &mut crate::engine::run::RunContext,
     device: &burn::prelude::Device,
     heads: crate::engine::model::Heads,
+    frozen: crate::engine::model::WeightDtype,
     optim: Optimizer,
     data_len: usize,
     seed: u64,
@@ -186,7 +187,7 @@ pub fn resume(
         return Ok(None);
     };
     let state = TrainerState::load(&ck)?;
-    let weights = crate::engine::model::load(&ck, device, heads)?.model;
+    let weights = crate::engine::model::load_checkpoint(&ck, device, heads, frozen)?.model;
     let (model, optim, sampler) = state.restore(&ck, weights, optim, data_len, seed)?;
     ctx.resume_at(state.step, state.wall_time);
     ctx.log(

@@ -189,15 +189,18 @@ impl JudgeConfig {
     }
 }
 
-/// Builds the judge a config describes. A model judge loads on `device`.
+/// Builds the judge a config describes. A model judge loads on `device`, its matrices
+/// stored as `storage`.
 pub fn build(
     cfg: &JudgeConfig,
     device: &burn::tensor::Device,
+    storage: crate::engine::model::WeightDtype,
 ) -> Result<Box<dyn Judge>, JudgeError> {
     Ok(match cfg {
-        JudgeConfig::Model(c) => {
-            Box::new(model::ModelJudge::load(&c.path, device)?.with_contrast(c.contrast.clone()))
-        }
+        JudgeConfig::Model(c) => Box::new(
+            model::ModelJudge::load_stored(&c.path, None, device, storage)?
+                .with_contrast(c.contrast.clone()),
+        ),
         JudgeConfig::OpenAi(c) => Box::new(openai::OpenAiJudge::new(c)?),
         JudgeConfig::Command(c) => Box::new(command::CommandJudge::new(c)?),
     })

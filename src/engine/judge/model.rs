@@ -57,6 +57,16 @@ impl ModelJudge {
         adapter: Option<&Path>,
         device: &Device,
     ) -> Result<Self, JudgeError> {
+        Self::load_stored(path, adapter, device, model::WeightDtype::F32)
+    }
+
+    /// [`Self::load_with_adapter`], the matrices stored as `storage` (`[model] dtype`).
+    pub fn load_stored(
+        path: &Path,
+        adapter: Option<&Path>,
+        device: &Device,
+        storage: model::WeightDtype,
+    ) -> Result<Self, JudgeError> {
         let err = |message: String| JudgeError::Model {
             path: path.to_path_buf(),
             message,
@@ -73,7 +83,7 @@ impl ModelJudge {
         }
         // Judging never needs gradients; an autodiff device would only grow a graph.
         let device = device.clone().without_autodiff();
-        let loaded = model::load_for_inference(path, adapter, &device, Heads::Lm)
+        let loaded = model::load_for_inference(path, adapter, &device, Heads::Lm, storage)
             .map_err(|e| err(e.to_string()))?;
         Self::from_loaded(path, loaded)
     }

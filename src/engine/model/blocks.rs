@@ -9,6 +9,7 @@ use burn::tensor::activation::{gelu, relu, silu, softmax};
 
 use super::config::{Activation, NormKind, Rope};
 use super::lora::Lora;
+use super::precision::f32_val;
 use super::{LayerCache, ModelError, WeightReader, WeightWriter};
 
 /// `y = x W + b` with `W` stored `[in, out]`, plus a LoRA adapter's `s (x A) B` when one is
@@ -23,8 +24,12 @@ pub struct Linear {
 impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let delta = self.lora.as_ref().map(|lora| lora.delta(x.clone()));
-        let y =
-            burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        // Frozen weights may be stored narrow (`[model] dtype`): products run in f32.
+        let y = burn::tensor::module::linear(
+            x,
+            f32_val(&self.weight),
+            self.bias.as_ref().map(f32_val),
+        );
         match delta {
             Some(delta) => y + delta,
             None => y,
@@ -84,12 +89,12 @@ impl Norm {
             }
         };
         let scale = match self.kind {
-            NormKind::RmsOneOffset => self.weight.val() + 1.0,
-            _ => self.weight.val(),
+            NormKind::RmsOneOffset => f32_val(&self.weight) + 1.0,
+            _ => f32_val(&self.weight),
         };
         let out = normed * scale.unsqueeze();
         match &self.bias {
-            Some(b) => out + b.val().unsqueeze(),
+            Some(b) => out + f32_val(b).unsqueeze(),
             None => out,
         }
     }

@@ -15,6 +15,8 @@ use burn::prelude::*;
 use super::blocks::{Attention, Linear, Mlp, Norm, QkNorms, RopeAt, Rotary, attention_bias};
 use super::config::{Arch, ModelConfig, Positions, QkNorm};
 use super::families::norm_names;
+use super::precision::f32_val;
+use burn::tensor::FloatDType;
 use super::weights::{HostTensor, NamedTensors};
 use super::{KvCache, ModelError, WeightReader, WeightWriter};
 
@@ -169,11 +171,15 @@ impl CausalLm {
         } else {
             None
         };
+        // The score head is small and often trains (`modules_to_save`): always f32.
+        let storage = r.storage();
+        r.set_storage(super::precision::WeightDtype::F32);
         let score = if with_score {
             Some(Linear::read(r, "score", [h, 1], false)?)
         } else {
             None
         };
+        r.set_storage(storage);
         let (rotary, local_rotary) = match &a.positions {
             Positions::Rope { global, local } => (
                 Some(Rotary::new(global, &device)),
@@ -271,14 +277,34 @@ impl CausalLm {
         valid: Tensor<2, Bool>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        let t = input_ids.dims()[1];
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let mut x = self.embed(input_ids, positions.clone());
+        let context = self.layer_context(positions, valid, past);
+        let reserve = cache.as_ref().map_or(0, |c| c.capacity());
+        for i in 0..self.layers.len() {
+            let layer_cache = cache
+                .as_deref_mut()
+                .map(|c| (&mut c.layers[i], past, reserve));
+            x = self.layer_forward(i, x, &context, layer_cache);
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Token (and learned position) embeddings `[B, T, H]`: the input of the first layer.
+    pub fn embed(&self, input_ids: Tensor<2, Int>, positions: Tensor<2, Int>) -> Tensor<3> {
         let [b, t] = input_ids.dims();
         let hidden_size = self.embed_tokens.dims()[1];
-        let past = cache.as_ref().map_or(0, |c| c.len());
         let flat_ids = input_ids.reshape([b * t]);
+        // Rows are widened after the lookup: a table stored narrow is never copied whole.
         let mut x = self
             .embed_tokens
             .val()
             .select(0, flat_ids)
+            .cast(FloatDType::F32)
             .reshape([b, t, hidden_size]);
         if self.arch.embedding_scale != 1.0 {
             // transformers multiplies by the scale rounded to the activations' dtype.
@@ -287,11 +313,24 @@ impl CausalLm {
         if let Some(table) = &self.embed_positions {
             x = x + table
                 .val()
-                .select(0, positions.clone().reshape([b * t]))
+                .select(0, positions.reshape([b * t]))
+                .cast(FloatDType::F32)
                 .reshape([b, t, hidden_size]);
         }
-        let rope: Option<RopeAt> = self.rotary.as_ref().map(|r| r.at(positions.clone()));
-        let local_rope: Option<RopeAt> = self.local_rotary.as_ref().map(|r| r.at(positions));
+        x
+    }
+
+    /// What every layer of one pass shares: rotary tables at the pass's positions and one
+    /// attention mask per distinct window. `past` cached positions precede the new ones.
+    pub fn layer_context(
+        &self,
+        positions: Tensor<2, Int>,
+        valid: Tensor<2, Bool>,
+        past: usize,
+    ) -> LayerContext {
+        let t = positions.dims()[1];
+        let rope = self.rotary.as_ref().map(|r| r.at(positions.clone()));
+        let local_rope = self.local_rotary.as_ref().map(|r| r.at(positions));
         // One mask per distinct window (full attention is `None`).
         let mut biases: Vec<(Option<usize>, Tensor<5>)> = Vec::new();
         for layer in &self.layers {
@@ -302,7 +341,23 @@ impl CausalLm {
                 ));
             }
         }
-        let reserve = cache.as_ref().map_or(0, |c| c.capacity());
+        LayerContext {
+            rope,
+            local_rope,
+            biases,
+        }
+    }
+
+    /// Layer `i` on its input `x` `[B, T, H]` (the residual stream), returning its output.
+    /// `cache` is this layer's KV cache with the cached length and capacity.
+    pub fn layer_forward(
+        &self,
+        i: usize,
+        x: Tensor<3>,
+        context: &LayerContext,
+        cache: Option<(&mut super::LayerCache, usize, usize)>,
+    ) -> Tensor<3> {
+        let layer = &self.layers[i];
         let residual = self.arch.residual_scale;
         let add = |x: Tensor<3>, h: Tensor<3>| {
             if residual != 1.0 {
@@ -311,60 +366,76 @@ impl CausalLm {
                 x + h
             }
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache
-                .as_deref_mut()
-                .map(|c| (&mut c.layers[i], past, reserve));
-            let bias = &biases
-                .iter()
-                .find(|(w, _)| *w == layer.window)
-                .expect("a mask per window")
-                .1;
-            let rope = if layer.local_rope {
-                local_rope.as_ref()
-            } else {
-                rope.as_ref()
-            };
-            let h = match &layer.attn_norm {
-                Some(n) => n.forward(x.clone()),
-                None => x.clone(),
-            };
-            let mut h = layer.self_attn.forward(h, rope, bias, layer_cache);
-            if let Some(n) = &layer.attn_post_norm {
-                h = n.forward(h);
-            }
-            x = add(x, h);
-            let h = match &layer.mlp_norm {
-                Some(n) => n.forward(x.clone()),
-                None => x.clone(),
-            };
-            let mut h = layer.mlp.forward(h);
-            if let Some(n) = &layer.mlp_post_norm {
-                h = n.forward(h);
-            }
-            x = add(x, h);
+        let bias = &context
+            .biases
+            .iter()
+            .find(|(w, _)| *w == layer.window)
+            .expect("a mask per window")
+            .1;
+        let rope = if layer.local_rope {
+            context.local_rope.as_ref()
+        } else {
+            context.rope.as_ref()
+        };
+        let h = match &layer.attn_norm {
+            Some(n) => n.forward(x.clone()),
+            None => x.clone(),
+        };
+        let mut h = layer.self_attn.forward(h, rope, bias, cache);
+        if let Some(n) = &layer.attn_post_norm {
+            h = n.forward(h);
         }
-        if let Some(c) = cache {
-            c.advance(t);
+        let x = add(x, h);
+        let h = match &layer.mlp_norm {
+            Some(n) => n.forward(x.clone()),
+            None => x.clone(),
+        };
+        let mut h = layer.mlp.forward(h);
+        if let Some(n) = &layer.mlp_post_norm {
+            h = n.forward(h);
         }
-        self.norm.forward(x)
+        add(x, h)
     }
 
     /// Next-token logits `[B, T, V]` from hidden states.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            // A 2-D matmul against the transposed view: flex's gemm reads the strides as they
-            // are, where a 3-D broadcast of the view would copy the whole [V, H] table per call.
+        match self.head_matrix() {
+            Some(head) => self.logits_with(&head, hidden),
             None => {
-                let [b, t, h] = hidden.dims();
-                let vocab = self.embed_tokens.dims()[0];
-                hidden
-                    .reshape([b * t, h])
-                    .matmul(self.embed_tokens.val().transpose())
-                    .reshape([b, t, vocab])
+                let head = self.lm_head.as_ref().expect("a LoRA head is an lm_head");
+                self.finish_logits(head.forward(hidden))
             }
-        };
+        }
+    }
+
+    /// The LM head as one `[H, V]` f32 matrix (a view of the embedding table when tied and
+    /// stored in f32), for [`Self::logits_with`]: what many chunks of positions share, so a
+    /// head stored narrow is widened once per pass, not once per chunk. None when the head
+    /// has a LoRA adapter.
+    pub fn head_matrix(&self) -> Option<Tensor<2>> {
+        match &self.lm_head {
+            Some(head) if head.lora.is_some() => None,
+            Some(head) => Some(f32_val(&head.weight)),
+            // The transposed view: flex's gemm reads the strides as they are, where a 3-D
+            // broadcast of the view would copy the whole [V, H] table per call.
+            None => Some(f32_val(&self.embed_tokens).transpose()),
+        }
+    }
+
+    /// Next-token logits `[B, T, V]` from hidden states with `head` from
+    /// [`Self::head_matrix`].
+    pub fn logits_with(&self, head: &Tensor<2>, hidden: Tensor<3>) -> Tensor<3> {
+        let [b, t, h] = hidden.dims();
+        let vocab = head.dims()[1];
+        let logits = hidden
+            .reshape([b * t, h])
+            .matmul(head.clone())
+            .reshape([b, t, vocab]);
+        self.finish_logits(logits)
+    }
+
+    /// The family's logit scale and final soft-cap.
+    fn finish_logits(&self, logits: Tensor<3>) -> Tensor<3> {
         let logits = if self.arch.logit_scale != 1.0 {
             logits * self.arch.logit_scale
         } else {
@@ -394,6 +465,14 @@ impl CausalLm {
             .as_ref()
             .map(|r| super::blocks::rope_host(&r.rope, n))
     }
+}
+
+/// Per-pass constants the layers share (see [`CausalLm::layer_context`]): built once per
+/// forward pass, on whatever device the positions and mask live on.
+pub struct LayerContext {
+    rope: Option<RopeAt>,
+    local_rope: Option<RopeAt>,
+    biases: Vec<(Option<usize>, Tensor<5>)>,
 }
 
 #[allow(dead_code)]

@@ -45,7 +45,13 @@ impl Checkpoint {
     }
 
     /// Places the weights on `device` as a model with the requested heads.
-    pub fn build(mut self, device: &Device, heads: Heads) -> Result<LoadedModel, ModelError> {
+    /// The model on `device`, its matrices stored as `storage` (see `precision`).
+    pub fn build(
+        mut self,
+        device: &Device,
+        heads: Heads,
+        storage: super::WeightDtype,
+    ) -> Result<LoadedModel, ModelError> {
         families::to_canonical(self.config.family, &self.config, &mut self.tensors).map_err(
             |message| ModelError::Format {
                 path: self.source.clone(),
@@ -53,6 +59,7 @@ impl Checkpoint {
             },
         )?;
         let mut reader = WeightReader::new(self.tensors, device);
+        reader.set_storage(storage);
         let with_score = matches!(heads, Heads::Score | Heads::Both);
         if with_score {
             reader.init_if_missing(

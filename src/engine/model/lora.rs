@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::Linear;
 use super::weights::{HostTensor, NamedTensors};
+use super::precision::f32_val;
 use super::{CausalLm, Family, ModelError, hf, host_f32, transpose};
 
 /// Which projections get an adapter: PEFT's module names, or every linear layer of the
@@ -197,8 +198,8 @@ impl Lora {
         } else {
             x
         };
-        let low = burn::tensor::module::linear(x, self.a.val(), None);
-        burn::tensor::module::linear(low, self.b.val(), None) * self.scale
+        let low = burn::tensor::module::linear(x, f32_val(&self.a), None);
+        burn::tensor::module::linear(low, f32_val(&self.b), None) * self.scale
     }
 }
 
@@ -299,13 +300,28 @@ pub fn without_adapters(mut model: CausalLm) -> CausalLm {
 pub fn merge(mut model: CausalLm) -> CausalLm {
     for (_, linear) in linears_mut(&mut model) {
         if let Some(l) = linear.lora.take() {
-            let delta = l.a.val().matmul(l.b.val()) * l.scale;
-            let w = linear.weight.val() + delta;
+            let delta = f32_val(&l.a).matmul(f32_val(&l.b)) * l.scale;
+            // A base stored narrow (`[model] dtype`) stays narrow.
+            let stored = linear.weight.val().dtype();
+            let w = (f32_val(&linear.weight) + delta).cast(stored);
             linear.weight = Param::from_tensor(w);
         }
     }
     model.adapter = None;
     model
+}
+
+/// A no-grad copy of `model` for decoding (rollouts, evaluation). On a base stored in f32
+/// the adapters are merged (`W + s A B`, a copy of each adapted matrix for the rollout's
+/// duration), so decoding costs what the base costs instead of two more small products per
+/// projection and token. On a base stored narrow (`[model] dtype`) they stay apart: the
+/// narrow rounding of `W + s A B` would swallow the adapters' small early updates.
+pub fn for_generation(model: &CausalLm) -> CausalLm {
+    let plain = model.valid();
+    let narrow_base = plain.layers.first().is_some_and(|layer| {
+        layer.self_attn.q_proj.weight.val().dtype() != burn::tensor::DType::F32
+    });
+    if narrow_base { plain } else { merge(plain) }
 }
 
 /// Parameters that train and parameters in all, for the workbench (`trainable / total`, as

@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod gguf_to_hf;
 pub mod hf;
 pub mod lora;
+pub mod precision;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;
@@ -31,6 +32,7 @@ pub use config::ModelConfig;
 pub use cpu_decode::{CpuDecoder, DecodeState};
 pub use decoder::CausalLm;
 pub use families::Family;
+pub use precision::WeightDtype;
 
 use tokenizer::Tokenizer;
 use weights::{HostTensor, NamedTensors};
@@ -75,6 +77,9 @@ pub struct WeightReader {
     tensors: NamedTensors,
     used: BTreeSet<String>,
     device: Device,
+    /// How matrices are stored (see `precision`): narrowed as each is read, so no f32 copy
+    /// of the whole model exists on the device.
+    storage: precision::WeightDtype,
 }
 
 impl WeightReader {
@@ -83,7 +88,17 @@ impl WeightReader {
             tensors,
             used: BTreeSet::new(),
             device: device.clone(),
+            storage: precision::WeightDtype::F32,
         }
+    }
+
+    /// Matrices read from now on are stored as `dtype` (frozen weights only).
+    pub fn set_storage(&mut self, dtype: precision::WeightDtype) {
+        self.storage = dtype;
+    }
+
+    pub fn storage(&self) -> precision::WeightDtype {
+        self.storage
     }
 
     pub fn device(&self) -> &Device {
@@ -119,10 +134,11 @@ impl WeightReader {
     ) -> Result<Param<Tensor<2>>, ModelError> {
         let t = self.take(name, &[d_out, d_in])?;
         let data = transpose(&t.data, d_out, d_in);
-        Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(data, [d_in, d_out]),
-            &self.device,
-        )))
+        drop(t);
+        Ok(Param::from_tensor(
+            Tensor::<2>::from_data(TensorData::new(data, [d_in, d_out]), &self.device)
+                .cast(self.storage.float_dtype()),
+        ))
     }
 
     pub fn matrix(
@@ -131,10 +147,10 @@ impl WeightReader {
         shape: [usize; 2],
     ) -> Result<Param<Tensor<2>>, ModelError> {
         let t = self.take(name, &shape)?;
-        Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(t.data, shape),
-            &self.device,
-        )))
+        Ok(Param::from_tensor(
+            Tensor::<2>::from_data(TensorData::new(t.data, shape), &self.device)
+                .cast(self.storage.float_dtype()),
+        ))
     }
 
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<1>>, ModelError> {
@@ -371,9 +387,20 @@ pub enum Heads {
 /// Loads a Hugging Face model folder, a `.gguf` file, or a PEFT adapter folder (its base, named
 /// by `base_model_name_or_path`, with the adapter attached) onto `device`.
 pub fn load(path: &Path, device: &Device, heads: Heads) -> Result<LoadedModel, ModelError> {
+    load_stored(path, device, heads, WeightDtype::F32)
+}
+
+/// [`load`], the matrices stored as `storage` (for frozen models; see `precision`). An
+/// adapter folder's adapter stays f32.
+pub fn load_stored(
+    path: &Path,
+    device: &Device,
+    heads: Heads,
+    storage: WeightDtype,
+) -> Result<LoadedModel, ModelError> {
     if lora::is_adapter_dir(path) {
         let base = lora::adapter_base(path)?;
-        return load_with_adapter(&base, path, device, heads);
+        return load_with_adapter(&base, path, device, heads, storage);
     }
     let checkpoint = if path.is_dir() {
         hf::read_dir(path)?
@@ -398,18 +425,35 @@ pub fn load(path: &Path, device: &Device, heads: Heads) -> Result<LoadedModel, M
                 .into(),
         });
     };
-    checkpoint.build(device, heads)
+    checkpoint.build(device, heads, storage)
 }
 
-/// Loads `base` and attaches the PEFT adapter in `adapter` (the base frozen, the adapter
-/// trainable on an autodiff device). The adapter's tokenizer, when it has one, wins.
+/// Loads a run's checkpoint to resume from: an adapter folder (LoRA) onto its base stored as
+/// `frozen`; a full checkpoint (all of it trains) in f32.
+pub fn load_checkpoint(
+    path: &Path,
+    device: &Device,
+    heads: Heads,
+    frozen: WeightDtype,
+) -> Result<LoadedModel, ModelError> {
+    if lora::is_adapter_dir(path) {
+        load_stored(path, device, heads, frozen)
+    } else {
+        load(path, device, heads)
+    }
+}
+
+/// Loads `base` (its matrices stored as `storage`) and attaches the PEFT adapter in
+/// `adapter` (the base frozen, the adapter trainable on an autodiff device). The adapter's
+/// tokenizer, when it has one, wins.
 pub fn load_with_adapter(
     base: &Path,
     adapter: &Path,
     device: &Device,
     heads: Heads,
+    storage: WeightDtype,
 ) -> Result<LoadedModel, ModelError> {
-    let mut loaded = load(base, device, heads)?;
+    let mut loaded = load_stored(base, device, heads, storage)?;
     loaded.model = lora::load_adapter(loaded.model, adapter, &absolute(base))?;
     if adapter.join("tokenizer.json").exists() {
         loaded.tokenizer = Some(Tokenizer::from_dir(adapter)?);
@@ -419,16 +463,17 @@ pub fn load_with_adapter(
 
 /// Loads a model for generation, serving or judging: `path` (a folder, `.gguf` or adapter
 /// folder) with `adapter` attached, every adapter merged into its weights (`W + s A B`), so
-/// decoding costs what the base costs.
+/// decoding costs what the base costs. Matrices are stored as `storage`.
 pub fn load_for_inference(
     path: &Path,
     adapter: Option<&Path>,
     device: &Device,
     heads: Heads,
+    storage: WeightDtype,
 ) -> Result<LoadedModel, ModelError> {
     let mut loaded = match adapter {
-        Some(adapter) => load_with_adapter(path, adapter, device, heads)?,
-        None => load(path, device, heads)?,
+        Some(adapter) => load_with_adapter(path, adapter, device, heads, storage)?,
+        None => load_stored(path, device, heads, storage)?,
     };
     loaded.model = lora::merge(loaded.model);
     Ok(loaded)
@@ -441,6 +486,7 @@ pub fn random_weights(
     dir: &Path,
     device: &Device,
     heads: Heads,
+    storage: WeightDtype,
 ) -> Result<LoadedModel, ModelError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
@@ -461,6 +507,7 @@ pub fn random_weights(
         );
     }
     let mut reader = WeightReader::new(tensors, device);
+    reader.set_storage(storage);
     let model = CausalLm::from_weights(&config, &mut reader, heads != Heads::Score, with_score)?;
     let tokenizer = if dir.join("tokenizer.json").exists() {
         Some(Tokenizer::from_dir(dir)?)
@@ -485,7 +532,8 @@ fn absolute(path: &Path) -> String {
 }
 
 /// Loads the model a run trains: `[model] path`, with `[model] adapter` attached, or fresh
-/// adapters from `[lora]` (base frozen); a plain model otherwise.
+/// adapters from `[lora]` (base frozen, its matrices stored as `frozen`); a plain model
+/// (all of it training, so f32) otherwise.
 pub fn load_for_run(
     path: &Path,
     adapter: Option<&Path>,
@@ -493,6 +541,7 @@ pub fn load_for_run(
     device: &Device,
     heads: Heads,
     seed: u64,
+    frozen: WeightDtype,
 ) -> Result<LoadedModel, ModelError> {
     match (adapter, lora_config) {
         (Some(_), Some(_)) => Err(ModelError::Config {
@@ -501,9 +550,9 @@ pub fn load_for_run(
                       (drop `[lora]`) or a new one (drop `adapter`)"
                 .into(),
         }),
-        (Some(adapter), None) => load_with_adapter(path, adapter, device, heads),
+        (Some(adapter), None) => load_with_adapter(path, adapter, device, heads, frozen),
         (None, Some(cfg)) => {
-            let mut loaded = load(path, device, heads)?;
+            let mut loaded = load_stored(path, device, heads, frozen)?;
             loaded.model = lora::add_adapters(
                 loaded.model,
                 loaded.config.family,

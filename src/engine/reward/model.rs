@@ -10,7 +10,7 @@ use burn::prelude::*;
 use super::{Completion, ModelLoader, RewardError, RewardModelConfig, RewardSource};
 use crate::engine::algo::sequences::{SeqBatch, last_token_scores};
 use crate::engine::model::tokenizer::Tokenizer;
-use crate::engine::model::{CausalLm, Heads, hf, host_f32};
+use crate::engine::model::{CausalLm, Heads, WeightDtype, hf, host_f32};
 
 /// Texts scored together; bounds activation memory on long completions.
 const SCORE_BATCH: usize = 32;
@@ -55,7 +55,12 @@ pub fn encode_for_scoring(
 impl RewardModel {
     /// Loads the folder at `cfg.path`. It must have a trained `score` head: a plain language
     /// model would get a random one, and its scores would be noise.
-    pub fn load(cfg: &RewardModelConfig, device: &Device) -> Result<Self, RewardError> {
+    /// Its matrices are stored as `storage` (`[model] dtype`; the score head stays f32).
+    pub fn load(
+        cfg: &RewardModelConfig,
+        device: &Device,
+        storage: WeightDtype,
+    ) -> Result<Self, RewardError> {
         let path = cfg.path.clone();
         let err = |message: String| RewardError::Model {
             path: path.clone(),
@@ -79,7 +84,7 @@ impl RewardModel {
         // Scoring never needs gradients; an autodiff device would only grow a graph.
         let device = device.clone().without_autodiff();
         let loaded = checkpoint
-            .build(&device, Heads::Score)
+            .build(&device, Heads::Score, storage)
             .map_err(|e| err(e.to_string()))?;
         let tokenizer = loaded
             .tokenizer
@@ -183,16 +188,19 @@ impl RewardSource for RewardModel {
 /// The [`super::build_all_with`] hook that loads `reward_model` entries onto `device`.
 pub fn loader(
     device: &Device,
+    storage: WeightDtype,
 ) -> impl FnMut(&RewardModelConfig) -> Result<Box<dyn RewardSource>, RewardError> + '_ {
-    move |cfg| Ok(Box::new(RewardModel::load(cfg, device)?) as Box<dyn RewardSource>)
+    move |cfg| Ok(Box::new(RewardModel::load(cfg, device, storage)?) as Box<dyn RewardSource>)
 }
 
-/// Every `[[rewards]]` source, with `reward_model` entries loaded onto `device`.
+/// Every `[[rewards]]` source, with `reward_model` entries loaded onto `device`, their
+/// matrices stored as `storage`.
 pub fn build_all_on(
     cfgs: &[super::RewardConfig],
     device: &Device,
+    storage: WeightDtype,
 ) -> Result<super::WeightedSources, RewardError> {
-    let mut load = loader(device);
+    let mut load = loader(device, storage);
     let load: &mut ModelLoader = &mut load;
     super::build_all_with(cfgs, None, load)
 }
@@ -206,5 +214,6 @@ pub fn load_path(path: &Path, device: &Device) -> Result<RewardModel, RewardErro
             name: None,
         },
         device,
+        WeightDtype::F32,
     )
 }
