@@ -136,3 +136,74 @@ fn wgpu_runs_gemma2_and_qwen3() {
         );
     }
 }
+
+/// On wgpu: LoRA gradients computed layer by layer equal one backward pass (and the CPU's),
+/// and frozen weights stored in f16 give the f32 logits within rounding. (bf16 is storage
+/// only on Vulkan; f16 is what GPUs compute in.)
+#[test]
+fn wgpu_layerwise_lora_gradients_and_f16_storage() {
+    use rlft::engine::algo::layerwise::{HeadExtras, logprob_grads};
+    use rlft::engine::algo::sequences::SeqBatch;
+    use rlft::engine::model::WeightDtype;
+    let gpu = match DeviceChoice::Wgpu.init() {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(
+                std::env::var("RLFT_REQUIRE_WGPU").is_err(),
+                "wgpu required but unavailable: {e}"
+            );
+            eprintln!("\n========== SKIPPED: no wgpu adapter ({e}) ==========\n");
+            return;
+        }
+    };
+    let dir = fixture("families/qwen2");
+    let lora_cfg = model::lora::LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        ..Default::default()
+    };
+    let grads = |device: &Device, storage: WeightDtype, by_layer: bool| -> Vec<f32> {
+        let device = device.clone().autodiff();
+        let m = model::load_for_run(&dir, None, Some(&lora_cfg), &device, Heads::Lm, 3, storage)
+            .unwrap()
+            .model;
+        let p1: &[u32] = &[5, 17, 42];
+        let c1: &[u32] = &[8, 99, 3, 61];
+        let p2: &[u32] = &[11, 2];
+        let c2: &[u32] = &[73, 40, 6];
+        let batch = SeqBatch::new(&[p1, p2], &[c1, c2], 0, &device);
+        let mask = batch.completion_mask.clone();
+        let (g, _, ()) = logprob_grads(
+            &m,
+            (&batch).into(),
+            0.9,
+            HeadExtras::default(),
+            by_layer,
+            |out| Ok::<_, String>(((out.logprobs * mask).sum().neg(), ())),
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        for layer in &m.layers {
+            let b = &layer.self_attn.q_proj.lora.as_ref().unwrap().b;
+            all.extend(model::host_f32(g.get::<2>(b.id).unwrap()));
+            let b = &layer.mlp.down_proj.lora.as_ref().unwrap().b;
+            all.extend(model::host_f32(g.get::<2>(b.id).unwrap()));
+        }
+        all
+    };
+    let rel = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-9);
+        max_abs_diff(a, b) / scale
+    };
+    let cpu_whole = grads(&Device::flex(), WeightDtype::F32, false);
+    let gpu_whole = grads(&gpu, WeightDtype::F32, false);
+    let gpu_layers = grads(&gpu, WeightDtype::F32, true);
+    let gpu_f16 = grads(&gpu, WeightDtype::F16, true);
+    let (a, b, c) = (
+        rel(&gpu_whole, &cpu_whole),
+        rel(&gpu_layers, &gpu_whole),
+        rel(&gpu_f16, &gpu_whole),
+    );
+    eprintln!("wgpu LoRA grads: vs cpu {a:.1e}, layer by layer {b:.1e}, f16 base {c:.1e}");
+    assert!(a < 1e-3 && b < 1e-3 && c < 2e-2, "{a} {b} {c}");
+}
