@@ -72,6 +72,9 @@ pub fn logprob_grads<T, E>(
     if by_layer {
         return grads_by_layer(model, rows, temperature, extras, loss);
     }
+    if head_is_frozen(model) {
+        return grads_with_head_apart(model, rows, temperature, extras, loss);
+    }
     let t = rows.ids.dims()[1];
     let hidden = model.hidden(rows.ids, rows.positions, rows.valid, None);
     let out = head_outputs(
@@ -88,6 +91,43 @@ pub fn logprob_grads<T, E>(
     Ok((grads, value, measured))
 }
 
+/// The LM head does not train (LoRA): its gradient can be taken analytically.
+fn head_is_frozen(model: &CausalLm) -> bool {
+    model.head_matrix().is_some_and(|head| !head.is_tracked())
+}
+
+/// [`logprob_grads`] for a frozen head without per-layer recomputation: the layers run with
+/// autodiff as usual, but the head is differentiated on its own (stages 1 and 2 of the module
+/// docs), so no `[positions, vocab]` values are kept for the backward pass, then one backward
+/// pass carries `dL/d last` through every layer.
+fn grads_with_head_apart<T, E>(
+    model: &CausalLm,
+    rows: TokenRows,
+    temperature: f32,
+    extras: HeadExtras,
+    loss: impl FnOnce(HeadOutputs) -> Result<(Tensor<1>, T), E>,
+) -> Result<(GradientsParams, f64, T), E> {
+    let targets = rows.targets.without_autodiff();
+    let mut x = model.embed(rows.ids, rows.positions.clone());
+    let context = model.layer_context(rows.positions, rows.valid, 0);
+    for i in 0..model.num_layers() {
+        x = model.layer_forward(i, x, &context, None);
+    }
+    let mut acc = GradientsAccumulator::<CausalLm>::new();
+    let (d_last, value, measured) = head_stages(
+        model,
+        x.clone().without_autodiff(),
+        targets,
+        temperature,
+        extras,
+        loss,
+        &mut acc,
+    )?;
+    let grads = (x * d_last).sum().backward();
+    acc.accumulate(model, GradientsParams::from_grads(grads, model));
+    Ok((acc.grads(), value, measured))
+}
+
 /// [`logprob_grads`] layer by layer.
 fn grads_by_layer<T, E>(
     model: &CausalLm,
@@ -101,7 +141,6 @@ fn grads_by_layer<T, E>(
     let positions = rows.positions.without_autodiff();
     let valid = rows.valid.without_autodiff();
     let targets = rows.targets.without_autodiff();
-    let [b, t] = ids.dims();
 
     // Forward without autodiff, keeping each layer's input.
     let context = plain.layer_context(positions.clone(), valid, 0);
@@ -113,46 +152,18 @@ fn grads_by_layer<T, E>(
     }
     let last = x;
 
-    // 1. loss: dL/dlogp. A frozen head (LoRA) also gives d logp / d h here, so its
-    // backward needs no second pass over the vocabulary.
-    let head_frozen = model
-        .head_matrix()
-        .is_some_and(|head| !head.is_tracked());
-    let normed = plain.norm.forward(last.clone()).narrow(1, 0, t - 1);
-    let (out, d_logprob_d_normed) = if head_frozen {
-        let (out, jacobian) = frozen_head_pass(&plain, normed, targets.clone(), temperature, extras);
-        (out, Some(jacobian))
-    } else {
-        let out = head_outputs(
-            &plain,
-            normed,
-            targets.clone(),
-            temperature,
-            extras.entropy,
-            extras.argmax,
-        );
-        (out, None)
-    };
     drop(plain);
-    let logprobs = out.logprobs.autodiff().require_grad();
-    let (loss_value, measured) = loss(HeadOutputs {
-        logprobs: logprobs.clone(),
-        ..out
-    })?;
-    let value = super::scalar(loss_value.clone());
-    let mut grads = loss_value.backward();
+    // 1-2. loss and head: dL/dx at the last layer's output.
     let mut acc = GradientsAccumulator::<CausalLm>::new();
-    let d_logprobs = logprobs
-        .grad_remove(&mut grads)
-        .unwrap_or_else(|| Tensor::zeros([b, t - 1], &ids.device()));
-    // The loss may reach parameters by other paths too (none today): keep what it found.
-    acc.accumulate(model, GradientsParams::from_grads(grads, model));
-
-    // 2. head: dL/dx at the last layer's output.
-    let d_last = match d_logprob_d_normed {
-        Some(jacobian) => norm_backward(model, last, d_logprobs, jacobian, &mut acc),
-        None => head_backward(model, last, targets, d_logprobs, temperature, &mut acc),
-    };
+    let (d_last, value, measured) = head_stages(
+        model,
+        last,
+        targets,
+        temperature,
+        extras,
+        loss,
+        &mut acc,
+    )?;
 
     // 3. layers, last to first.
     let mut d_out = d_last;
@@ -182,6 +193,59 @@ fn grads_by_layer<T, E>(
         acc.accumulate(model, GradientsParams::from_grads(grads, model));
     }
     Ok((acc.grads(), value, measured))
+}
+
+/// Stages 1 and 2: the loss on the target log-probabilities of `last` (the last layer's
+/// output `[B, T, H]`, no autodiff) and its gradient `dL/d last`; the gradients of the final
+/// norm and head parameters that train go to `acc`. Returns `dL/d last`, the loss's value and
+/// what the loss measured.
+fn head_stages<T, E>(
+    model: &CausalLm,
+    last: Tensor<3>,
+    targets: Tensor<2, Int>,
+    temperature: f32,
+    extras: HeadExtras,
+    loss: impl FnOnce(HeadOutputs) -> Result<(Tensor<1>, T), E>,
+    acc: &mut GradientsAccumulator<CausalLm>,
+) -> Result<(Tensor<3>, f64, T), E> {
+    let [b, t, _] = last.dims();
+    let device = last.device();
+    // A frozen head (LoRA) gives d logp / d h in the same pass, so its backward needs no
+    // second pass over the vocabulary.
+    let plain = model.valid();
+    let normed = plain.norm.forward(last.clone()).narrow(1, 0, t - 1);
+    let (out, d_logprob_d_normed) = if head_is_frozen(model) {
+        let (out, jacobian) = frozen_head_pass(&plain, normed, targets.clone(), temperature, extras);
+        (out, Some(jacobian))
+    } else {
+        let out = head_outputs(
+            &plain,
+            normed,
+            targets.clone(),
+            temperature,
+            extras.entropy,
+            extras.argmax,
+        );
+        (out, None)
+    };
+    drop(plain);
+    let logprobs = out.logprobs.autodiff().require_grad();
+    let (loss_value, measured) = loss(HeadOutputs {
+        logprobs: logprobs.clone(),
+        ..out
+    })?;
+    let value = super::scalar(loss_value.clone());
+    let mut grads = loss_value.backward();
+    let d_logprobs = logprobs
+        .grad_remove(&mut grads)
+        .unwrap_or_else(|| Tensor::zeros([b, t - 1], &device));
+    // The loss may reach parameters by other paths too (none today): keep what it found.
+    acc.accumulate(model, GradientsParams::from_grads(grads, model));
+    let d_last = match d_logprob_d_normed {
+        Some(jacobian) => norm_backward(model, last, d_logprobs, jacobian, acc),
+        None => head_backward(model, last, targets, d_logprobs, temperature, acc),
+    };
+    Ok((d_last, value, measured))
 }
 
 /// Stage 1 for a frozen LM head: the target log-probabilities (and extras) of `normed`
@@ -385,7 +449,8 @@ mod tests {
         Ok((l, 0.0))
     }
 
-    /// Compares the two ways' gradients parameter by parameter; returns how many had one.
+    /// Gradients by each path against one backward pass over the whole graph; returns how
+    /// many parameters had one.
     fn assert_same_grads(model: &CausalLm, temperature: f32) -> usize {
         let device = Device::flex().autodiff();
         let b = batch(&device);
@@ -399,9 +464,30 @@ mod tests {
             })
             .unwrap()
         };
-        let (whole, whole_value, _) = grads(false);
-        let (staged, staged_value, _) = grads(true);
-        assert!((whole_value - staged_value).abs() < 1e-5 * whole_value.abs().max(1.0));
+        // The reference: one backward pass over the whole graph, head included.
+        let (whole, whole_value) = {
+            let scored = super::super::sequences::score(model, &b, temperature);
+            let out = HeadOutputs {
+                logprobs: scored.logprobs,
+                entropy: scored.entropy,
+                argmax: None,
+            };
+            let (l, _) = loss(out, &b).unwrap();
+            let value = super::super::scalar(l.clone());
+            (GradientsParams::from_grads(l.backward(), model), value)
+        };
+        let mut compared = 0;
+        for by_layer in [false, true] {
+            let (staged, staged_value, _) = grads(by_layer);
+            assert!((whole_value - staged_value).abs() < 1e-5 * whole_value.abs().max(1.0));
+            compared = compare(model, &whole, &staged);
+        }
+        compared
+    }
+
+    /// Compares two sets of gradients parameter by parameter; returns how many had one.
+    fn compare(model: &CausalLm, whole: &GradientsParams, staged: &GradientsParams) -> usize {
+        let model_ids = param_ids(model);
         let mut compared = 0;
         let mut visit = |id: burn::module::ParamId, shape_len: usize| {
             let (want, got) = match shape_len {
@@ -429,7 +515,7 @@ mod tests {
                 ),
             }
         };
-        for (id, rank) in param_ids(model) {
+        for (id, rank) in model_ids {
             visit(id, rank);
         }
         assert!(compared > 0, "no gradients compared");
