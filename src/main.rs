@@ -155,8 +155,8 @@ enum Cmd {
         /// backward pass, as `gradient_checkpointing = true` in `[train]`.
         #[arg(long)]
         gradient_checkpointing: bool,
-        /// Random weights in the shape of `--model`'s config.json (with its tokenizer.json):
-        /// measure a checkpoint's shape without its weights.
+        /// Random weights in the shape of `--model`'s config.json (with its tokenizer.json, or
+        /// assets/base's): measure a checkpoint's shape without its weights.
         #[arg(long)]
         random_weights: bool,
         /// Time only the GRPO step (other figures print as NaN).
@@ -472,7 +472,8 @@ fn serve(
 /// transformers loads without PEFT).
 fn merge(base: &std::path::Path, adapter: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let device = DeviceChoice::Cpu.init().map_err(anyhow::Error::msg)?;
-    let loaded = model::load_for_inference(base, Some(adapter), &device, Heads::Lm, WeightDtype::F32)?;
+    let loaded =
+        model::load_for_inference(base, Some(adapter), &device, Heads::Lm, WeightDtype::F32)?;
     model::hf::save_dir(
         out,
         &loaded.config,
@@ -802,10 +803,31 @@ fn bench(
             )
             .map_err(anyhow::Error::msg)?;
         }
+        // A shape folder may hold only config.json: the GRPO step needs some tokenizer (its
+        // reward reads text), and any fits, as the step's lengths are fixed in tokens.
+        if loaded.tokenizer.is_none() {
+            let fallback = std::path::Path::new("assets/base");
+            if fallback.join("tokenizer.json").exists() {
+                eprintln!(
+                    "note: {} has no tokenizer.json; the GRPO step uses {}'s",
+                    path.display(),
+                    fallback.display()
+                );
+                loaded.tokenizer = Some(model::tokenizer::Tokenizer::from_dir(fallback)?);
+            }
+        }
         loaded
     } else {
         let frozen = dtype;
-        model::load_for_run(path, None, lora.as_ref(), &train_device, Heads::Lm, 0, frozen)?
+        model::load_for_run(
+            path,
+            None,
+            lora.as_ref(),
+            &train_device,
+            Heads::Lm,
+            0,
+            frozen,
+        )?
     };
     let opts = rlft::engine::bench::BenchOptions {
         batch,

@@ -10,8 +10,8 @@ use burn::prelude::*;
 use common::*;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::{Event, LogLevel};
-use rlft::engine::model::weights::NamedTensors;
 use rlft::engine::model::WeightDtype::F32;
+use rlft::engine::model::weights::NamedTensors;
 use rlft::engine::model::{self, Heads, hf, lora};
 use rlft::engine::sample::bool_tensor;
 

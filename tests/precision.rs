@@ -9,6 +9,7 @@ use common::*;
 use rlft::engine::algo::layerwise::{HeadExtras, logprob_grads};
 use rlft::engine::algo::sequences::SeqBatch;
 use rlft::engine::device::DeviceChoice;
+use rlft::engine::events::Event;
 use rlft::engine::model::WeightDtype::{Bf16, F16, F32};
 use rlft::engine::model::{self, Heads, WeightDtype, lora, precision};
 
@@ -50,8 +51,7 @@ fn narrow_storage_stays_within_tolerance_of_f32() {
         for (dtype, tolerance) in [(Bf16, 3e-2), (F16, 4e-3)] {
             let narrow = model::load_stored(&path, &cpu(), Heads::Lm, dtype).unwrap();
             let diff = relative_diff(&logits(&narrow.model), &want);
-            let ratio =
-                precision::stored_bytes(&narrow.model) as f64 / f32_bytes as f64;
+            let ratio = precision::stored_bytes(&narrow.model) as f64 / f32_bytes as f64;
             eprintln!(
                 "{family:>7} {dtype:>4}: max |logit diff| / max |logit| {diff:.1e}, bytes {ratio:.3}x"
             );
@@ -74,17 +74,9 @@ fn lora_gradients_on_a_narrow_base_match_f32() {
     };
     let device = cpu().autodiff();
     let grads_for = |storage: WeightDtype, by_layer: bool| -> Vec<f32> {
-        let m = model::load_for_run(
-            &path,
-            None,
-            Some(&lora_cfg),
-            &device,
-            Heads::Lm,
-            3,
-            storage,
-        )
-        .unwrap()
-        .model;
+        let m = model::load_for_run(&path, None, Some(&lora_cfg), &device, Heads::Lm, 3, storage)
+            .unwrap()
+            .model;
         let ids = rows();
         let (prompts, completions): (Vec<&[u32]>, Vec<&[u32]>) =
             ids.iter().map(|r| (&r[..3], &r[3..])).unzip();
@@ -142,7 +134,17 @@ fn lora_runs_train_on_a_bf16_base_layer_by_layer() {
         let root = tmp.path().join(name);
         let events = run_to_end(&toml, &root, DeviceChoice::Cpu);
         assert!(finished(&events), "{name}: {}", failure(&events));
-        let run = std::fs::read_dir(&root).unwrap().next().unwrap().unwrap().path();
+        let says = events.iter().any(|e| {
+            matches!(e, Event::Log { message, .. }
+                if message.starts_with("trainable params") && message.contains("base in bf16"))
+        });
+        assert!(says, "{name}: the log says the base is stored in bf16");
+        let run = std::fs::read_dir(&root)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let adapter = run.join("checkpoints").join("final");
         assert!(adapter.join("adapter_model.safetensors").exists(), "{name}");
         let loaded = model::load(&adapter, &cpu(), Heads::Lm).unwrap();

@@ -279,13 +279,8 @@ fn grpo_step(
         entropy: true,
         argmax: false,
     };
-    let (grads, _, ()) = layerwise::logprob_grads(
-        &policy,
-        (&batch).into(),
-        1.0,
-        extras,
-        by_layer,
-        |scored| {
+    let (grads, _, ()) =
+        layerwise::logprob_grads(&policy, (&batch).into(), 1.0, extras, by_layer, |scored| {
             let _entropy = scalar(masked_mean(
                 scored.entropy.clone().expect("asked for the entropy"),
                 batch.completion_mask.clone(),
@@ -304,9 +299,8 @@ fn grpo_step(
                 new_tokens,
             )?;
             Ok::<_, TrainError>((out.loss, ()))
-        },
-    )
-    .expect("grpo loss");
+        })
+        .expect("grpo loss");
     let (next, _) = optim.step(1e-6, policy, grads);
     let _ = next.embed_tokens.val().slice([0..1, 0..1]).into_data();
     times.update = start.elapsed().as_secs_f64();

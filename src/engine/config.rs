@@ -148,14 +148,14 @@ pub struct TrainSection {
     pub save_steps: usize,
     /// Keep the newest N step checkpoints (older ones are deleted; `final` is always kept).
     pub save_total_limit: usize,
-    /// Recompute memory-bound activations (elementwise ops, softmax pieces) in the backward
-    /// pass instead of keeping them: Burn's balanced checkpointing. Matmul outputs stay cached.
+    /// Keep only each decoder layer's input and compute the gradients layer by layer
+    /// (`algo::layerwise`: SFT, DPO, online DPO, GRPO); reward-model and PPO training use
+    /// Burn's balanced checkpointing instead.
     pub gradient_checkpointing: bool,
 }
 
 /// Why `lora_dropout` and `gradient_checkpointing` do not mix (yet).
-pub const DROPOUT_WITH_CHECKPOINTING: &str =
-    "[lora] lora_dropout > 0 with [train] gradient_checkpointing = true is not supported: the \
+pub const DROPOUT_WITH_CHECKPOINTING: &str = "[lora] lora_dropout > 0 with [train] gradient_checkpointing = true is not supported: the \
      recomputed pass would draw other dropout masks than the forward pass, so the gradients \
      would be wrong; set lora_dropout = 0 (TRL's LoRA-without-regret recipe uses none) or \
      turn checkpointing off";

@@ -17,9 +17,9 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::layerwise::{self, HeadExtras};
 use super::losses::{self, DpoLoss};
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
-use super::layerwise::{self, HeadExtras};
 use super::sequences::{SeqBatch, score, sequence_logprob};
 use super::state;
 use super::{TrainError, TrainOutcome, scalar};

@@ -11,8 +11,8 @@ use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::losses::{self, GrpoLossType, ScaleRewards};
 use super::layerwise::{self, HeadExtras};
+use super::losses::{self, GrpoLossType, ScaleRewards};
 use super::sequences::{HeadOutputs, SeqBatch, score};
 use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, scalar};

@@ -155,15 +155,8 @@ fn grads_by_layer<T, E>(
     drop(plain);
     // 1-2. loss and head: dL/dx at the last layer's output.
     let mut acc = GradientsAccumulator::<CausalLm>::new();
-    let (d_last, value, measured) = head_stages(
-        model,
-        last,
-        targets,
-        temperature,
-        extras,
-        loss,
-        &mut acc,
-    )?;
+    let (d_last, value, measured) =
+        head_stages(model, last, targets, temperature, extras, loss, &mut acc)?;
 
     // 3. layers, last to first.
     let mut d_out = d_last;
@@ -215,7 +208,8 @@ fn head_stages<T, E>(
     let plain = model.valid();
     let normed = plain.norm.forward(last.clone()).narrow(1, 0, t - 1);
     let (out, d_logprob_d_normed) = if head_is_frozen(model) {
-        let (out, jacobian) = frozen_head_pass(&plain, normed, targets.clone(), temperature, extras);
+        let (out, jacobian) =
+            frozen_head_pass(&plain, normed, targets.clone(), temperature, extras);
         (out, Some(jacobian))
     } else {
         let out = head_outputs(
@@ -375,9 +369,7 @@ fn head_backward(
     let mut d_chunks = Vec::with_capacity(n.div_ceil(chunk));
     // A frozen head is shared by every chunk (widened once when stored narrow); a trained
     // one is rebuilt per chunk, as each chunk's backward consumes its graph.
-    let frozen_head = model
-        .head_matrix()
-        .filter(|head| !head.is_tracked());
+    let frozen_head = model.head_matrix().filter(|head| !head.is_tracked());
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
@@ -438,10 +430,7 @@ mod tests {
     /// at each token differs, over the completion mask.
     fn loss(scored: HeadOutputs, batch: &SeqBatch) -> Result<(Tensor<1>, f32), String> {
         let device = scored.logprobs.device();
-        let adv = Tensor::<2>::from_data(
-            TensorData::new(vec![1.5f32, -0.5], [2, 1]),
-            &device,
-        );
+        let adv = Tensor::<2>::from_data(TensorData::new(vec![1.5f32, -0.5], [2, 1]), &device);
         let lp = scored.logprobs;
         let l = ((lp.clone() * adv + lp.square() * 0.1) * batch.completion_mask.clone())
             .sum()
@@ -504,7 +493,10 @@ mod tests {
                 (Some(w), Some(g)) => {
                     let scale: f32 = w.clone().abs().max().into_scalar::<f32>().max(1e-6);
                     let d: f32 = (w - g).abs().max().into_scalar::<f32>();
-                    assert!(d / scale < 1e-4, "param {id}: max |diff| {d} (scale {scale})");
+                    assert!(
+                        d / scale < 1e-4,
+                        "param {id}: max |diff| {d} (scale {scale})"
+                    );
                     compared += 1;
                 }
                 (None, None) => {}
@@ -542,7 +534,11 @@ mod tests {
         for (family, tie) in [("llama", true), ("qwen2", false), ("gemma2", true)] {
             let (_, model) = tiny(family, tie);
             let all = param_ids(&model).len();
-            assert_eq!(assert_same_grads(&model, 1.0), all, "{family}: every parameter trains");
+            assert_eq!(
+                assert_same_grads(&model, 1.0),
+                all,
+                "{family}: every parameter trains"
+            );
             assert_eq!(assert_same_grads(&model, 0.7), all);
         }
     }
@@ -581,19 +577,15 @@ mod tests {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
                 let (id, tensor, mapper) = param.consume();
                 let is_trainable = tensor.is_require_grad();
-                let tensor = if is_trainable && tensor.clone().abs().max().into_scalar::<f32>() == 0.0
-                {
-                    let shape = tensor.shape();
-                    let device = tensor.device();
-                    Tensor::random(
-                        shape,
-                        burn::tensor::Distribution::Normal(0.0, 0.1),
-                        &device,
-                    )
-                    .require_grad()
-                } else {
-                    tensor
-                };
+                let tensor =
+                    if is_trainable && tensor.clone().abs().max().into_scalar::<f32>() == 0.0 {
+                        let shape = tensor.shape();
+                        let device = tensor.device();
+                        Tensor::random(shape, burn::tensor::Distribution::Normal(0.0, 0.1), &device)
+                            .require_grad()
+                    } else {
+                        tensor
+                    };
                 Param::from_mapped_value(id, tensor, mapper)
             }
         }

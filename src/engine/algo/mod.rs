@@ -73,7 +73,10 @@ pub fn check_dropout(
     cfg: &crate::engine::config::RunConfig,
     model: &crate::engine::model::CausalLm,
 ) -> Result<(), TrainError> {
-    let dropout = model.adapter.as_ref().map_or(0.0, |a| a.config.lora_dropout);
+    let dropout = model
+        .adapter
+        .as_ref()
+        .map_or(0.0, |a| a.config.lora_dropout);
     if cfg.train.gradient_checkpointing && dropout > 0.0 {
         return Err(TrainError::Invalid(format!(
             "the adapter has lora_dropout = {dropout}: {}",

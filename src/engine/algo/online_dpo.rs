@@ -288,9 +288,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut truth = reward::model::build_all_on(&cfg.rewards, &plain, cfg.model.dtype)
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     let mut judge: Option<Box<dyn Judge>> = match (&cfg.judge, o.labeler.uses_judge()) {
-        (Some(j), true) => {
-            Some(judge::build(j, &plain, cfg.model.dtype).map_err(|e| TrainError::Invalid(e.to_string()))?)
-        }
+        (Some(j), true) => Some(
+            judge::build(j, &plain, cfg.model.dtype)
+                .map_err(|e| TrainError::Invalid(e.to_string()))?,
+        ),
         _ => None,
     };
     let principle = cfg

@@ -25,11 +25,8 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let delta = self.lora.as_ref().map(|lora| lora.delta(x.clone()));
         // Frozen weights may be stored narrow (`[model] dtype`): products run in f32.
-        let y = burn::tensor::module::linear(
-            x,
-            f32_val(&self.weight),
-            self.bias.as_ref().map(f32_val),
-        );
+        let y =
+            burn::tensor::module::linear(x, f32_val(&self.weight), self.bias.as_ref().map(f32_val));
         match delta {
             Some(delta) => y + delta,
             None => y,

@@ -16,9 +16,9 @@ use super::blocks::{Attention, Linear, Mlp, Norm, QkNorms, RopeAt, Rotary, atten
 use super::config::{Arch, ModelConfig, Positions, QkNorm};
 use super::families::norm_names;
 use super::precision::f32_val;
-use burn::tensor::FloatDType;
 use super::weights::{HostTensor, NamedTensors};
 use super::{KvCache, ModelError, WeightReader, WeightWriter};
+use burn::tensor::FloatDType;
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer {

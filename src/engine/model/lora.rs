@@ -17,8 +17,8 @@ use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 
 use super::blocks::Linear;
-use super::weights::{HostTensor, NamedTensors};
 use super::precision::f32_val;
+use super::weights::{HostTensor, NamedTensors};
 use super::{CausalLm, Family, ModelError, hf, host_f32, transpose};
 
 /// Which projections get an adapter: PEFT's module names, or every linear layer of the
@@ -354,7 +354,23 @@ pub fn summary(model: &CausalLm) -> crate::engine::events::ModelSummary {
     crate::engine::events::ModelSummary {
         trainable,
         total,
-        adapter: model.adapter.as_ref().map(AdapterInfo::describe),
+        adapter: model
+            .adapter
+            .as_ref()
+            .map(|a| a.describe() + &narrow_base_note(model)),
+    }
+}
+
+/// ` · base in bf16` when the frozen weights are stored narrow (`[model] dtype`), else empty.
+fn narrow_base_note(model: &CausalLm) -> String {
+    let stored = model
+        .layers
+        .first()
+        .map(|layer| layer.self_attn.q_proj.weight.val().dtype());
+    match stored {
+        Some(burn::tensor::DType::BF16) => " · base in bf16".into(),
+        Some(burn::tensor::DType::F16) => " · base in f16".into(),
+        _ => String::new(),
     }
 }
 
@@ -375,7 +391,7 @@ pub fn describe_parameters(model: &CausalLm) -> String {
         out
     };
     let kind = match &model.adapter {
-        Some(info) => info.describe(),
+        Some(info) => info.describe() + &narrow_base_note(model),
         None => "full fine-tuning".into(),
     };
     format!(
