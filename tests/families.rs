@@ -567,3 +567,14 @@ fn unsupported_config_fields_are_errors_that_name_the_field() {
     let err = try_config(&|c| c["model_type"] = "gemma3".into());
     assert!(err.contains("gemma3_text"), "{err}");
 }
+
+/// The parameter count read from a config (what `rlft bench` reports) is the model's own
+/// count in every family: biases, q/k norms, post-norms and LayerNorm biases included.
+#[test]
+fn every_family_config_counts_the_models_parameters() {
+    for case in CASES {
+        let m = load(case, Heads::Lm);
+        let (_, total) = model::lora::parameter_counts(&m.model);
+        assert_eq!(m.config.num_params(), total, "{case}");
+    }
+}

@@ -364,20 +364,42 @@ impl ModelConfig {
 
     /// Parameter count of the language model (embedding counted once when tied).
     pub fn num_params(&self) -> usize {
+        let a = &self.arch;
         let h = self.hidden_size;
         let hd = self.head_dim;
-        let q = h * self.num_attention_heads * hd;
-        let kv = 2 * h * self.num_key_value_heads * hd;
-        let o = self.num_attention_heads * hd * h;
-        let mlp = if self.arch.gated_mlp { 3 } else { 2 } * h * self.intermediate_size;
-        let per_layer = q + kv + o + mlp + 2 * h;
+        let (q_dim, kv_dim) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
+        let ff = self.intermediate_size;
+        // A norm's scale, and its bias for LayerNorm.
+        let norm = |n: usize| {
+            if a.norm == NormKind::Layer { 2 * n } else { n }
+        };
+        let bias = |on: bool, n: usize| if on { n } else { 0 };
+        let attention = h * q_dim
+            + 2 * h * kv_dim
+            + q_dim * h
+            + bias(a.qkv_bias, q_dim + 2 * kv_dim)
+            + bias(a.o_bias, h);
+        let up_width = if a.gated_mlp { 2 * ff } else { ff };
+        let mlp = up_width * h + ff * h + bias(a.mlp_bias, up_width + h);
+        let qk_norms = match a.qk_norm {
+            QkNorm::None => 0,
+            QkNorm::PerHead => 2 * norm(hd),
+            QkNorm::FullWidth => norm(q_dim) + norm(kv_dim),
+        };
+        let names = super::families::norm_names(a.placement);
+        let layer_norms = [names.attn, names.attn_post, names.mlp, names.mlp_post]
+            .iter()
+            .flatten()
+            .count()
+            * norm(h);
+        let per_layer = attention + mlp + qk_norms + layer_norms;
         let embed = self.vocab_size * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        let positions = match self.arch.positions {
+        let positions = match a.positions {
             Positions::Learned => self.max_position_embeddings * h,
             Positions::Rope { .. } => 0,
         };
-        embed + positions + head + self.num_hidden_layers * per_layer + h
+        embed + positions + head + self.num_hidden_layers * per_layer + norm(h)
     }
 
     /// The config as `config.json` holds it (what was read, plus anything set since).
