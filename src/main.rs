@@ -216,6 +216,7 @@ struct JudgeArgs {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     if std::env::var_os("BURN_DEVICE").is_none() {
         // Burn puts loaded optimizer state on `Device::default()`, which would otherwise
@@ -325,6 +326,22 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Some(Cmd::Judge(args)) => judge(args),
         Some(Cmd::Label { runs }) => label(&runs),
+    }
+}
+
+/// Tensors are large, short-lived and of repeating sizes: glibc serves each allocation over
+/// its mmap threshold with a fresh mapping and unmaps it on free, so every step pays the
+/// kernel to zero-fill the same buffers again (the CPU profile showed 14% in the kernel, and
+/// much more with frozen weights widened per use). Serving them from the heap and keeping
+/// freed memory for reuse (as PyTorch's caching allocator does) measured +23% train and +41%
+/// score tokens/s at 32 x 128 on the base model, the peak RSS unchanged. Memory is not handed
+/// back to the system after a peak.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called first thing, single-threaded.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 
