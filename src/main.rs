@@ -155,6 +155,10 @@ enum Cmd {
         /// backward pass, as `gradient_checkpointing = true` in `[train]`.
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// With --gradient-checkpointing, recompute only the first N decoder layers, as
+        /// `gradient_checkpointing_layers = N` in `[train]`.
+        #[arg(long)]
+        gradient_checkpointing_layers: Option<usize>,
         /// Random weights in the shape of `--model`'s config.json (with its tokenizer.json, or
         /// assets/base's): measure a checkpoint's shape without its weights.
         #[arg(long)]
@@ -307,6 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             lora_r,
             gradient_checkpointing,
+            gradient_checkpointing_layers,
             random_weights,
             only_grpo,
             dtype,
@@ -320,6 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             lora_r,
             gradient_checkpointing,
+            gradient_checkpointing_layers,
             random_weights,
             only_grpo,
             dtype,
@@ -787,6 +793,7 @@ fn bench(
     choice: DeviceChoice,
     lora_r: Option<usize>,
     gradient_checkpointing: bool,
+    gradient_checkpointing_layers: Option<usize>,
     random_weights: bool,
     only_grpo: bool,
     dtype: WeightDtype,
@@ -794,6 +801,7 @@ fn bench(
     let device = choice.init().map_err(anyhow::Error::msg)?;
     let train = rlft::engine::config::TrainSection {
         gradient_checkpointing,
+        gradient_checkpointing_layers,
         ..Default::default()
     };
     let lora = lora_r.map(|r| model::lora::LoraConfig {
@@ -852,7 +860,7 @@ fn bench(
         iters,
         generations,
         only_grpo,
-        gradient_checkpointing,
+        recompute: train.recompute(),
         frozen_dtype: dtype,
     };
     let name = path.display().to_string();
@@ -883,9 +891,9 @@ fn bench(
             r.weights_mb,
             r.frozen_dtype,
             if r.gradient_checkpointing {
-                "; gradients layer by layer"
+                format!("; {} layers recomputed", r.recomputed_layers)
             } else {
-                ""
+                String::new()
             }
         );
         println!("batch x seq      {} x {}", r.batch, r.seq);

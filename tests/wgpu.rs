@@ -162,7 +162,7 @@ fn wgpu_layerwise_lora_gradients_and_f16_storage() {
         lora_alpha: 8.0,
         ..Default::default()
     };
-    let grads = |device: &Device, storage: WeightDtype, by_layer: bool| -> Vec<f32> {
+    let grads = |device: &Device, storage: WeightDtype, recompute: Option<usize>| -> Vec<f32> {
         let device = device.clone().autodiff();
         let m = model::load_for_run(&dir, None, Some(&lora_cfg), &device, Heads::Lm, 3, storage)
             .unwrap()
@@ -178,7 +178,7 @@ fn wgpu_layerwise_lora_gradients_and_f16_storage() {
             (&batch).into(),
             0.9,
             HeadExtras::default(),
-            by_layer,
+            recompute,
             |out| Ok::<_, String>(((out.logprobs * mask).sum().neg(), ())),
         )
         .unwrap();
@@ -195,10 +195,11 @@ fn wgpu_layerwise_lora_gradients_and_f16_storage() {
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-9);
         max_abs_diff(a, b) / scale
     };
-    let cpu_whole = grads(&Device::flex(), WeightDtype::F32, false);
-    let gpu_whole = grads(&gpu, WeightDtype::F32, false);
-    let gpu_layers = grads(&gpu, WeightDtype::F32, true);
-    let gpu_f16 = grads(&gpu, WeightDtype::F16, true);
+    let all = Some(usize::MAX);
+    let cpu_whole = grads(&Device::flex(), WeightDtype::F32, None);
+    let gpu_whole = grads(&gpu, WeightDtype::F32, None);
+    let gpu_layers = grads(&gpu, WeightDtype::F32, all);
+    let gpu_f16 = grads(&gpu, WeightDtype::F16, all);
     let (a, b, c) = (
         rel(&gpu_whole, &cpu_whole),
         rel(&gpu_layers, &gpu_whole),

@@ -38,9 +38,9 @@ pub struct BenchOptions {
     /// Time only the GRPO step (the other figures are NaN): for shapes where each phase costs
     /// minutes on a CPU.
     pub only_grpo: bool,
-    /// Gradients by per-layer recomputation (`gradient_checkpointing = true`; see
-    /// `algo::layerwise`).
-    pub gradient_checkpointing: bool,
+    /// Decoder layers recomputed in the backward pass (`gradient_checkpointing`; see
+    /// `algo::layerwise`): None keeps every layer's activations.
+    pub recompute: Option<usize>,
     /// How frozen weights are stored (`[model] dtype`): the LoRA base and the reference.
     pub frozen_dtype: crate::engine::model::WeightDtype,
 }
@@ -56,6 +56,8 @@ pub struct BenchReport {
     pub training: String,
     /// Gradients were computed layer by layer (`gradient_checkpointing = true`).
     pub gradient_checkpointing: bool,
+    /// How many decoder layers were recomputed.
+    pub recomputed_layers: usize,
     /// How frozen weights were stored (`f32`, `bf16`, `f16`).
     pub frozen_dtype: String,
     /// Bytes of the policy's parameters as stored, in MB.
@@ -209,7 +211,7 @@ fn grpo_step(
     tokenizer: &Tokenizer,
     config: &ModelConfig,
     seed: u64,
-    by_layer: bool,
+    recompute: Option<usize>,
 ) -> (CausalLm, GrpoTimes) {
     let train_device = policy.embed_tokens.val().device();
     let plain = train_device.clone().without_autodiff();
@@ -280,7 +282,7 @@ fn grpo_step(
         argmax: false,
     };
     let (grads, _, ()) =
-        layerwise::logprob_grads(&policy, (&batch).into(), 1.0, extras, by_layer, |scored| {
+        layerwise::logprob_grads(&policy, (&batch).into(), 1.0, extras, recompute, |scored| {
             let _entropy = scalar(masked_mean(
                 scored.entropy.clone().expect("asked for the entropy"),
                 batch.completion_mask.clone(),
@@ -429,13 +431,14 @@ pub fn run(
 
     // Training: forward + backward + AdamW on an autodiff copy.
     let train_device = model.embed_tokens.val().device();
-    let gradient_checkpointing = opts.gradient_checkpointing;
+    let gradient_checkpointing = opts.recompute.is_some_and(|n| n > 0);
+    let recomputed_layers = opts.recompute.unwrap_or(0).min(config.num_hidden_layers);
     let mut policy = model;
     let mut optim = Optimizer::new(OptimConfig::default());
     let train_batch = BatchTensors::new(&batch_of(&rows), &train_device);
     let mut step = |policy: CausalLm| {
         let start = Instant::now();
-        let (grads, _, _) = lm_grads(&policy, &train_batch, 1.0, gradient_checkpointing);
+        let (grads, _, _) = lm_grads(&policy, &train_batch, 1.0, opts.recompute);
         let (next, _) = optim.step(1e-5, policy, grads);
         // Force the update to finish before the clock stops.
         let _ = next.embed_tokens.val().slice([0..1, 0..1]).into_data();
@@ -470,7 +473,7 @@ pub fn run(
                 tok,
                 config,
                 i as u64 + 1,
-                opts.gradient_checkpointing,
+                opts.recompute,
             );
             policy = next;
             total += times;
@@ -512,6 +515,7 @@ pub fn run(
         trainable_params,
         training,
         gradient_checkpointing,
+        recomputed_layers,
         frozen_dtype: opts.frozen_dtype.name().into(),
         weights_mb,
         threads: cpu_threads(),

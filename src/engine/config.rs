@@ -152,6 +152,10 @@ pub struct TrainSection {
     /// (`algo::layerwise`: SFT, DPO, online DPO, GRPO); reward-model and PPO training use
     /// Burn's balanced checkpointing instead.
     pub gradient_checkpointing: bool,
+    /// With `gradient_checkpointing`, recompute only the first N decoder layers; the later
+    /// ones keep their activations (faster, more memory). Default: every layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradient_checkpointing_layers: Option<usize>,
 }
 
 /// Why `lora_dropout` and `gradient_checkpointing` do not mix (yet).
@@ -161,6 +165,13 @@ pub const DROPOUT_WITH_CHECKPOINTING: &str = "[lora] lora_dropout > 0 with [trai
      turn checkpointing off";
 
 impl TrainSection {
+    /// How many decoder layers the layer-wise backward recomputes (`algo::layerwise`): None
+    /// without checkpointing, else `gradient_checkpointing_layers` or all of them.
+    pub fn recompute(&self) -> Option<usize> {
+        self.gradient_checkpointing
+            .then(|| self.gradient_checkpointing_layers.unwrap_or(usize::MAX))
+    }
+
     /// The autodiff device training runs on. With `gradient_checkpointing`, an algorithm
     /// that `recomputes_layers` itself (`algo::layerwise`: SFT, DPO, online DPO, GRPO) gets
     /// the plain autodiff device; the others get Burn's checkpointing strategy.
@@ -192,6 +203,7 @@ impl Default for TrainSection {
             save_steps: 0,
             save_total_limit: 2,
             gradient_checkpointing: false,
+            gradient_checkpointing_layers: None,
         }
     }
 }
@@ -419,6 +431,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("max_step"), "{err}");
+    }
+
+    /// `gradient_checkpointing` recomputes every layer unless `gradient_checkpointing_layers`
+    /// says how many; LoRA dropout does not mix with it.
+    #[test]
+    fn checkpointing_settings() {
+        let base = "method = \"sft\"\n[model]\npath = \"m\"\n[data]\ntrain = \"d.jsonl\"\n";
+        let recompute = |train: &str| {
+            RunConfig::from_toml(&format!("{base}[train]\n{train}"))
+                .unwrap()
+                .train
+                .recompute()
+        };
+        assert_eq!(recompute(""), None);
+        assert_eq!(
+            recompute("gradient_checkpointing = true\n"),
+            Some(usize::MAX)
+        );
+        assert_eq!(
+            recompute("gradient_checkpointing = true\ngradient_checkpointing_layers = 12\n"),
+            Some(12)
+        );
+        assert_eq!(recompute("gradient_checkpointing_layers = 12\n"), None);
+        let err = RunConfig::from_toml(&format!(
+            "{base}[train]\ngradient_checkpointing = true\n[lora]\nlora_dropout = 0.05\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("lora_dropout") && err.contains("gradient_checkpointing"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -202,7 +202,7 @@ pub(super) fn batch_loss(
 }
 
 /// Gradients of [`batch_loss`] (times `scale`) for `model`'s trainable parameters, and the
-/// loss's value; layer by layer when `by_layer` (see `layerwise`).
+/// loss's value; `recompute` as `layerwise::logprob_grads` takes it.
 pub(super) fn batch_grads(
     model: &CausalLm,
     rows: &[&RefPair],
@@ -210,7 +210,7 @@ pub(super) fn batch_grads(
     (pad, device): (u32, &Device),
     stats: &mut DpoStats,
     scale: f32,
-    by_layer: bool,
+    recompute: Option<usize>,
 ) -> Result<(GradientsParams, f64), TrainError> {
     let pairs: Vec<&PreferencePair> = rows.iter().map(|r| &r.pair).collect();
     let batch = preference::pair_batch(&pairs, pad, device);
@@ -219,7 +219,7 @@ pub(super) fn batch_grads(
         (&batch).into(),
         1.0,
         HeadExtras::default(),
-        by_layer,
+        recompute,
         |out| {
             let loss = pairs_loss(out.logprobs, &batch, rows, d, device, stats)?;
             Ok::<_, TrainError>((loss * scale, ()))
@@ -432,7 +432,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 (pad, &train_device),
                 &mut stats,
                 1.0 / ga as f32,
-                train_cfg.gradient_checkpointing,
+                train_cfg.recompute(),
             )?;
             if !value.is_finite() {
                 ctx.send(Event::Failed {

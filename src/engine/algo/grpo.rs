@@ -527,7 +527,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 )?;
                 Ok((out.loss.clone(), (entropy, out)))
             };
-            let by_layer = train_cfg.gradient_checkpointing;
+            let recompute = train_cfg.recompute();
             let with_entropy = HeadExtras {
                 entropy: true,
                 argmax: false,
@@ -537,7 +537,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 (&batch).into(),
                 g.temperature,
                 with_entropy,
-                by_layer,
+                recompute,
                 policy_loss,
             )?;
             let grads = match &demo {
@@ -551,7 +551,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                         d.into(),
                         1.0,
                         HeadExtras::default(),
-                        by_layer,
+                        recompute,
                         demo_loss,
                     )?;
                     loss_value += demo_value;

@@ -17,7 +17,10 @@
 //!
 //! The surrogate `sum(y * g)` with `g` constant has gradient `g` at `y`, so each stage's
 //! chain rule is the one whole-graph autodiff would apply: the gradients are the same (a
-//! test checks them). The forward pass runs twice, as with any activation checkpointing.
+//! test checks them). The recomputed layers run forward twice, as with any activation
+//! checkpointing. `gradient_checkpointing_layers = n` recomputes only the first `n` layers
+//! (Megatron's block recomputation): the later ones keep their activations and take one
+//! backward pass together, trading memory back for speed.
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -58,19 +61,22 @@ pub struct HeadExtras {
 
 /// The gradients of `loss` (built on the target log-probabilities of `rows` under `model`,
 /// logits divided by `temperature`) for every trainable parameter of `model`, the loss's
-/// value, and whatever else `loss` measured. With `by_layer` the gradients are computed layer
-/// by layer (see the module docs); otherwise by one backward pass over the whole graph. Both
-/// give the same gradients; `by_layer` holds one layer's activations at a time.
+/// value, and whatever else `loss` measured. With `recompute = Some(n)` the first `n` decoder
+/// layers (all of them when `n` is at least their number) keep only their inputs and are
+/// recomputed layer by layer in the backward pass (see the module docs); the others, and all
+/// of them with `None`, keep their activations for one backward pass. Every way gives the
+/// same gradients; each recomputed layer trades its activations for one more forward pass.
 pub fn logprob_grads<T, E>(
     model: &CausalLm,
     rows: TokenRows,
     temperature: f32,
     extras: HeadExtras,
-    by_layer: bool,
+    recompute: Option<usize>,
     loss: impl FnOnce(HeadOutputs) -> Result<(Tensor<1>, T), E>,
 ) -> Result<(GradientsParams, f64, T), E> {
-    if by_layer {
-        return grads_by_layer(model, rows, temperature, extras, loss);
+    if let Some(n) = recompute.filter(|&n| n > 0) {
+        let n = n.min(model.num_layers());
+        return grads_by_layer(model, rows, temperature, extras, n, loss);
     }
     if head_is_frozen(model) {
         return grads_with_head_apart(model, rows, temperature, extras, loss);
@@ -128,12 +134,13 @@ fn grads_with_head_apart<T, E>(
     Ok((acc.grads(), value, measured))
 }
 
-/// [`logprob_grads`] layer by layer.
+/// [`logprob_grads`] recomputing the first `recomputed` layers layer by layer.
 fn grads_by_layer<T, E>(
     model: &CausalLm,
     rows: TokenRows,
     temperature: f32,
     extras: HeadExtras,
+    recomputed: usize,
     loss: impl FnOnce(HeadOutputs) -> Result<(Tensor<1>, T), E>,
 ) -> Result<(GradientsParams, f64, T), E> {
     let plain = model.valid();
@@ -142,25 +149,49 @@ fn grads_by_layer<T, E>(
     let valid = rows.valid.without_autodiff();
     let targets = rows.targets.without_autodiff();
 
-    // Forward without autodiff, keeping each layer's input.
+    // Forward without autodiff through the recomputed layers, keeping each one's input; the
+    // layers after them keep their graph.
     let context = plain.layer_context(positions.clone(), valid, 0);
-    let mut inputs = Vec::with_capacity(plain.num_layers());
+    let mut inputs = Vec::with_capacity(recomputed);
     let mut x = plain.embed(ids.clone(), positions.clone());
-    for i in 0..plain.num_layers() {
+    for i in 0..recomputed {
         inputs.push(x.clone());
         x = plain.layer_forward(i, x, &context, None);
     }
-    let last = x;
-
     drop(plain);
+    let kept = (recomputed < model.num_layers()).then(|| {
+        let input = x.clone().autodiff().require_grad();
+        let mut y = input.clone();
+        for i in recomputed..model.num_layers() {
+            y = model.layer_forward(i, y, &context, None);
+        }
+        (input, y)
+    });
+    let last = match &kept {
+        Some((_, y)) => y.clone().without_autodiff(),
+        None => x,
+    };
+
     // 1-2. loss and head: dL/dx at the last layer's output.
     let mut acc = GradientsAccumulator::<CausalLm>::new();
     let (d_last, value, measured) =
         head_stages(model, last, targets, temperature, extras, loss, &mut acc)?;
+    // The kept layers in one backward pass.
+    let d_last = match kept {
+        Some((input, y)) => {
+            let mut grads = (y * d_last).sum().backward();
+            let d_input = input
+                .grad_remove(&mut grads)
+                .expect("the kept layers' output depends on their input");
+            acc.accumulate(model, GradientsParams::from_grads(grads, model));
+            d_input
+        }
+        None => d_last,
+    };
 
-    // 3. layers, last to first.
+    // 3. the recomputed layers, last to first.
     let mut d_out = d_last;
-    for i in (0..model.num_layers()).rev() {
+    for i in (0..recomputed).rev() {
         let input = inputs
             .pop()
             .expect("one input per layer")
@@ -447,8 +478,8 @@ mod tests {
             entropy: true,
             argmax: true,
         };
-        let grads = |by_layer| {
-            logprob_grads(model, (&b).into(), temperature, extras, by_layer, |s| {
+        let grads = |recompute| {
+            logprob_grads(model, (&b).into(), temperature, extras, recompute, |s| {
                 loss(s, &b)
             })
             .unwrap()
@@ -466,8 +497,9 @@ mod tests {
             (GradientsParams::from_grads(l.backward(), model), value)
         };
         let mut compared = 0;
-        for by_layer in [false, true] {
-            let (staged, staged_value, _) = grads(by_layer);
+        // No recomputation, the first 2 of 3 layers, all of them.
+        for recompute in [None, Some(2), Some(usize::MAX)] {
+            let (staged, staged_value, _) = grads(recompute);
             assert!((whole_value - staged_value).abs() < 1e-5 * whole_value.abs().max(1.0));
             compared = compare(model, &whole, &staged);
         }

@@ -94,12 +94,13 @@ fn loss_from_head(head: HeadOutputs, targets: Tensor<2, Int>, mask: Tensor<2>) -
 }
 
 /// Gradients of [`lm_loss`] (times `scale`) for `model`'s trainable parameters, layer by
-/// layer when `by_layer`; with the loss's value, correct targets and targets.
+/// layer as `recompute` says (see `layerwise::logprob_grads`); with the loss's value, correct
+/// targets and targets.
 pub fn lm_grads(
     model: &CausalLm,
     batch: &BatchTensors,
     scale: f32,
-    by_layer: bool,
+    recompute: Option<usize>,
 ) -> (GradientsParams, f64, (f64, f64)) {
     let rows = token_rows(batch);
     let targets = rows.targets.clone();
@@ -108,7 +109,7 @@ pub fn lm_grads(
         argmax: true,
     };
     let (grads, value, counts) =
-        layerwise::logprob_grads(model, rows, 1.0, extras, by_layer, |head| {
+        layerwise::logprob_grads(model, rows, 1.0, extras, recompute, |head| {
             let out = loss_from_head(head, targets, target_mask(batch));
             Ok::<_, std::convert::Infallible>((out.loss * scale, (out.correct, out.targets)))
         })
@@ -198,12 +199,8 @@ pub fn train_lm(
             let rows: Vec<&TokenizedExample> = idx.iter().map(|&i| &setup.train[i]).collect();
             let batch = BatchTensors::new(&pad_batch(&rows, pad_id, false), device);
             num_tokens += batch.real_tokens;
-            let (grads, value, (batch_correct, batch_targets)) = lm_grads(
-                &model,
-                &batch,
-                1.0 / ga as f32,
-                train_cfg.gradient_checkpointing,
-            );
+            let (grads, value, (batch_correct, batch_targets)) =
+                lm_grads(&model, &batch, 1.0 / ga as f32, train_cfg.recompute());
             if !value.is_finite() {
                 ctx.send(Event::Failed {
                     run: ctx.id.clone(),

@@ -659,7 +659,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             (pad, &train_device),
             &mut stats,
             1.0,
-            cfg.train.gradient_checkpointing,
+            cfg.train.recompute(),
         )?;
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
