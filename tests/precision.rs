@@ -6,8 +6,6 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use rlft::engine::algo::layerwise::{HeadExtras, logprob_grads};
-use rlft::engine::algo::sequences::SeqBatch;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::Event;
 use rlft::engine::model::WeightDtype::{Bf16, F16, F32};
@@ -77,31 +75,7 @@ fn lora_gradients_on_a_narrow_base_match_f32() {
         let m = model::load_for_run(&path, None, Some(&lora_cfg), &device, Heads::Lm, 3, storage)
             .unwrap()
             .model;
-        let ids = rows();
-        let (prompts, completions): (Vec<&[u32]>, Vec<&[u32]>) =
-            ids.iter().map(|r| (&r[..3], &r[3..])).unzip();
-        let batch = SeqBatch::new(&prompts, &completions, 0, &device);
-        let mask = batch.completion_mask.clone();
-        let (grads, _, ()) = logprob_grads(
-            &m,
-            (&batch).into(),
-            0.9,
-            HeadExtras::default(),
-            recompute,
-            |out| Ok::<_, String>(((out.logprobs * mask).sum().neg(), ())),
-        )
-        .unwrap();
-        // B starts at zero, so only B's gradients are non-zero at step 0: every B, in order.
-        let mut all = Vec::new();
-        for layer in &m.layers {
-            let a = &layer.self_attn;
-            for linear in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
-                let b = &linear.lora.as_ref().expect("all-linear").b;
-                let g: Tensor<2> = grads.get(b.id).expect("B has a gradient");
-                all.extend(model::host_f32(g));
-            }
-        }
-        all
+        lora_b_grads(&m, &device, recompute)
     };
     let want = grads_for(F32, None);
     assert!(want.iter().any(|g| g.abs() > 1e-6), "no gradient at all");

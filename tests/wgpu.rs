@@ -10,18 +10,26 @@ use rlft::engine::device::DeviceChoice;
 use rlft::engine::model::{self, Heads, KvCache};
 use rlft::engine::sample::{self, SamplingParams, bool_tensor};
 
-#[test]
-fn wgpu_forward_and_cached_decode_equal_cpu() {
-    let gpu = match DeviceChoice::Wgpu.init() {
-        Ok(d) => d,
+/// The wgpu device, or None (said loudly) where there is no adapter, unless
+/// RLFT_REQUIRE_WGPU=1 makes that a failure.
+fn wgpu_or_skip() -> Option<Device> {
+    match DeviceChoice::Wgpu.init() {
+        Ok(d) => Some(d),
         Err(e) => {
             assert!(
                 std::env::var("RLFT_REQUIRE_WGPU").is_err(),
                 "wgpu required but unavailable: {e}"
             );
             eprintln!("\n========== SKIPPED: no wgpu adapter ({e}) ==========\n");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn wgpu_forward_and_cached_decode_equal_cpu() {
+    let Some(gpu) = wgpu_or_skip() else {
+        return;
     };
     let cpu = Device::flex();
     let dir = fixture("tiny-llama");
@@ -92,16 +100,8 @@ fn wgpu_forward_and_cached_decode_equal_cpu() {
 /// one GRPO run of two steps each.
 #[test]
 fn wgpu_runs_gemma2_and_qwen3() {
-    let gpu = match DeviceChoice::Wgpu.init() {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(
-                std::env::var("RLFT_REQUIRE_WGPU").is_err(),
-                "wgpu required but unavailable: {e}"
-            );
-            eprintln!("\n========== SKIPPED: no wgpu adapter ({e}) ==========\n");
-            return;
-        }
+    let Some(gpu) = wgpu_or_skip() else {
+        return;
     };
     for case in ["gemma2", "qwen3"] {
         let dir = fixture("families").join(case);
@@ -142,19 +142,9 @@ fn wgpu_runs_gemma2_and_qwen3() {
 /// only on Vulkan; f16 is what GPUs compute in.)
 #[test]
 fn wgpu_layerwise_lora_gradients_and_f16_storage() {
-    use rlft::engine::algo::layerwise::{HeadExtras, logprob_grads};
-    use rlft::engine::algo::sequences::SeqBatch;
     use rlft::engine::model::WeightDtype;
-    let gpu = match DeviceChoice::Wgpu.init() {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(
-                std::env::var("RLFT_REQUIRE_WGPU").is_err(),
-                "wgpu required but unavailable: {e}"
-            );
-            eprintln!("\n========== SKIPPED: no wgpu adapter ({e}) ==========\n");
-            return;
-        }
+    let Some(gpu) = wgpu_or_skip() else {
+        return;
     };
     let dir = fixture("families/qwen2");
     let lora_cfg = model::lora::LoraConfig {
@@ -167,29 +157,7 @@ fn wgpu_layerwise_lora_gradients_and_f16_storage() {
         let m = model::load_for_run(&dir, None, Some(&lora_cfg), &device, Heads::Lm, 3, storage)
             .unwrap()
             .model;
-        let p1: &[u32] = &[5, 17, 42];
-        let c1: &[u32] = &[8, 99, 3, 61];
-        let p2: &[u32] = &[11, 2];
-        let c2: &[u32] = &[73, 40, 6];
-        let batch = SeqBatch::new(&[p1, p2], &[c1, c2], 0, &device);
-        let mask = batch.completion_mask.clone();
-        let (g, _, ()) = logprob_grads(
-            &m,
-            (&batch).into(),
-            0.9,
-            HeadExtras::default(),
-            recompute,
-            |out| Ok::<_, String>(((out.logprobs * mask).sum().neg(), ())),
-        )
-        .unwrap();
-        let mut all = Vec::new();
-        for layer in &m.layers {
-            let b = &layer.self_attn.q_proj.lora.as_ref().unwrap().b;
-            all.extend(model::host_f32(g.get::<2>(b.id).unwrap()));
-            let b = &layer.mlp.down_proj.lora.as_ref().unwrap().b;
-            all.extend(model::host_f32(g.get::<2>(b.id).unwrap()));
-        }
-        all
+        lora_b_grads(&m, &device, recompute)
     };
     let rel = |a: &[f32], b: &[f32]| {
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-9);

@@ -226,3 +226,41 @@ type = "exact_match"
     );
     (sft, grpo)
 }
+
+/// The gradients of every LoRA `B` of the attention projections (q, k, v, o, in layer order)
+/// for `-sum(completion log-probs)` at temperature 0.9 over two fixed rows, computed by
+/// `logprob_grads` with `recompute`. B starts at zero (as PEFT), so B's are the non-zero ones
+/// at step 0.
+pub fn lora_b_grads(model: &CausalLm, device: &Device, recompute: Option<usize>) -> Vec<f32> {
+    use rlft::engine::algo::layerwise::{HeadExtras, logprob_grads};
+    use rlft::engine::algo::sequences::SeqBatch;
+    let p1: &[u32] = &[5, 17, 42];
+    let c1: &[u32] = &[8, 99, 3, 61, 27];
+    let p2: &[u32] = &[11, 2, 73];
+    let c2: &[u32] = &[40, 6, 88, 19, 33];
+    let batch = SeqBatch::new(&[p1, p2], &[c1, c2], 0, device);
+    let mask = batch.completion_mask.clone();
+    let (grads, _, ()) = logprob_grads(
+        model,
+        (&batch).into(),
+        0.9,
+        HeadExtras::default(),
+        recompute,
+        |out| Ok::<_, String>(((out.logprobs * mask).sum().neg(), ())),
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    for layer in &model.layers {
+        let a = &layer.self_attn;
+        for linear in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+            let b = &linear
+                .lora
+                .as_ref()
+                .expect("an adapter on every projection")
+                .b;
+            let g: Tensor<2> = grads.get(b.id).expect("B has a gradient");
+            all.extend(rlft::engine::model::host_f32(g));
+        }
+    }
+    all
+}
