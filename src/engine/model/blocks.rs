@@ -297,6 +297,22 @@ impl Attention {
             (k, v) = cache.append(k, v, past, reserve, bias.dims()[4]);
         }
         let s = k.dims()[2];
+        // Decoding one token per row stays decomposed: per (row, head) the kernel's fixed
+        // costs outweigh a 1-row product (measured: rollouts 0.65x).
+        if t > 1 && fused_attention_applies(&q) {
+            // One fused kernel (scale, soft-cap, mask, softmax and both products per head,
+            // grouped-query heads read in place): no score tensors are formed.
+            let options = burn::tensor::ops::AttentionModuleOptions {
+                scale: Some(self.scale),
+                softcap: self.softcap,
+                is_causal: false,
+            };
+            let bias = bias.clone().reshape([b, 1, t, s]);
+            let out = burn::tensor::module::attention(q, k, v, None, Some(bias), options)
+                .swap_dims(1, 2)
+                .reshape([b, t, n_heads * head_dim]);
+            return self.o_proj.forward(out);
+        }
         // Grouped-query attention without copying keys and values per query head: query head
         // `h` uses key/value head `h / n_rep`, so the `n_rep` query heads of one group (each
         // with its T rows) stack into one `[n_rep * T, head_dim]` matrix per key/value head.
@@ -317,6 +333,15 @@ impl Attention {
             .reshape([b, t, n_heads * head_dim]);
         self.o_proj.forward(out)
     }
+}
+
+/// Whether attention on `q` runs as Burn's fused `module::attention`: without autodiff (it
+/// has no backward of its own: scoring, references, rewards, generation), on the CPU backend,
+/// whose kernel takes grouped-query heads, the additive mask and soft-capping as they are.
+/// Other backends keep the decomposed form until their kernels are checked against it.
+fn fused_attention_applies(q: &Tensor<4>) -> bool {
+    let device = q.device();
+    !device.is_autodiff() && device == Device::flex()
 }
 
 /// `down(act(gate(x)) * up(x))` when gated (SwiGLU, GeGLU), `down(act(up(x)))` otherwise.
@@ -386,4 +411,52 @@ pub fn attention_bias(
     Tensor::<3>::zeros([b, t, s], &device)
         .mask_fill(masked, f32::NEG_INFINITY)
         .reshape([b, 1, 1, t, s])
+}
+
+#[cfg(test)]
+mod attention_tests {
+    use super::*;
+    use crate::engine::model::{CausalLm, ModelConfig, WeightReader, decoder};
+
+    /// The fused kernel (plain CPU device) gives the decomposed form's logits (the same
+    /// model on the autodiff device), with grouped-query heads, a soft-cap, a sliding window
+    /// and a left-padded row.
+    #[test]
+    fn fused_attention_equals_the_decomposed_form() {
+        for model_type in ["qwen2", "gemma2"] {
+            let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
+                "model_type": model_type, "vocab_size": 40, "hidden_size": 32,
+                "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64,
+                "sliding_window": 3, "attn_logit_softcapping": 0.5
+            }))
+            .unwrap();
+            let logits = |device: &Device| {
+                let mut r = WeightReader::new(decoder::init_weights(&cfg, 9), device);
+                let m = CausalLm::from_weights(&cfg, &mut r, true, false).unwrap();
+                let ids: Vec<i64> = (0..14).map(|i| (i * 5 + 1) % 40).collect();
+                let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 7]), device);
+                let pos: Vec<i64> = (0..7).chain([0, 0, 0, 1, 2, 3, 4]).collect();
+                let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [2, 7]), device);
+                let valid: Vec<bool> = std::iter::repeat_n(true, 7)
+                    .chain([false, false])
+                    .chain(std::iter::repeat_n(true, 5))
+                    .collect();
+                let valid = Tensor::<2, Bool>::from_data(TensorData::new(valid, [2, 7]), device);
+                let q = Tensor::<4>::zeros([1, 1, 1, 1], device);
+                let fused = fused_attention_applies(&q);
+                let out = m.logits(m.hidden(ids, pos, valid, None));
+                (crate::engine::model::host_f32(out), fused)
+            };
+            let (fused, took_fused) = logits(&Device::flex());
+            let (decomposed, took_decomposed) = logits(&Device::flex().autodiff());
+            assert!(took_fused && !took_decomposed, "{model_type}: paths");
+            let d = fused
+                .iter()
+                .zip(&decomposed)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "{model_type}: max |diff| {d}");
+        }
+    }
 }
