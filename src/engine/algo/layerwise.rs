@@ -8,9 +8,11 @@
 //!
 //! 1. **loss**: the token log-probabilities become a leaf, the loss is built on it and
 //!    differentiated: `dL/dlogp` `[B, T - 1]`;
-//! 2. **head**: per chunk of positions, the final norm and LM head are recomputed from the
-//!    last layer's output (a leaf) and `sum(logp * dL/dlogp)` is differentiated, giving the
-//!    parameters' gradients and `dL/dx` for those positions; no `[B, T, V]` tensor exists;
+//! 2. **head**: a head that trains is recomputed per chunk of positions from the last
+//!    layer's output (a leaf) and `sum(logp * dL/dlogp)` differentiated, giving its
+//!    gradients and `dL/dx` for those positions; a frozen head (LoRA) got `d logp / d h` in
+//!    the pass that scored (see [`frozen_head_pass`]), so only the final norm is
+//!    differentiated here. No `[B, T, V]` tensor is kept either way;
 //! 3. **layers**, last to first: layer `i` is recomputed from its saved input (a leaf) and
 //!    `sum(out * dL/dout)` differentiated, giving its parameters' gradients and `dL/din`;
 //! 4. **embeddings**, when they train.
