@@ -11,7 +11,7 @@
 //! 2. **head**: a head that trains is recomputed per chunk of positions from the last
 //!    layer's output (a leaf) and `sum(logp * dL/dlogp)` differentiated, giving its
 //!    gradients and `dL/dx` for those positions; a frozen head (LoRA) got `d logp / d h` in
-//!    the pass that scored (see [`frozen_head_pass`]), so only the final norm is
+//!    the pass that scored (`frozen_head_pass`), so only the final norm is
 //!    differentiated here. No `[B, T, V]` tensor is kept either way;
 //! 3. **layers**, last to first: layer `i` is recomputed from its saved input (a leaf) and
 //!    `sum(out * dL/dout)` differentiated, giving its parameters' gradients and `dL/din`;
