@@ -76,12 +76,15 @@ pub fn logprob_grads<T, E>(
     recompute: Option<usize>,
     loss: impl FnOnce(HeadOutputs) -> Result<(Tensor<1>, T), E>,
 ) -> Result<(GradientsParams, f64, T), E> {
-    if let Some(n) = recompute.filter(|&n| n > 0) {
-        let n = n.min(model.num_layers());
+    // A frozen head is differentiated on its own even with nothing recomputed (every layer
+    // kept for one backward pass), so no `[positions, vocab]` values are kept.
+    let recomputed = match recompute {
+        Some(n) => Some(n.min(model.num_layers())),
+        None if head_is_frozen(model) => Some(0),
+        None => None,
+    };
+    if let Some(n) = recomputed {
         return grads_by_layer(model, rows, temperature, extras, n, loss);
-    }
-    if head_is_frozen(model) {
-        return grads_with_head_apart(model, rows, temperature, extras, loss);
     }
     let t = rows.ids.dims()[1];
     let hidden = model.hidden(rows.ids, rows.positions, rows.valid, None);
@@ -104,39 +107,8 @@ fn head_is_frozen(model: &CausalLm) -> bool {
     model.head_matrix().is_some_and(|head| !head.is_tracked())
 }
 
-/// [`logprob_grads`] for a frozen head without per-layer recomputation: the layers run with
-/// autodiff as usual, but the head is differentiated on its own (stages 1 and 2 of the module
-/// docs), so no `[positions, vocab]` values are kept for the backward pass, then one backward
-/// pass carries `dL/d last` through every layer.
-fn grads_with_head_apart<T, E>(
-    model: &CausalLm,
-    rows: TokenRows,
-    temperature: f32,
-    extras: HeadExtras,
-    loss: impl FnOnce(HeadOutputs) -> Result<(Tensor<1>, T), E>,
-) -> Result<(GradientsParams, f64, T), E> {
-    let targets = rows.targets.without_autodiff();
-    let mut x = model.embed(rows.ids, rows.positions.clone());
-    let context = model.layer_context(rows.positions, rows.valid, 0);
-    for i in 0..model.num_layers() {
-        x = model.layer_forward(i, x, &context, None);
-    }
-    let mut acc = GradientsAccumulator::<CausalLm>::new();
-    let (d_last, value, measured) = head_stages(
-        model,
-        x.clone().without_autodiff(),
-        targets,
-        temperature,
-        extras,
-        loss,
-        &mut acc,
-    )?;
-    let grads = (x * d_last).sum().backward();
-    acc.accumulate(model, GradientsParams::from_grads(grads, model));
-    Ok((acc.grads(), value, measured))
-}
-
-/// [`logprob_grads`] recomputing the first `recomputed` layers layer by layer.
+/// [`logprob_grads`] recomputing the first `recomputed` layers layer by layer (none: every
+/// layer keeps its graph, the head still differentiated apart).
 fn grads_by_layer<T, E>(
     model: &CausalLm,
     rows: TokenRows,

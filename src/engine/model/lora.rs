@@ -318,10 +318,11 @@ pub fn merge(mut model: CausalLm) -> CausalLm {
 /// narrow rounding of `W + s A B` would swallow the adapters' small early updates.
 pub fn for_generation(model: &CausalLm) -> CausalLm {
     let plain = model.valid();
-    let narrow_base = plain.layers.first().is_some_and(|layer| {
-        layer.self_attn.q_proj.weight.val().dtype() != burn::tensor::DType::F32
-    });
-    if narrow_base { plain } else { merge(plain) }
+    if base_dtype(&plain) == burn::tensor::DType::F32 {
+        merge(plain)
+    } else {
+        plain
+    }
 }
 
 /// Parameters that train and parameters in all, for the workbench (`trainable / total`, as
@@ -363,15 +364,16 @@ pub fn summary(model: &CausalLm) -> crate::engine::events::ModelSummary {
 
 /// ` · base in bf16` when the frozen weights are stored narrow (`[model] dtype`), else empty.
 fn narrow_base_note(model: &CausalLm) -> String {
-    let stored = model
-        .layers
-        .first()
-        .map(|layer| layer.self_attn.q_proj.weight.val().dtype());
-    match stored {
-        Some(burn::tensor::DType::BF16) => " · base in bf16".into(),
-        Some(burn::tensor::DType::F16) => " · base in f16".into(),
+    match base_dtype(model) {
+        burn::tensor::DType::BF16 => " · base in bf16".into(),
+        burn::tensor::DType::F16 => " · base in f16".into(),
         _ => String::new(),
     }
+}
+
+/// How the decoder's matrices are stored (`[model] dtype` narrows a frozen base).
+fn base_dtype(model: &CausalLm) -> burn::tensor::DType {
+    model.embed_tokens.val().dtype()
 }
 
 /// `trainable params: 1,843,200 || all params: 136,358,208 || trainable%: 1.35 · LoRA r=16
@@ -497,14 +499,20 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join("adapter_config.json").is_file()
 }
 
-/// Reads a PEFT adapter folder's config as a [`LoraConfig`].
-pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
+/// `dir/adapter_config.json`, parsed, with its path (for errors).
+fn adapter_json(dir: &Path) -> Result<(std::path::PathBuf, serde_json::Value), ModelError> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format {
+    let v = serde_json::from_str(&text).map_err(|e| ModelError::Format {
         path: path.clone(),
         message: format!("invalid JSON: {e}"),
     })?;
+    Ok((path, v))
+}
+
+/// Reads a PEFT adapter folder's config as a [`LoraConfig`].
+pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
+    let (path, v) = adapter_json(dir)?;
     let bad = |message: String| ModelError::Format {
         path: path.clone(),
         message,
@@ -658,12 +666,7 @@ pub fn load_adapter(mut model: CausalLm, dir: &Path, base: &str) -> Result<Causa
 /// The base model an adapter folder names (`base_model_name_or_path`), as a path: absolute,
 /// or relative to the adapter folder or the working directory.
 pub fn adapter_base(dir: &Path) -> Result<std::path::PathBuf, ModelError> {
-    let path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format {
-        path: path.clone(),
-        message: format!("invalid JSON: {e}"),
-    })?;
+    let (path, v) = adapter_json(dir)?;
     let base = v["base_model_name_or_path"].as_str().unwrap_or("");
     let candidates = [dir.join(base), std::path::PathBuf::from(base)];
     candidates
