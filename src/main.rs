@@ -221,6 +221,7 @@ struct JudgeArgs {
 
 fn main() {
     keep_freed_memory();
+    rlft::engine::device::keep_kernel_caches();
     let cli = Cli::parse();
     if std::env::var_os("BURN_DEVICE").is_none() {
         // Burn puts loaded optimizer state on `Device::default()`, which would otherwise
@@ -870,7 +871,7 @@ fn bench(
         loaded.model,
         loaded.tokenizer.as_ref(),
         &device,
-        &choice.to_string(),
+        &choice.describe(&device),
         &opts,
     );
     if json {

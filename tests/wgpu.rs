@@ -176,3 +176,21 @@ fn wgpu_layerwise_lora_gradients_and_f16_storage() {
     eprintln!("wgpu LoRA grads: vs cpu {a:.1e}, layer by layer {b:.1e}, f16 base {c:.1e}");
     assert!(a < 1e-3 && b < 1e-3 && c < 2e-2, "{a} {b} {c}");
 }
+
+/// Reports say which shader compiler ran: WGSL in the default build; with the `vulkan`
+/// feature, SPIR-V on a Vulkan driver that has what cubecl's SPIR-V compiler needs.
+#[test]
+fn wgpu_reports_its_shader_compiler_and_adapter() {
+    let Some(gpu) = wgpu_or_skip() else {
+        return;
+    };
+    let name = rlft::engine::device::runtime_name(&gpu);
+    if cfg!(feature = "vulkan") {
+        assert!(name == "wgpu<spirv>" || name == "wgpu<wgsl>", "{name}");
+    } else {
+        assert_eq!(name, "wgpu<wgsl>");
+    }
+    let described = DeviceChoice::Wgpu.describe(&gpu);
+    assert!(described.starts_with(&format!("{name} on ")), "{described}");
+    assert_eq!(DeviceChoice::Cpu.describe(&Device::flex()), "cpu (flex)");
+}

@@ -364,7 +364,7 @@ pub fn run(
     };
     // One row on the CPU is what `rlft generate` and `rlft serve` do: the single-sequence
     // decoder, built once as they build it (not timed).
-    let cpu_decoder = (b == 1 && device_name == "cpu")
+    let cpu_decoder = (b == 1 && device_name.starts_with("cpu"))
         .then(|| CpuDecoder::from_model(&model))
         .flatten();
     // Seconds for the whole rollout, and for its decoding alone: from the first sampled token

@@ -63,4 +63,59 @@ impl DeviceChoice {
             Self::Ndarray => Ok(Device::ndarray()),
         }
     }
+
+    /// What ran, for reports: `cpu (flex)`, or for wgpu the shader compiler and the adapter,
+    /// e.g. `wgpu<spirv> on NVIDIA H200` (SPIR-V where the build has the `vulkan` feature and
+    /// the Vulkan driver has the extensions it needs, WGSL otherwise).
+    pub fn describe(self, device: &Device) -> String {
+        match self {
+            Self::Cpu => "cpu (flex)".into(),
+            Self::Wgpu => {
+                let adapter = device
+                    .identity()
+                    .map(|id| format!(" on {}", id.name))
+                    .unwrap_or_default();
+                format!("{}{adapter}", runtime_name(device))
+            }
+            #[cfg(feature = "ndarray")]
+            Self::Ndarray => "ndarray".into(),
+        }
+    }
+}
+
+/// The innermost runtime in Burn's backend name (`dispatch<fusion<cubecl<wgpu<spirv>>>>` ->
+/// `wgpu<spirv>`): the only place the compiler a wgpu device got is reported.
+pub fn runtime_name(device: &Device) -> String {
+    use burn_backend::Backend;
+    let full = <burn_dispatch::Dispatch as Backend>::name(device.as_dispatch());
+    match full.find("wgpu<") {
+        Some(at) => {
+            let tail = &full[at..];
+            let end = tail.find('>').map_or(tail.len(), |i| i + 1);
+            tail[..end].to_string()
+        }
+        None => full,
+    }
+}
+
+/// Keeps cubecl's compiled kernels and autotune results between runs, in one place whatever
+/// folder rlft is started from: `$XDG_CACHE_HOME/rlft/cubecl` (or `~/.cache/rlft/cubecl`).
+/// cubecl's own default is the `target/` folder of the outermost Cargo project above the
+/// working directory, so a run started in a different folder tuned every kernel again
+/// (minutes on a GPU for a new shape). A `cubecl.toml` (or `burn.toml`'s `[cubecl]`) naming
+/// another `[environment] path` than the default wins. Call before any wgpu device starts;
+/// returns the folder chosen, or None where cubecl keeps its own choice.
+pub fn keep_kernel_caches() -> Option<std::path::PathBuf> {
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    let cache_home = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if !matches!(config.environment.path, CacheConfig::Target) {
+        return None;
+    }
+    let dir = cache_home.join("rlft").join("cubecl");
+    config.environment.path = CacheConfig::Directory(dir.clone());
+    CubeClRuntimeConfig::try_set(config).then_some(dir)
 }
