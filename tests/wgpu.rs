@@ -194,3 +194,76 @@ fn wgpu_reports_its_shader_compiler_and_adapter() {
     assert!(described.starts_with(&format!("{name} on ")), "{described}");
     assert_eq!(DeviceChoice::Cpu.describe(&Device::flex()), "cpu (flex)");
 }
+
+/// Logits of a small grouped-query model with a soft-cap, a sliding window and a left-padded
+/// row, from `cfg` (random weights), on `device`.
+fn gqa_logits(model_type: &str, device: &Device) -> Vec<f32> {
+    use rlft::engine::model::{CausalLm, ModelConfig, WeightReader, decoder};
+    let cfg: ModelConfig = serde_json::from_value(serde_json::json!({
+        "model_type": model_type, "vocab_size": 40, "hidden_size": 32,
+        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64,
+        "sliding_window": 3, "attn_logit_softcapping": 0.5
+    }))
+    .unwrap();
+    let mut r = WeightReader::new(decoder::init_weights(&cfg, 9), device);
+    let m = CausalLm::from_weights(&cfg, &mut r, true, false).unwrap();
+    let ids: Vec<i64> = (0..14).map(|i| (i * 5 + 1) % 40).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 7]), device);
+    let pos: Vec<i64> = (0..7).chain([0, 0, 0, 1, 2, 3, 4]).collect();
+    let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [2, 7]), device);
+    let valid: Vec<bool> = std::iter::repeat_n(true, 7)
+        .chain([false, false])
+        .chain(std::iter::repeat_n(true, 5))
+        .collect();
+    let valid = Tensor::<2, Bool>::from_data(TensorData::new(valid, [2, 7]), device);
+    model::host_f32(m.logits(m.hidden(ids, pos, valid, None)))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// wgpu's fused attention kernel (no-grad passes) gives the decomposed form's logits (the
+/// same model on the autodiff device), with grouped-query heads, a soft-cap, a sliding
+/// window and a left-padded row; and f16 products (mixed precision) stay close to f32.
+#[test]
+fn wgpu_fused_attention_and_f16_products_match_f32() {
+    use rlft::engine::model::blocks::fused_attention_applies;
+    use rlft::engine::model::precision::{self, Precision};
+    let Some(gpu) = wgpu_or_skip() else {
+        return;
+    };
+    assert!(fused_attention_applies(&gpu) && !fused_attention_applies(&gpu.clone().autodiff()));
+    for model_type in ["qwen2", "gemma2"] {
+        let fused = gqa_logits(model_type, &gpu);
+        let decomposed = gqa_logits(model_type, &gpu.clone().autodiff());
+        let d = max_diff(&fused, &decomposed);
+        assert!(d < 1e-4, "{model_type}: fused vs decomposed max |diff| {d}");
+        if gpu.supports_dtype(burn::tensor::FloatDType::F16) {
+            let _mixed = precision::enter(Precision::F16, &gpu).unwrap();
+            assert!(precision::products().is_some());
+            let half = gqa_logits(model_type, &gpu);
+            let half_grad = gqa_logits(model_type, &gpu.clone().autodiff());
+            drop(_mixed);
+            let scale = fused.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            for (what, out) in [("fused", &half), ("decomposed", &half_grad)] {
+                let d = max_diff(out, &fused);
+                assert!(
+                    d < 2e-2 * scale.max(1.0),
+                    "{model_type} f16 {what}: {d} (scale {scale})"
+                );
+                assert!(
+                    d > 0.0,
+                    "{model_type} f16 {what}: products did not run in f16"
+                );
+            }
+        } else {
+            eprintln!("this wgpu adapter has no f16: mixed precision not checked");
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::model::WeightDtype;
+use crate::engine::model::precision::Precision;
 
 use crate::engine::optim::OptimConfig;
 use crate::engine::sample::SamplingParams;
@@ -156,6 +157,11 @@ pub struct TrainSection {
     /// ones keep their activations (faster, more memory). Default: every layer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gradient_checkpointing_layers: Option<usize>,
+    /// `"f32"` (default) or `"f16"`: mixed precision on a GPU (f16 products, f32 master
+    /// weights and AdamW, dynamic loss scaling; see `model::precision::Precision`); on the
+    /// CPU, f16 storage of frozen weights with f32 compute.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// Why `lora_dropout` and `gradient_checkpointing` do not mix (yet).
@@ -204,6 +210,7 @@ impl Default for TrainSection {
             save_total_limit: 2,
             gradient_checkpointing: false,
             gradient_checkpointing_layers: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -266,6 +273,16 @@ fn default_eval_fraction() -> f64 {
 }
 
 impl RunConfig {
+    /// How frozen weights are stored: `[model] dtype`, or f16 under `precision = "f16"` when
+    /// no narrower type was asked for.
+    pub fn frozen_dtype(&self) -> WeightDtype {
+        if self.model.dtype.is_f32() && !self.train.precision.is_f32() {
+            WeightDtype::F16
+        } else {
+            self.model.dtype
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.into(),

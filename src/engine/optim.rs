@@ -7,6 +7,8 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::model::precision;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
@@ -88,12 +90,22 @@ impl Optimizer {
     }
 
     /// Clips `grads` to the global norm, applies one AdamW step at `lr`, and returns the model
-    /// with the norm before clipping.
+    /// with the norm before clipping. Under mixed precision the gradients come from a scaled
+    /// loss (`precision::loss_scale`): they are unscaled here, and a step whose gradients
+    /// overflowed is skipped (the model returned unchanged, the norm infinite or NaN).
     pub fn step<M: Module>(&mut self, lr: f64, model: M, mut grads: GradientsParams) -> (M, f32) {
-        let norm = global_grad_norm(&model, &grads);
+        let loss_scale = precision::loss_scale();
+        let norm = global_grad_norm(&model, &grads) / loss_scale;
+        if !precision::record_step(norm.is_finite()) {
+            return (model, norm);
+        }
+        let mut factor = 1.0 / loss_scale;
         let max = self.config.max_grad_norm;
         if max > 0.0 && norm.is_finite() && norm > max {
-            scale_grads(&model, &mut grads, max / (norm + 1e-6));
+            factor *= max / (norm + 1e-6);
+        }
+        if factor != 1.0 {
+            scale_grads(&model, &mut grads, factor);
         }
         (self.inner.step(lr, model, grads), norm)
     }
@@ -116,23 +128,30 @@ impl Optimizer {
 
 struct NormVisitor<'a> {
     grads: &'a GradientsParams,
-    sum_sq: f64,
+    sum_sq: Option<Tensor<1>>,
 }
 
 impl ModuleVisitor for NormVisitor<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s: f32 = g.square().sum().into_scalar::<f32>();
-            self.sum_sq += s as f64;
+            let s = g.cast(burn::tensor::FloatDType::F32).square().sum();
+            self.sum_sq = Some(match self.sum_sq.take() {
+                Some(total) => total + s,
+                None => s,
+            });
         }
     }
 }
 
-/// L2 norm over all parameter gradients together.
+/// L2 norm over all parameter gradients together: summed on the device and read once (one
+/// host sync per step, not one per parameter).
 pub fn global_grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f32 {
-    let mut v = NormVisitor { grads, sum_sq: 0.0 };
+    let mut v = NormVisitor {
+        grads,
+        sum_sq: None,
+    };
     model.visit(&mut v);
-    v.sum_sq.sqrt() as f32
+    v.sum_sq.map_or(0.0, |s| s.into_scalar::<f32>().sqrt())
 }
 
 struct ScaleVisitor<'a> {

@@ -222,8 +222,12 @@ impl RunContext {
     }
 
     /// Appends to `metrics.jsonl` and reports the values.
-    pub fn metrics(&mut self, step: usize, values: BTreeMap<String, f64>) {
+    pub fn metrics(&mut self, step: usize, mut values: BTreeMap<String, f64>) {
         self.last_step = step;
+        // Under mixed precision: the loss scale and the steps skipped on overflow.
+        for (name, value) in crate::engine::model::precision::metrics() {
+            values.insert(name.into(), value);
+        }
         let row = MetricsRow {
             step,
             wall_time: self.wall_time(),

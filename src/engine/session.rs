@@ -91,6 +91,9 @@ pub fn launch(
             // A panic inside Burn must end this run, not the program.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let device = device_choice.init().map_err(algo::TrainError::Invalid)?;
+                // Every model this run uses computes on this thread.
+                let _mixed = crate::engine::model::precision::enter(cfg.train.precision, &device)
+                    .map_err(algo::TrainError::Invalid)?;
                 match cfg.method {
                     Method::Sft => algo::sft::run(&cfg, &device, &mut ctx),
                     Method::Pretrain => algo::pretrain::run(&cfg, &device, &mut ctx),

@@ -366,7 +366,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Lm,
-        cfg.model.dtype,
+        cfg.frozen_dtype(),
         Optimizer::new(cfg.optim.clone()),
         train.len(),
         cfg.seed,

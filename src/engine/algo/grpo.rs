@@ -351,7 +351,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     }
     // `reward_model` sources run on the plain device: scoring needs no gradients.
     let scorer_device = device.clone().without_autodiff();
-    let mut sources = reward::model::build_all_on(&cfg.rewards, &scorer_device, cfg.model.dtype)
+    let mut sources = reward::model::build_all_on(&cfg.rewards, &scorer_device, cfg.frozen_dtype())
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     if sources.is_empty() {
         return Err(TrainError::Invalid(
@@ -363,7 +363,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let reference = (g.beta > 0.0).then(|| {
         model::precision::store_frozen(
             model::lora::without_adapters(loaded.model.valid()),
-            cfg.model.dtype,
+            cfg.frozen_dtype(),
         )
     });
     let mut policy = loaded.model;
@@ -376,7 +376,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Lm,
-        cfg.model.dtype,
+        cfg.frozen_dtype(),
         Optimizer::new(cfg.optim.clone()),
         train.len(),
         cfg.seed,

@@ -98,8 +98,15 @@ pub fn logprob_grads<T, E>(
     );
     let (loss_value, measured) = loss(out)?;
     let value = super::scalar(loss_value.clone());
-    let grads = GradientsParams::from_grads(loss_value.backward(), model);
+    let grads = GradientsParams::from_grads(scaled(loss_value).backward(), model);
     Ok((grads, value, measured))
+}
+
+/// The loss as differentiated: times the loss scale under mixed precision, so gradients too
+/// small for f16 survive the f16 products (the optimizer divides it out).
+pub fn scaled(loss: Tensor<1>) -> Tensor<1> {
+    let scale = crate::engine::model::precision::loss_scale();
+    if scale == 1.0 { loss } else { loss * scale }
 }
 
 /// The LM head does not train (LoRA): its gradient can be taken analytically.
@@ -234,7 +241,7 @@ fn head_stages<T, E>(
         ..out
     })?;
     let value = super::scalar(loss_value.clone());
-    let mut grads = loss_value.backward();
+    let mut grads = scaled(loss_value).backward();
     let d_logprobs = logprobs
         .grad_remove(&mut grads)
         .unwrap_or_else(|| Tensor::zeros([b, t - 1], &device));

@@ -57,7 +57,7 @@ pub fn load_trained_model(
         device,
         heads,
         cfg.seed,
-        cfg.model.dtype,
+        cfg.frozen_dtype(),
     )?;
     check_dropout(cfg, &loaded.model)?;
     ctx.log(

@@ -285,11 +285,11 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         Some(p) => load_prompts(p, &tokenizer, o.chat, "")?,
         None => Vec::new(),
     };
-    let mut truth = reward::model::build_all_on(&cfg.rewards, &plain, cfg.model.dtype)
+    let mut truth = reward::model::build_all_on(&cfg.rewards, &plain, cfg.frozen_dtype())
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
     let mut judge: Option<Box<dyn Judge>> = match (&cfg.judge, o.labeler.uses_judge()) {
         (Some(j), true) => Some(
-            judge::build(j, &plain, cfg.model.dtype)
+            judge::build(j, &plain, cfg.frozen_dtype())
                 .map_err(|e| TrainError::Invalid(e.to_string()))?,
         ),
         _ => None,
@@ -325,7 +325,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Lm,
-        cfg.model.dtype,
+        cfg.frozen_dtype(),
         Optimizer::new(cfg.optim.clone()),
         prompts.len(),
         cfg.seed,

@@ -422,7 +422,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     if p.eval_max_items > 0 {
         eval.truncate(p.eval_max_items);
     }
-    let (mut sources, rm_slot) = super::rlhf::build_sources(&cfg.rewards, &plain, cfg.model.dtype)?;
+    let (mut sources, rm_slot) =
+        super::rlhf::build_sources(&cfg.rewards, &plain, cfg.frozen_dtype())?;
     if sources.is_empty() {
         return Err(TrainError::Invalid(
             "PPO needs at least one [[rewards]] source".into(),
@@ -460,7 +461,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     // With LoRA: the base without its adapters, sharing the frozen weights.
     let reference = model::precision::store_frozen(
         model::lora::without_adapters(loaded.model.valid()),
-        cfg.model.dtype,
+        cfg.frozen_dtype(),
     );
     let mut policy = loaded.model;
     let mut value_model = value_loaded.model;
@@ -704,7 +705,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     ts.pg_clipfrac.push(pg.clipfrac);
                     ts.ratio.push(pg.ratio_mean);
                     // Policy and value graphs are disjoint: one backward serves both.
-                    let mut grads = (loss / accumulation as f32).backward();
+                    let mut grads = super::layerwise::scaled(loss / accumulation as f32).backward();
                     policy_acc
                         .accumulate(&policy, GradientsParams::from_module(&mut grads, &policy));
                     value_acc.accumulate(

@@ -208,7 +208,8 @@ impl Refresher {
                     value: last_loss,
                 });
             }
-            let grads = GradientsParams::from_grads(out.loss.backward(), &rm);
+            let grads =
+                GradientsParams::from_grads(super::layerwise::scaled(out.loss).backward(), &rm);
             let (next, _) = optim.step(self.cfg.rm_learning_rate, rm, grads);
             rm = next;
         }

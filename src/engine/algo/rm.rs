@@ -203,7 +203,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx,
         &train_device,
         Heads::Score,
-        cfg.model.dtype,
+        cfg.frozen_dtype(),
         Optimizer::new(cfg.optim.clone()),
         train.len(),
         cfg.seed,
@@ -277,7 +277,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 });
             }
             stats.add(value, &out.chosen, &out.rejected);
-            let grads = GradientsParams::from_grads((out.loss / ga as f32).backward(), &model);
+            let grads = GradientsParams::from_grads(
+                super::layerwise::scaled(out.loss / ga as f32).backward(),
+                &model,
+            );
             accumulator.accumulate(&model, grads);
         }
         let lr = cfg.optim.lr_at(step, total);

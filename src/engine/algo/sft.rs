@@ -68,7 +68,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let loaded = match &ctx.resume_from {
         // A LoRA checkpoint is an adapter folder naming its base; `load` follows it.
         Some(checkpoint) => {
-            model::load_checkpoint(checkpoint, &train_device, Heads::Lm, cfg.model.dtype)?
+            model::load_checkpoint(checkpoint, &train_device, Heads::Lm, cfg.frozen_dtype())?
         }
         None => model::load_for_run(
             &cfg.model.path,
@@ -77,7 +77,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &train_device,
             Heads::Lm,
             cfg.seed,
-            cfg.model.dtype,
+            cfg.frozen_dtype(),
         )?,
     };
     super::check_dropout(cfg, &loaded.model)?;

@@ -9,7 +9,7 @@ use burn::tensor::activation::{gelu, relu, silu, softmax};
 
 use super::config::{Activation, NormKind, Rope};
 use super::lora::Lora;
-use super::precision::f32_val;
+use super::precision::{self, f32_val};
 use super::{LayerCache, ModelError, WeightReader, WeightWriter};
 
 /// `y = x W + b` with `W` stored `[in, out]`, plus a LoRA adapter's `s (x A) B` when one is
@@ -24,9 +24,9 @@ pub struct Linear {
 impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let delta = self.lora.as_ref().map(|lora| lora.delta(x.clone()));
-        // Frozen weights may be stored narrow (`[model] dtype`): products run in f32.
-        let y =
-            burn::tensor::module::linear(x, f32_val(&self.weight), self.bias.as_ref().map(f32_val));
+        // Frozen weights may be stored narrow (`[model] dtype`): products run in f32, or in
+        // f16 under mixed precision (`[train] precision`).
+        let y = precision::linear(x, &self.weight, self.bias.as_ref());
         match delta {
             Some(delta) => y + delta,
             None => y,
@@ -299,7 +299,7 @@ impl Attention {
         let s = k.dims()[2];
         // Decoding one token per row stays decomposed: per (row, head) the kernel's fixed
         // costs outweigh a 1-row product (measured: rollouts 0.65x).
-        if t > 1 && fused_attention_applies(&q) {
+        if t > 1 && fused_attention_applies(&q.device()) {
             // One fused kernel (scale, soft-cap, mask, softmax and both products per head,
             // grouped-query heads read in place): no score tensors are formed.
             let options = burn::tensor::ops::AttentionModuleOptions {
@@ -308,7 +308,25 @@ impl Attention {
                 is_causal: false,
             };
             let bias = bias.clone().reshape([b, 1, t, s]);
+            // flex's kernel reads grouped-query heads in place; cubecl's (wgpu) wants one
+            // key/value head per query head.
+            let (k, v) = if n_rep > 1 && k.device() != Device::flex() {
+                let per_query_head = |x: Tensor<4>| {
+                    x.unsqueeze_dim::<5>(2)
+                        .expand([b, n_kv, n_rep, s, head_dim])
+                        .reshape([b, n_heads, s, head_dim])
+                };
+                (per_query_head(k), per_query_head(v))
+            } else {
+                (k, v)
+            };
+            // Under mixed precision the whole kernel runs on f16 operands.
+            let (q, k, v, bias) = match precision::products() {
+                Some(half) => (q.cast(half), k.cast(half), v.cast(half), bias.cast(half)),
+                None => (q, k, v, bias),
+            };
             let out = burn::tensor::module::attention(q, k, v, None, Some(bias), options)
+                .cast(burn::tensor::FloatDType::F32)
                 .swap_dims(1, 2)
                 .reshape([b, t, n_heads * head_dim]);
             return self.o_proj.forward(out);
@@ -317,7 +335,7 @@ impl Attention {
         // `h` uses key/value head `h / n_rep`, so the `n_rep` query heads of one group (each
         // with its T rows) stack into one `[n_rep * T, head_dim]` matrix per key/value head.
         let q = q.reshape([b, n_kv, n_rep * t, head_dim]);
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale;
+        let mut scores = precision::matmul(q, k.swap_dims(2, 3)) * self.scale;
         if let Some(cap) = self.softcap {
             scores = (scores / cap).tanh() * cap;
         }
@@ -326,8 +344,7 @@ impl Attention {
         // token's own position never is.
         let scores = scores.reshape([b, n_kv, n_rep, t, s]) + bias.clone();
         let probs = softmax(scores, 4).reshape([b, n_kv, n_rep * t, s]);
-        let out = probs
-            .matmul(v)
+        let out = precision::matmul(probs, v)
             .reshape([b, n_heads, t, head_dim])
             .swap_dims(1, 2)
             .reshape([b, t, n_heads * head_dim]);
@@ -335,13 +352,13 @@ impl Attention {
     }
 }
 
-/// Whether attention on `q` runs as Burn's fused `module::attention`: without autodiff (it
-/// has no backward of its own: scoring, references, rewards, generation), on the CPU backend,
-/// whose kernel takes grouped-query heads, the additive mask and soft-capping as they are.
-/// Other backends keep the decomposed form until their kernels are checked against it.
-fn fused_attention_applies(q: &Tensor<4>) -> bool {
-    let device = q.device();
-    !device.is_autodiff() && device == Device::flex()
+/// Whether attention on `device` runs as Burn's fused `module::attention`: without autodiff
+/// (under autodiff Burn falls back to the decomposed form anyway: scoring, references,
+/// rewards and generation gain), on the CPU backend and on wgpu, whose kernels take
+/// grouped-query heads, the additive mask and soft-capping as they are (tests check both
+/// against the decomposed form).
+pub fn fused_attention_applies(device: &Device) -> bool {
+    !device.is_autodiff()
 }
 
 /// `down(act(gate(x)) * up(x))` when gated (SwiGLU, GeGLU), `down(act(up(x)))` otherwise.
@@ -443,8 +460,7 @@ mod attention_tests {
                     .chain(std::iter::repeat_n(true, 5))
                     .collect();
                 let valid = Tensor::<2, Bool>::from_data(TensorData::new(valid, [2, 7]), device);
-                let q = Tensor::<4>::zeros([1, 1, 1, 1], device);
-                let fused = fused_attention_applies(&q);
+                let fused = fused_attention_applies(device);
                 let out = m.logits(m.hidden(ids, pos, valid, None));
                 (crate::engine::model::host_f32(out), fused)
             };

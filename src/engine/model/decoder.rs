@@ -427,9 +427,7 @@ impl CausalLm {
     pub fn logits_with(&self, head: &Tensor<2>, hidden: Tensor<3>) -> Tensor<3> {
         let [b, t, h] = hidden.dims();
         let vocab = head.dims()[1];
-        let logits = hidden
-            .reshape([b * t, h])
-            .matmul(head.clone())
+        let logits = super::precision::matmul(hidden.reshape([b * t, h]), head.clone())
             .reshape([b, t, vocab]);
         self.finish_logits(logits)
     }
