@@ -267,3 +267,109 @@ fn wgpu_fused_attention_and_f16_products_match_f32() {
         }
     }
 }
+
+/// The values of `name` per step, from a run's events.
+fn metric(events: &[rlft::engine::events::Event], name: &str) -> Vec<f64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            rlft::engine::events::Event::Metrics { values, .. } => values.get(name).copied(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// `steps` of SFT and of GRPO on the tiny model in f32 and in mixed f16 on wgpu: f16 tracks
+/// f32 (SFT's final loss within 2%; GRPO's losses finite, its reward within noise) and
+/// reports its loss scale and skipped steps. CI runs a few steps on lavapipe;
+/// `RLFT_PRECISION_STEPS=200` is the full check (on a GPU).
+#[test]
+fn wgpu_f16_training_tracks_f32() {
+    let Some(gpu) = wgpu_or_skip() else {
+        return;
+    };
+    if !gpu.supports_dtype(burn::tensor::FloatDType::F16) {
+        eprintln!("this wgpu adapter has no f16: mixed precision not checked");
+        return;
+    }
+    let steps: usize = std::env::var("RLFT_PRECISION_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let (sft, grpo) = sft_and_grpo(&model, tmp.path());
+    let with = |toml: &str, precision: &str, steps: usize| {
+        toml.replace("max_steps = 2", &format!("max_steps = {steps}"))
+            .replace("eval_steps = 2", &format!("eval_steps = {steps}"))
+            .replace(
+                "[train]\n",
+                &format!("[train]\nprecision = \"{precision}\"\n"),
+            )
+    };
+    let run = |toml: String| {
+        let events = run_to_end(&toml, tmp.path(), DeviceChoice::Wgpu);
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                rlft::engine::events::Event::Finished {
+                    status: rlft::engine::events::RunStatus::Finished,
+                    ..
+                }
+            )),
+            "{}",
+            failure(&events)
+        );
+        events
+    };
+
+    let sft32 = run(with(&sft, "f32", steps));
+    let sft16 = run(with(&sft, "f16", steps));
+    assert!(metric(&sft32, "loss_scale").is_empty());
+    assert_eq!(metric(&sft16, "loss_scale").len(), steps);
+    let skipped = *metric(&sft16, "skipped_steps").last().unwrap();
+    let (l32, l16) = (
+        *metric(&sft32, "loss").last().unwrap(),
+        *metric(&sft16, "loss").last().unwrap(),
+    );
+    let drift = metric(&sft32, "loss")
+        .iter()
+        .zip(metric(&sft16, "loss"))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "SFT {steps} steps: final loss f32 {l32:.5}, f16 {l16:.5}; largest step difference \
+         {drift:.2e}; {skipped} skipped"
+    );
+    assert!(
+        drift > 0.0,
+        "the f16 run computed exactly what the f32 run did"
+    );
+    assert!(
+        metric(&sft32, "loss")[0] - l32 > 0.1,
+        "SFT learned nothing in {steps} steps"
+    );
+    assert!(((l16 - l32) / l32).abs() < 0.02, "f16 {l16} vs f32 {l32}");
+    let (e32, e16) = (
+        *metric(&sft32, "eval_loss").last().unwrap(),
+        *metric(&sft16, "eval_loss").last().unwrap(),
+    );
+    assert!(
+        ((e16 - e32) / e32).abs() < 0.02,
+        "eval f16 {e16} vs f32 {e32}"
+    );
+
+    let grpo_steps = (steps / 5).max(4);
+    let g32 = run(with(&grpo, "f32", grpo_steps));
+    let g16 = run(with(&grpo, "f16", grpo_steps));
+    let losses = metric(&g16, "loss");
+    assert_eq!(losses.len(), grpo_steps);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let (r32, r16) = (mean(&metric(&g32, "reward")), mean(&metric(&g16, "reward")));
+    eprintln!("GRPO {grpo_steps} steps: mean reward f32 {r32:.3}, f16 {r16:.3}");
+    assert!((r32 - r16).abs() <= 0.25, "reward f16 {r16} vs f32 {r32}");
+}
