@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use rlft::engine::config::RunConfig;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::{Event, LogLevel};
+use rlft::engine::model::precision::Precision;
 use rlft::engine::model::tokenizer::ChatMessage;
 use rlft::engine::model::{self, Heads, WeightDtype, hf};
 use rlft::engine::sample::{SamplingParams, SingleSequence};
@@ -108,6 +109,10 @@ enum Cmd {
         /// Continue the run in --run-dir from its newest checkpoint.
         #[arg(long, requires = "run_dir")]
         resume: bool,
+        /// f32 or f16 (mixed precision on a GPU; f16 storage of frozen weights on the CPU),
+        /// as `[train] precision`.
+        #[arg(long)]
+        precision: Option<Precision>,
     },
     /// Train rlft's tokenizer and a base model from scratch (configs/pretrain.toml).
     Pretrain {
@@ -170,6 +175,10 @@ enum Cmd {
         /// as `[model] dtype`.
         #[arg(long, default_value = "f32")]
         dtype: WeightDtype,
+        /// f32, or f16: mixed precision on a GPU (f16 products, loss scaling), as
+        /// `[train] precision`; frozen weights then default to f16.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Measure an AI judge on preference pairs with a known answer (TRL prompt/chosen/rejected
     /// JSONL): accuracy, ties, order consistency and position bias.
@@ -241,6 +250,7 @@ fn run(cli: Cli) -> Result<()> {
             None,
             None,
             DeviceChoice::Cpu,
+            None,
         ),
         Some(Cmd::Generate {
             model,
@@ -283,11 +293,12 @@ fn run(cli: Cli) -> Result<()> {
             max_steps,
             device,
             resume,
+            precision,
         }) => {
             if headless || resume {
-                train(config, run_dir, max_steps, device, resume)
+                train(config, run_dir, max_steps, device, resume, precision)
             } else {
-                workbench(vec![config], run_dir, max_steps, device)
+                workbench(vec![config], run_dir, max_steps, device, precision)
             }
         }
         Some(Cmd::Pretrain {
@@ -295,7 +306,7 @@ fn run(cli: Cli) -> Result<()> {
             run_dir,
             max_steps,
             device,
-        }) => train(config, run_dir, max_steps, device, false),
+        }) => train(config, run_dir, max_steps, device, false, None),
         Some(Cmd::Convert { gguf, out_dir }) => convert(&gguf, &out_dir),
         Some(Cmd::Merge {
             base,
@@ -316,6 +327,7 @@ fn run(cli: Cli) -> Result<()> {
             random_weights,
             only_grpo,
             dtype,
+            precision,
         }) => bench(
             &model,
             batch,
@@ -330,6 +342,7 @@ fn run(cli: Cli) -> Result<()> {
             random_weights,
             only_grpo,
             dtype,
+            precision,
         ),
         Some(Cmd::Judge(args)) => judge(args),
         Some(Cmd::Label { runs }) => label(&runs),
@@ -455,6 +468,7 @@ fn workbench(
     run_dir: Option<PathBuf>,
     max_steps: Option<usize>,
     device: DeviceChoice,
+    precision: Option<Precision>,
 ) -> Result<()> {
     for c in &configs {
         // Fail before the screen switches, so the message stays readable.
@@ -465,6 +479,7 @@ fn workbench(
         run_dir,
         max_steps,
         device,
+        precision,
         ..Default::default()
     })
 }
@@ -599,6 +614,7 @@ fn train(
     max_steps: Option<usize>,
     device: DeviceChoice,
     resume: bool,
+    precision: Option<Precision>,
 ) -> Result<()> {
     let cfg = RunConfig::from_file(&config)?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -607,6 +623,7 @@ fn train(
         device,
         max_steps,
         resume,
+        precision,
         ..LaunchOptions::default()
     };
     let handle = session::launch(cfg, &opts, tx)
@@ -798,8 +815,16 @@ fn bench(
     random_weights: bool,
     only_grpo: bool,
     dtype: WeightDtype,
+    precision: Precision,
 ) -> Result<()> {
     let device = choice.init().map_err(anyhow::Error::msg)?;
+    let _mixed = model::precision::enter(precision, &device).map_err(anyhow::Error::msg)?;
+    // As a run's `frozen_dtype`: f16 training stores frozen weights in f16 unless told.
+    let dtype = if dtype.is_f32() && !precision.is_f32() {
+        WeightDtype::F16
+    } else {
+        dtype
+    };
     let train = rlft::engine::config::TrainSection {
         gradient_checkpointing,
         gradient_checkpointing_layers,
@@ -863,6 +888,7 @@ fn bench(
         only_grpo,
         recompute: train.recompute(),
         frozen_dtype: dtype,
+        precision,
     };
     let name = path.display().to_string();
     let r = rlft::engine::bench::run(
@@ -895,6 +921,15 @@ fn bench(
                 format!("; {} layers recomputed", r.recomputed_layers)
             } else {
                 String::new()
+            }
+        );
+        println!(
+            "precision        {}{}",
+            r.precision,
+            match (r.precision.as_str(), r.device.starts_with("cpu")) {
+                ("f16", true) => " (the CPU computes in f32; frozen weights stored in f16)",
+                ("f16", false) => " (f16 products, f32 weights and AdamW, loss scaling)",
+                _ => "",
             }
         );
         println!("batch x seq      {} x {}", r.batch, r.seq);

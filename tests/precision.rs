@@ -150,3 +150,41 @@ fn dtype_config_values() {
     let err = cfg("int8").unwrap_err().to_string();
     assert!(err.contains("int8") && err.contains("dtype"), "{err}");
 }
+
+/// `[train] precision`: read with Hugging Face's names too, f16 stores frozen weights in f16
+/// unless `[model] dtype` asks for another narrow type, a bad value names the field, and on
+/// the CPU an f16 run trains (f32 compute) with no loss scale.
+#[test]
+fn precision_setting_reads_and_runs_on_the_cpu() {
+    use rlft::engine::config::RunConfig;
+    use rlft::engine::model::precision::Precision;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let (sft, _) = sft_and_grpo(&model, tmp.path());
+    let with = |extra: &str| sft.replace("[train]\n", &format!("[train]\n{extra}\n"));
+    let cfg = RunConfig::from_toml(&with("precision = \"fp16\"")).unwrap();
+    assert_eq!(cfg.train.precision, Precision::F16);
+    assert_eq!(cfg.frozen_dtype(), F16);
+    let bf16_base = with("precision = \"f16\"").replace("[model]\n", "[model]\ndtype = \"bf16\"\n");
+    assert_eq!(
+        RunConfig::from_toml(&bf16_base).unwrap().frozen_dtype(),
+        Bf16
+    );
+    assert_eq!(RunConfig::from_toml(&sft).unwrap().frozen_dtype(), F32);
+    let err = RunConfig::from_toml(&with("precision = \"f8\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("precision") && err.contains("f8"), "{err}");
+
+    let events = run_to_end(&with("precision = \"f16\""), tmp.path(), DeviceChoice::Cpu);
+    assert!(finished(&events), "{}", failure(&events));
+    let metrics: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Metrics { values, .. } => Some(values.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(metrics.iter().all(|m| !m.contains_key("loss_scale")));
+    assert!(metrics.iter().all(|m| m["loss"].is_finite()));
+}

@@ -43,6 +43,8 @@ pub struct BenchOptions {
     pub recompute: Option<usize>,
     /// How frozen weights are stored (`[model] dtype`): the LoRA base and the reference.
     pub frozen_dtype: crate::engine::model::WeightDtype,
+    /// `[train] precision` (mixed precision is entered by the caller, on its thread).
+    pub precision: crate::engine::model::precision::Precision,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +62,8 @@ pub struct BenchReport {
     pub recomputed_layers: usize,
     /// How frozen weights were stored (`f32`, `bf16`, `f16`).
     pub frozen_dtype: String,
+    /// Training precision: `f32`, or `f16` (mixed).
+    pub precision: String,
     /// Bytes of the policy's parameters as stored, in MB.
     pub weights_mb: f64,
     pub batch: usize,
@@ -517,6 +521,7 @@ pub fn run(
         gradient_checkpointing,
         recomputed_layers,
         frozen_dtype: opts.frozen_dtype.name().into(),
+        precision: opts.precision.name().into(),
         weights_mb,
         threads: cpu_threads(),
         grpo_step_s: grpo.map(|(x, _, _)| x.generation + x.scoring + x.update),

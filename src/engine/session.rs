@@ -23,6 +23,8 @@ pub struct LaunchOptions {
     pub max_steps: Option<usize>,
     /// Continue the run in `run_dir` from its newest checkpoint.
     pub resume: bool,
+    /// Overrides `[train] precision` (`--precision`).
+    pub precision: Option<crate::engine::model::precision::Precision>,
 }
 
 impl Default for LaunchOptions {
@@ -33,6 +35,7 @@ impl Default for LaunchOptions {
             device: DeviceChoice::Cpu,
             max_steps: None,
             resume: false,
+            precision: None,
         }
     }
 }
@@ -53,6 +56,9 @@ pub fn launch(
 ) -> std::io::Result<RunHandle> {
     if let Some(n) = opts.max_steps {
         cfg.train.max_steps = n;
+    }
+    if let Some(p) = opts.precision {
+        cfg.train.precision = p;
     }
     let mut dir = match &opts.run_dir {
         Some(d) => RunDir::open(d)?,
@@ -94,6 +100,17 @@ pub fn launch(
                 // Every model this run uses computes on this thread.
                 let _mixed = crate::engine::model::precision::enter(cfg.train.precision, &device)
                     .map_err(algo::TrainError::Invalid)?;
+                if !cfg.train.precision.is_f32() {
+                    let how = if crate::engine::model::precision::products().is_some() {
+                        "f16 products, f32 weights and AdamW, dynamic loss scaling"
+                    } else {
+                        "the CPU computes in f32; frozen weights are stored in f16"
+                    };
+                    ctx.log(
+                        crate::engine::events::LogLevel::Info,
+                        format!("precision f16: {how}"),
+                    );
+                }
                 match cfg.method {
                     Method::Sft => algo::sft::run(&cfg, &device, &mut ctx),
                     Method::Pretrain => algo::pretrain::run(&cfg, &device, &mut ctx),

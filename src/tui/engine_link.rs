@@ -46,6 +46,8 @@ pub struct SessionEngine {
     events: Sender<Event>,
     runs_root: PathBuf,
     device: DeviceChoice,
+    /// `--precision`, for every run this engine starts.
+    pub precision: Option<crate::engine::model::precision::Precision>,
     handles: Vec<RunHandle>,
 }
 
@@ -55,6 +57,7 @@ impl SessionEngine {
             events,
             runs_root,
             device,
+            precision: None,
             handles: Vec::new(),
         }
     }
@@ -92,6 +95,7 @@ impl Engine for SessionEngine {
             device: self.device,
             max_steps: overrides.max_steps,
             resume: false,
+            precision: self.precision,
         };
         let handle = session::launch(cfg, &opts, self.events.clone())
             .with_context(|| format!("starting a run from {}", config.display()))?;

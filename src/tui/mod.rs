@@ -63,6 +63,8 @@ pub struct WorkbenchOptions {
     pub labels_dir: Option<PathBuf>,
     /// Show earlier runs found under `runs_root`.
     pub load_saved_runs: bool,
+    /// Overrides `[train] precision` of every run started (`--precision`).
+    pub precision: Option<crate::engine::model::precision::Precision>,
 }
 
 impl Default for WorkbenchOptions {
@@ -76,6 +78,7 @@ impl Default for WorkbenchOptions {
             run_dir: None,
             labels_dir: None,
             load_saved_runs: true,
+            precision: None,
         }
     }
 }
@@ -92,7 +95,9 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
     if let Some(dir) = &opts.labels_dir {
         config.labels_dir = dir.clone();
     }
-    let engine = Box::new(SessionEngine::new(tx, opts.runs_root.clone(), opts.device));
+    let mut engine = SessionEngine::new(tx, opts.runs_root.clone(), opts.device);
+    engine.precision = opts.precision;
+    let engine = Box::new(engine);
     // The folders are listed before launching, so new runs are not also loaded as old ones.
     let saved = if opts.load_saved_runs {
         store::scan_runs(&opts.runs_root)

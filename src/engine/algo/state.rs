@@ -32,6 +32,9 @@ pub struct TrainerState {
     /// Method-specific state (KL controller, reward-model version, ...).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Mixed precision's loss scale and skipped steps, so a resumed run goes on from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::engine::model::precision::LossScaler>,
 }
 
 impl TrainerState {
@@ -52,6 +55,7 @@ impl TrainerState {
             wall_time,
             param_ids: param_ids(model),
             extra: serde_json::Value::Null,
+            loss_scaler: crate::engine::model::precision::scaler_state(),
         }
     }
 
@@ -66,6 +70,9 @@ impl TrainerState {
         seed: u64,
     ) -> Result<(M, Optimizer, EpochSampler), TrainError> {
         let model = assign_param_ids(model, &self.param_ids)?;
+        if let Some(scaler) = &self.loss_scaler {
+            crate::engine::model::precision::restore_scaler(scaler.clone());
+        }
         let optim = optim
             .load(&dir.join(OPTIMIZER_FILE))
             .map_err(TrainError::Invalid)?;
