@@ -21,6 +21,7 @@ Prints one JSON object (`--json`) or a table. With `--rlft-json FILE` (the `--js
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -87,6 +88,18 @@ def exact_match(completion, answer):
         return float(line == answer)
 
 
+# Dense f16 / bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets.
+PEAK_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
+               ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0), ("RTX 4090", 165.2)]
+
+
+def known_peak_tflops(torch, dev):
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    return next((peak for part, peak in PEAK_TFLOPS if part in name), None)
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -109,6 +122,12 @@ def main():
     ap.add_argument("--device", default="cpu",
                     help="torch device: cpu (the issue's reference) or cuda (beside rlft's wgpu)")
     ap.add_argument("--no-grpo", action="store_true", help="skip the GRPO step")
+    ap.add_argument("--autocast", default="none", choices=["none", "bf16", "f16"],
+                    help="torch.autocast for every forward (what practitioners run on GPUs); "
+                         "f16 training uses a GradScaler")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's dense f16 tensor-core peak, for MFU (default: known "
+                         "NVIDIA parts by name)")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     ap.add_argument("--rlft-json", help="rlft bench --json output to compare with")
     ap.add_argument("--save-json", help="also write this run's JSON object to this file")
@@ -136,6 +155,15 @@ def main():
     params = sum(p.numel() for p in model.parameters())  # tied weights counted once
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
 
+    half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.autocast)
+
+    def autocast():
+        if half is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=dev.type, dtype=half)
+
+    scaler = torch.amp.GradScaler(dev.type) if args.autocast == "f16" else None
+
     rows = torch.tensor(token_rows(b, t, vocab, 1), dtype=torch.long, device=dev)
     tokens = b * t
 
@@ -144,7 +172,7 @@ def main():
 
     def score_once():
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             loss = model(input_ids=rows, labels=rows).loss
             loss.item()
         return time.perf_counter() - start
@@ -161,7 +189,7 @@ def main():
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         # no_grad (what `generate` itself uses), so the output can feed a training forward.
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             return model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -194,10 +222,19 @@ def main():
 
     def train_once():
         start = time.perf_counter()
-        loss = model(input_ids=rows, labels=rows).loss
-        loss.backward()
+        with autocast():
+            loss = model(input_ids=rows, labels=rows).loss
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optim)
+        else:
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
+        if scaler is not None:
+            scaler.step(optim)
+            scaler.update()
+        else:
+            optim.step()
         optim.zero_grad(set_to_none=True)
         sync_params(model)
         return time.perf_counter() - start
@@ -223,10 +260,18 @@ def main():
         "rollout_new_tokens": new_tokens,
         "score_tokens_per_s": tokens / score_s,
         "train_gflops": 6.0 * params * tokens / train_s / 1e9,
+        "autocast": args.autocast,
     }
+    peak = args.peak_tflops or known_peak_tflops(torch, dev)
+    if peak:
+        # Model FLOP utilisation against the dense f16/bf16 tensor-core peak: 6 N per trained
+        # token, 2 N per scored one (attention's FLOPs left out, as nanoGPT / PaLM count).
+        report["peak_tflops"] = peak
+        report["train_mfu"] = 6.0 * params * report["train_tokens_per_s"] / (peak * 1e12)
+        report["score_mfu"] = 2.0 * params * report["score_tokens_per_s"] / (peak * 1e12)
 
     if not args.no_grpo:
-        report.update(grpo_bench(model, optim, args, b, t, pad, iters, generate, torch))
+        report.update(grpo_bench(model, optim, args, b, t, pad, iters, generate, autocast, torch))
     report["peak_rss_mb"] = peak_rss_mb()
     if dev.type == "cuda":
         report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -246,7 +291,7 @@ def main():
         print_ratios(json.loads(lines[-1]), report, out=sys.stderr if args.json else sys.stdout)
 
 
-def grpo_bench(model, optim, args, b, t, pad, iters, generate, torch):
+def grpo_bench(model, optim, args, b, t, pad, iters, generate, autocast, torch):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -287,7 +332,7 @@ def grpo_bench(model, optim, args, b, t, pad, iters, generate, torch):
         targets = full[:, 1:]
         mask = torch.zeros_like(targets, dtype=torch.float32)
         mask[:, prompt_len - 1:] = 1.0
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             ref_lp = token_logprobs(reference(input_ids=full).logits[:, :-1], targets)
             ref_lp[0, 0].item()
         totals["scoring"] += time.perf_counter() - start
@@ -295,9 +340,10 @@ def grpo_bench(model, optim, args, b, t, pad, iters, generate, torch):
         # Update: policy forward with grad, GRPO loss (mu = 1), backward, clip, AdamW.
         start = time.perf_counter()
         model.train()
-        logits = model(input_ids=full).logits[:, :-1]
+        with autocast():
+            logits = model(input_ids=full).logits[:, :-1]
         lp = token_logprobs(logits, targets)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             logp = torch.log_softmax(logits.detach(), dim=-1)
             entropy = -(logp.exp() * logp).sum(-1)
             ((entropy * mask).sum() / mask.sum()).item()
@@ -379,6 +425,14 @@ def print_ratios(rlft, torch_r, out=sys.stdout):
         print(f"{label:18} {a:>12.3f} {b:>12.3f} {ratio:>13.2f}x  {verdict}", file=out)
     print("(speed-up: rlft/torch for rates, torch/rlft for seconds and MB; > 1 = rlft better)",
           file=out)
+    peak = torch_r.get("peak_tflops")
+    if peak:
+        params = torch_r["params"]
+        for what, flops_per_token in (("train", 6.0), ("score", 2.0)):
+            r = flops_per_token * params * rlft[f"{what}_tokens_per_s"] / (peak * 1e12)
+            t = torch_r[f"{what}_mfu"]
+            print(f"MFU {what:6} rlft {100 * r:5.1f} %  torch ({torch_r['autocast']}) "
+                  f"{100 * t:5.1f} %  of {peak:.0f} TFLOP/s", file=out)
 
 
 if __name__ == "__main__":
