@@ -176,11 +176,16 @@ pub fn ppo_policy_loss(
 
     let clipped = pg2.detach().greater(pg1.detach()).float();
     let log_ratio = log_ratio.detach();
+    let [clipfrac, mean_sq_log_ratio, ratio_mean] = super::scalars([
+        masked_mean(clipped, mask.clone()),
+        masked_mean(log_ratio.clone().square(), mask.clone()),
+        masked_mean(log_ratio.exp(), mask),
+    ]);
     PolicyLossOut {
         loss,
-        clipfrac: scalar(masked_mean(clipped, mask.clone())),
-        approx_kl: 0.5 * scalar(masked_mean(log_ratio.clone().square(), mask.clone())),
-        ratio_mean: scalar(masked_mean(log_ratio.exp(), mask)),
+        clipfrac,
+        approx_kl: 0.5 * mean_sq_log_ratio,
+        ratio_mean,
     }
 }
 
@@ -569,7 +574,7 @@ pub fn grpo_loss(
     let mut kl_mean = None;
     if let Some(ref_lp) = ref_lp {
         let kl = kl_k3(lp, ref_lp);
-        kl_mean = Some(scalar(masked_mean(kl.clone().detach(), mask.clone())));
+        kl_mean = Some(masked_mean(kl.clone().detach(), mask.clone()));
         if beta != 0.0 {
             per_token = per_token + kl * beta;
         }
@@ -591,12 +596,20 @@ pub fn grpo_loss(
         .greater_elem(1.0 + epsilon_high)
         .bool_and(adv.greater_elem(0.0));
     let region = low.clone().bool_or(high.clone());
+    let kl = kl_mean.clone().unwrap_or_else(|| mask.zeros_like().sum());
+    // The metrics in one read.
+    let [clip_low_frac, clip_high_frac, clip_region_frac, kl] = super::scalars([
+        masked_mean(low.float(), mask.clone()),
+        masked_mean(high.float(), mask.clone()),
+        masked_mean(region.float(), mask),
+        kl,
+    ]);
     Ok(GrpoLossOut {
         loss,
-        clip_low_frac: scalar(masked_mean(low.float(), mask.clone())),
-        clip_high_frac: scalar(masked_mean(high.float(), mask.clone())),
-        clip_region_frac: scalar(masked_mean(region.float(), mask)),
-        kl_mean,
+        clip_low_frac,
+        clip_high_frac,
+        clip_region_frac,
+        kl_mean: kl_mean.map(|_| kl),
     })
 }
 

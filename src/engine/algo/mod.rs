@@ -143,6 +143,24 @@ impl BatchTensors {
 }
 
 /// Scalar of a one-element tensor as f64.
+/// Several one-value tensors read in one transaction: one host sync, not one per value (each
+/// costs a queue flush and a wait on a GPU).
+pub fn scalars<const N: usize>(values: [Tensor<1>; N]) -> [f64; N] {
+    let transaction = values
+        .into_iter()
+        .fold(burn::tensor::Transaction::default(), |tx, v| tx.register(v));
+    let data = transaction.execute();
+    std::array::from_fn(|i| {
+        data[i]
+            .clone()
+            .convert::<f32>()
+            .as_slice::<f32>()
+            .ok()
+            .and_then(|s| s.first().copied())
+            .map_or(f64::NAN, |v| v as f64)
+    })
+}
+
 pub fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
