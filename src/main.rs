@@ -25,7 +25,8 @@ const DEFAULT_CONFIG: &str = "configs/grpo.toml";
     version,
     about = "A terminal workbench for fine-tuning language models with RL and preferences",
     after_help = "Examples:
-  rlft                                   open the workbench with the default run
+  rlft                                   open the workbench (the default run, the first time)
+  rlft --runs experiments/               open the workbench on another runs folder
   rlft train configs/sft.toml --headless --max-steps 20
   rlft generate --model assets/base --prompt '12+35='
   rlft generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt 'Hi!'
@@ -37,6 +38,10 @@ const DEFAULT_CONFIG: &str = "configs/grpo.toml";
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
+    /// The runs folder the workbench shows and writes new runs to. With no runs in it yet,
+    /// `rlft` starts the default run (configs/grpo.toml); otherwise it opens on the runs.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -109,6 +114,9 @@ enum Cmd {
         /// Continue the run in --run-dir from its newest checkpoint.
         #[arg(long, requires = "run_dir")]
         resume: bool,
+        /// The runs folder new runs go to (and the workbench shows).
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
         /// f32 or f16 (mixed precision on a GPU; f16 storage of frozen weights on the CPU),
         /// as `[train] precision`.
         #[arg(long)]
@@ -192,6 +200,9 @@ enum Cmd {
         /// The runs folder whose runs proposed the pairs.
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+        /// Only the pairs this run proposed (its folder name).
+        #[arg(long)]
+        run: Option<String>,
     },
 }
 
@@ -245,13 +256,17 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => workbench(
-            vec![PathBuf::from(DEFAULT_CONFIG)],
-            None,
-            None,
-            DeviceChoice::Cpu,
-            None,
-        ),
+        None => {
+            // The default run only the first time; afterwards the workbench opens on the runs
+            // already there, and `n` starts another.
+            let first_time = rlft::tui::store::scan_runs(&cli.runs).is_empty();
+            let configs = if first_time {
+                vec![PathBuf::from(DEFAULT_CONFIG)]
+            } else {
+                Vec::new()
+            };
+            workbench(configs, cli.runs, None, None, DeviceChoice::Cpu, None)
+        }
         Some(Cmd::Generate {
             model,
             adapter,
@@ -293,12 +308,13 @@ fn run(cli: Cli) -> Result<()> {
             max_steps,
             device,
             resume,
+            runs,
             precision,
         }) => {
             if headless || resume {
-                train(config, run_dir, max_steps, device, resume, precision)
+                train(config, runs, run_dir, max_steps, device, resume, precision)
             } else {
-                workbench(vec![config], run_dir, max_steps, device, precision)
+                workbench(vec![config], runs, run_dir, max_steps, device, precision)
             }
         }
         Some(Cmd::Pretrain {
@@ -306,7 +322,15 @@ fn run(cli: Cli) -> Result<()> {
             run_dir,
             max_steps,
             device,
-        }) => train(config, run_dir, max_steps, device, false, None),
+        }) => train(
+            config,
+            PathBuf::from("runs"),
+            run_dir,
+            max_steps,
+            device,
+            false,
+            None,
+        ),
         Some(Cmd::Convert { gguf, out_dir }) => convert(&gguf, &out_dir),
         Some(Cmd::Merge {
             base,
@@ -345,7 +369,7 @@ fn run(cli: Cli) -> Result<()> {
             precision,
         ),
         Some(Cmd::Judge(args)) => judge(args),
-        Some(Cmd::Label { runs }) => label(&runs),
+        Some(Cmd::Label { runs, run }) => label(&runs, run.as_deref()),
     }
 }
 
@@ -366,7 +390,7 @@ fn keep_freed_memory() {
 }
 
 /// A line-based labeller: the same log, order randomisation and judge audit as the Pairs pane.
-fn label(runs: &std::path::Path) -> Result<()> {
+fn label(runs: &std::path::Path, only: Option<&str>) -> Result<()> {
     use rlft::engine::judge::Verdict;
     use rlft::engine::labels::{Decision, LabelLog, pending_pairs, write_preferences};
     use std::io::BufRead;
@@ -375,10 +399,16 @@ fn label(runs: &std::path::Path) -> Result<()> {
     let dir = runs.join("labels");
     let mut log = LabelLog::open(&dir.join("labels.jsonl"))
         .with_context(|| format!("opening {}", dir.join("labels.jsonl").display()))?;
-    let mut queue: std::collections::VecDeque<_> =
-        pending_pairs(runs, log.entries())?.into_iter().collect();
+    let of_run = |p: &rlft::engine::labels::ProposedPair| only.is_none_or(|r| p.pair.run == r);
+    let mut queue: std::collections::VecDeque<_> = pending_pairs(runs, log.entries())?
+        .into_iter()
+        .filter(of_run)
+        .collect();
     if queue.is_empty() {
-        println!("No pairs waiting under {}.", runs.display());
+        match only {
+            Some(r) => println!("No pairs from {r} waiting under {}.", runs.display()),
+            None => println!("No pairs waiting under {}.", runs.display()),
+        }
         return Ok(());
     }
     println!(
@@ -395,8 +425,12 @@ fn label(runs: &std::path::Path) -> Result<()> {
             (&p.pair.b, &p.pair.a)
         };
         println!(
-            "\nPrompt: {}\n[A] {}\n[B] {}",
+            "\nPrompt: {}\nFrom:   {}\n[A] {}\n[B] {}",
             p.pair.prompt,
+            match p.pair.step() {
+                Some(s) => format!("{}, step {s}", p.pair.run),
+                None => p.pair.run.clone(),
+            },
             left.trim(),
             right.trim()
         );
@@ -462,9 +496,10 @@ fn label(runs: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the terminal workbench with `configs` started.
+/// Opens the terminal workbench on `runs_root` with `configs` started.
 fn workbench(
     configs: Vec<PathBuf>,
+    runs_root: PathBuf,
     run_dir: Option<PathBuf>,
     max_steps: Option<usize>,
     device: DeviceChoice,
@@ -476,6 +511,7 @@ fn workbench(
     }
     rlft::tui::run_workbench(rlft::tui::WorkbenchOptions {
         autostart: configs,
+        runs_root,
         run_dir,
         max_steps,
         device,
@@ -600,16 +636,17 @@ fn generate(
         None => writeln!(std::io::stdout(), "\n{completion}")?,
     }
     eprintln!(
-        "[{} tokens in {secs:.2} s, {:.1} tokens/s, finish: {:?}]",
+        "[{} tokens in {secs:.2} s, {:.1} tokens/s, ended by {}]",
         g.tokens.len(),
         g.tokens.len() as f64 / secs,
-        g.finish
+        g.finish.describe()
     );
     Ok(())
 }
 
 fn train(
     config: PathBuf,
+    runs_root: PathBuf,
     run_dir: Option<PathBuf>,
     max_steps: Option<usize>,
     device: DeviceChoice,
@@ -619,12 +656,12 @@ fn train(
     let cfg = RunConfig::from_file(&config)?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let opts = LaunchOptions {
+        runs_root,
         run_dir,
         device,
         max_steps,
         resume,
         precision,
-        ..LaunchOptions::default()
     };
     let handle = session::launch(cfg, &opts, tx)
         .with_context(|| format!("starting the run for {}", config.display()))?;
@@ -700,13 +737,21 @@ fn headless_line(event: &Event) -> Option<String> {
         Event::Checkpoint { step, path, .. } => {
             Some(format!("checkpoint at step {step}: {}", path.display()))
         }
-        Event::Finished { step, status, .. } => Some(format!("{status:?} at step {step}")),
-        Event::Failed { error, .. } => Some(format!("FAILED: {error}")),
+        Event::Finished { step, status, .. } => Some(format!(
+            "{} at step {step}",
+            rlft::engine::config::setting_name(status)
+        )),
+        // The command's error names the failure once, when the run has ended.
+        Event::Failed { .. } => None,
         Event::Status { .. } => None,
     }
 }
 
 fn fmt_value(v: f64) -> String {
+    // Counts (tokens, labels, steps) read as integers, not `144.0000`.
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{v:.0}");
+    }
     if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
         format!("{v:.3e}")
     } else {

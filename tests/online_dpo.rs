@@ -231,7 +231,8 @@ fn kill_9_while_labelling_loses_no_confirmed_label() {
         // The child: label as fast as possible, announcing each confirmed decision.
         let mut log = LabelLog::open(Path::new(&path)).unwrap();
         for i in 0.. {
-            let pair = rlft::engine::labels::PairItem::new(format!("p{i}"), "a", "b", "", "");
+            let pair =
+                rlft::engine::labels::PairItem::new("run", format!("p{i}"), "a", "b", "", "");
             let seq = log.record(&pair, i % 2 == 0, Decision::A).unwrap();
             println!("confirmed {seq}");
         }
@@ -265,7 +266,8 @@ fn kill_9_while_labelling_loses_no_confirmed_label() {
     }
     child.wait().unwrap();
     let log = LabelLog::open(&path).unwrap();
-    let seqs: std::collections::HashSet<u64> = log.entries().iter().map(|e| e.seq()).collect();
+    let seqs: std::collections::HashSet<u64> =
+        log.entries().iter().filter_map(|e| e.seq()).collect();
     for seq in &confirmed {
         assert!(seqs.contains(seq), "confirmed label {seq} lost");
     }
@@ -282,6 +284,7 @@ fn rlft_label_labels_waiting_pairs_from_stdin() {
     let pairs: Vec<rlft::engine::labels::ProposedPair> = (0..3)
         .map(|i| rlft::engine::labels::ProposedPair {
             pair: rlft::engine::labels::PairItem::new(
+                "r1",
                 format!("{i}+1="),
                 format!("{}", i + 1),
                 "7",

@@ -209,3 +209,91 @@ fn lora_sft_and_grpo_resumed_continue_the_same_metrics() {
     std::fs::create_dir_all(&grpo).unwrap();
     check_resume_matches(&(grpo_config(&model, &prompts) + LORA), &grpo);
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A run stopped from the workbench reopens as stopped (not finished), and `r` in the Runs
+/// pane resumes it from its newest checkpoint to the same metrics as `--resume` gives.
+#[test]
+fn a_stopped_run_reopens_as_stopped_and_resumes_from_the_workbench_like_resume() {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use rlft::engine::device::DeviceChoice;
+    use rlft::engine::events::{Command, Event, RunStatus};
+    use rlft::tui::app::{App, AppConfig, PaneId};
+    use rlft::tui::engine_link::SessionEngine;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("d.jsonl");
+    write_sft(&data);
+    let runs = tmp.path().join("runs");
+    let stopped = runs.join("r");
+
+    // Train, and stop the run part way (as `x` in the workbench does).
+    let cfg = RunConfig::from_toml(&sft_config(&model, &data)).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        run_dir: Some(stopped.clone()),
+        ..Default::default()
+    };
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    for ev in rx.iter() {
+        match ev {
+            Event::Metrics { step: 3, .. } => handle.commands.send(Command::Stop).unwrap(),
+            Event::Finished { status, .. } => {
+                assert_eq!(status, RunStatus::Stopped);
+                break;
+            }
+            Event::Failed { error, .. } => panic!("{error}"),
+            _ => {}
+        }
+    }
+    handle.thread.join().unwrap();
+    let at_stop = read_metrics(&stopped.join("metrics.jsonl")).unwrap().len();
+    assert!(at_stop < 8, "stopped at step {at_stop} of 8");
+    let by_flag = runs.join("r-copy");
+    copy_dir(&stopped, &by_flag);
+
+    // `--resume` on one copy.
+    run(&sft_config(&model, &data), &by_flag, None, true);
+    let expected = values(&read_metrics(&by_flag.join("metrics.jsonl")).unwrap());
+    assert_eq!(expected.len(), 8);
+
+    // The workbench on the other: it reads back as stopped, and `r` resumes it.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let config = AppConfig::new(tmp.path().join("configs"), runs.clone(), DeviceChoice::Cpu);
+    let engine = SessionEngine::new(tx, runs.clone(), DeviceChoice::Cpu);
+    let mut app = App::new(config, Box::new(engine));
+    let loaded = rlft::tui::store::load_run(&stopped).unwrap();
+    assert_eq!(loaded.status, RunStatus::Stopped);
+    app.on_loaded_run(loaded);
+    app.open_on_saved_runs(1);
+    assert_eq!(app.focus, PaneId::Runs);
+    app.on_key(KeyEvent::new(KeyCode::Char('r'), KeyModifiers::NONE));
+    assert!(app.focused().unwrap().is_live(), "{:?}", app.toast);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while app.focused().unwrap().is_live() && Instant::now() < deadline {
+        if let Ok(ev) = rx.recv_timeout(Duration::from_millis(200)) {
+            app.on_engine_event(ev);
+        }
+    }
+    assert_eq!(app.focused().unwrap().status, RunStatus::Finished);
+    assert_eq!(app.focused().unwrap().step, 8);
+    assert_eq!(app.wait_for_engine(Duration::from_secs(30)), 0);
+    let resumed = values(&read_metrics(&stopped.join("metrics.jsonl")).unwrap());
+    assert_eq!(resumed, expected);
+    // And on disk it now says finished.
+    let state = rlft::engine::run::read_status(&stopped).unwrap();
+    assert_eq!(state.status, RunStatus::Finished);
+}

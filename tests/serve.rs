@@ -555,3 +555,44 @@ fn rlft_generate_prints_the_engines_completion() {
         );
     }
 }
+
+/// `rlft serve` logs one access line per request on stderr, as web servers do.
+#[test]
+fn rlft_serve_logs_each_request() {
+    use std::io::{BufRead, BufReader, Read};
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlft"))
+        .args(["serve", "--port", "0", "--model"])
+        .arg(&model)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches('/')
+        .trim_end_matches("/v1")
+        .to_string();
+    let models = agent().get(&format!("{base}/v1/models")).call().unwrap();
+    assert_eq!(models.status().as_u16(), 200);
+    let missing = agent().get(&format!("{base}/nowhere")).call().unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    child.kill().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(err.contains("127.0.0.1 \"GET /v1/models\" 200 "), "{err}");
+    assert!(err.contains("\"GET /nowhere\" 404 "), "{err}");
+}

@@ -1,10 +1,15 @@
-//! The real binary in a real terminal (tmux): start the workbench on a GRPO run, see its step
-//! counter advance, label a pair, quit, and find the label in the preference JSONL.
+//! The real binary in a real terminal (tmux), through the journey a new user takes: `rlft`
+//! starts the default GRPO run, the picker starts online DPO beside it, its pairs are labelled
+//! in the Pairs pane (which shows only online DPO's pairs, though GRPO proposes some too), the
+//! workbench quits and opens again on the saved runs (no new run), `r` resumes the stopped
+//! online DPO run, a pair is labelled again, and every label names the run that trained on it.
 //! Without tmux on the machine the test says so loudly and returns (`.ci/run` installs it).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use rlft::engine::labels::{LabelLog, provenance};
 
 fn tmux(args: &[&str]) -> String {
     let out = Command::new("tmux").args(args).output().expect("tmux runs");
@@ -26,6 +31,23 @@ fn wait_for(session: &str, what: &str, timeout: Duration, pred: impl Fn(&str) ->
     }
 }
 
+/// Waits until the label log holds `n` notes of a run training on a decision.
+fn wait_trained(log: &Path, n: usize, session: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches("\"kind\":\"trained\"").count() >= n {
+            return;
+        }
+        if Instant::now() > deadline {
+            let screen = tmux(&["capture-pane", "-p", "-t", session]);
+            let _ = tmux(&["kill-session", "-t", session]);
+            panic!("online DPO did not train on {n} label(s); log:\n{text}\nscreen:\n{screen}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// The step shown in the top-right status (`· step N/M`).
 fn step_on(screen: &str) -> Option<usize> {
     let first = screen.lines().next()?;
@@ -33,104 +55,151 @@ fn step_on(screen: &str) -> Option<usize> {
     first[i + 5..].split('/').next()?.trim().parse().ok()
 }
 
-#[test]
-fn start_watch_label_quit_in_tmux() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("\n========== SKIPPED: tmux is not installed ==========\n");
-        return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    // The shipped GRPO config, with paths made absolute so the run folder lands in tmp.
-    let cfg = std::fs::read_to_string(root.join("configs/grpo.toml"))
-        .unwrap()
-        .replace("\"assets/", &format!("\"{}/assets/", root.display()));
-    std::fs::write(tmp.path().join("grpo.toml"), cfg).unwrap();
-    let session = format!("rlft-e2e-{}", std::process::id());
-    let cmd = format!(
-        "{} train grpo.toml --max-steps 400 2>stderr.log",
-        env!("CARGO_BIN_EXE_rlft")
-    );
+fn start(session: &str, dir: &Path) {
+    let cmd = format!("{} 2>>stderr.log", env!("CARGO_BIN_EXE_rlft"));
     let started = Command::new("tmux")
         .args([
             "new-session",
             "-d",
             "-s",
-            &session,
+            session,
             "-x",
             "160",
             "-y",
             "48",
             "-c",
         ])
-        .arg(tmp.path())
+        .arg(dir)
         .arg(&cmd)
         .status()
         .unwrap();
     assert!(started.success());
+}
 
-    let screen = wait_for(
-        &session,
-        "the GRPO run to take a step",
-        Duration::from_secs(120),
-        |s| step_on(s).is_some_and(|n| n >= 1),
-    );
-    let first = step_on(&screen).unwrap();
-    let screen = wait_for(
-        &session,
-        "the step counter to advance",
-        Duration::from_secs(120),
-        |s| step_on(s).is_some_and(|n| n > first),
-    );
-    assert!(screen.contains("grpo-arith"), "{screen}");
-
-    // Pairs pane, label the first pair "A better".
-    tmux(&["send-keys", "-t", &session, "4"]);
-    wait_for(&session, "a pair to label", Duration::from_secs(120), |s| {
-        s.contains("Which answer is better")
+fn quit(session: &str) {
+    tmux(&["send-keys", "-t", session, "q"]);
+    wait_for(session, "the quit question", Duration::from_secs(10), |s| {
+        s.contains("Quit rlft?")
     });
-    tmux(&["send-keys", "-t", &session, "a"]);
-    wait_for(
-        &session,
-        "the label to be confirmed",
-        Duration::from_secs(10),
-        |s| s.contains("labeled 1"),
-    );
-
-    // Quit: the live run is stopped (it checkpoints) after confirmation.
-    tmux(&["send-keys", "-t", &session, "q"]);
-    wait_for(
-        &session,
-        "the quit question",
-        Duration::from_secs(10),
-        |s| s.contains("Quit rlft?"),
-    );
-    tmux(&["send-keys", "-t", &session, "y"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tmux(&["has-session", "-t", &session]).is_empty()
-        && Command::new("tmux")
-            .args(["has-session", "-t", &session])
-            .status()
-            .is_ok_and(|s| s.success())
+    tmux(&["send-keys", "-t", session, "y"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Command::new("tmux")
+        .args(["has-session", "-t", session])
+        .status()
+        .is_ok_and(|s| s.success())
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+#[test]
+fn grpo_then_online_dpo_label_restart_resume_label_again_in_tmux() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("\n========== SKIPPED: tmux is not installed ==========\n");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let configs = tmp.path().join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    // The shipped configs, with paths made absolute; GRPO also proposes pairs from its samples,
+    // so the queue has pairs of two runs.
+    let absolute = |name: &str| {
+        std::fs::read_to_string(root.join("configs").join(name))
+            .unwrap()
+            .replace("\"assets/", &format!("\"{}/assets/", root.display()))
+    };
+    let grpo = absolute("grpo.toml") + "\n[pairs]\nper_step = 2\n";
+    std::fs::write(configs.join("grpo.toml"), grpo).unwrap();
+    std::fs::write(configs.join("online_dpo.toml"), absolute("online_dpo.toml")).unwrap();
+    let session = format!("rlft-e2e-{}", std::process::id());
+
+    // First launch: no runs yet, so `rlft` starts the default GRPO run.
+    start(&session, tmp.path());
+    let screen = wait_for(
+        &session,
+        "the GRPO run to take a step",
+        Duration::from_secs(180),
+        |s| step_on(s).is_some_and(|n| n >= 1),
+    );
+    assert!(screen.contains("grpo-arith"), "{screen}");
+
+    // Start online DPO from the picker (configs sorted: grpo, online_dpo).
+    tmux(&["send-keys", "-t", &session, "n"]);
+    wait_for(&session, "the run picker", Duration::from_secs(10), |s| {
+        s.contains("online_dpo.toml") && s.contains("Online DPO from people's labels")
+    });
+    tmux(&["send-keys", "-t", &session, "Down", "Enter"]);
+    tmux(&["send-keys", "-t", &session, "4"]);
+    let screen = wait_for(
+        &session,
+        "an online DPO pair to label",
+        Duration::from_secs(180),
+        |s| s.contains("online-dpo: ") && s.contains("From:   online-dpo"),
+    );
+    assert!(!screen.contains("From:   grpo"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "a"]);
+    wait_for(&session, "the first label", Duration::from_secs(10), |s| {
+        s.contains("labeled 1")
+    });
+    wait_for(&session, "a second pair", Duration::from_secs(180), |s| {
+        s.contains("From:   online-dpo")
+    });
+    tmux(&["send-keys", "-t", &session, "b"]);
+    wait_for(&session, "the second label", Duration::from_secs(10), |s| {
+        s.contains("labeled 2")
+    });
+    let log = tmp.path().join("runs/labels/labels.jsonl");
+    wait_trained(&log, 2, &session);
+    quit(&session);
+    let runs_before: Vec<_> = rlft::tui::store::scan_runs(&tmp.path().join("runs"));
+    assert_eq!(runs_before.len(), 2, "{runs_before:?}");
+
+    // Second launch: it opens on the saved runs and starts nothing.
+    start(&session, tmp.path());
+    let screen = wait_for(&session, "the saved runs", Duration::from_secs(30), |s| {
+        s.contains("2 saved runs")
+    });
+    assert!(screen.contains("stopped"), "{screen}");
+    // Select online DPO (runs by name: grpo-arith, online-dpo) and resume it.
+    tmux(&["send-keys", "-t", &session, "j", "r"]);
+    wait_for(
+        &session,
+        "online DPO resuming",
+        Duration::from_secs(30),
+        |s| s.contains("Resuming online-dpo") || s.contains("resuming from the checkpoint"),
+    );
+    tmux(&["send-keys", "-t", &session, "4"]);
+    wait_for(
+        &session,
+        "an online DPO pair after the restart",
+        Duration::from_secs(180),
+        |s| s.contains("From:   online-dpo"),
+    );
+    tmux(&["send-keys", "-t", &session, "a"]);
+    wait_for(&session, "the third label", Duration::from_secs(10), |s| {
+        s.contains("labeled 3")
+    });
+    wait_trained(&log, 3, &session);
+    quit(&session);
+
+    // No run was added by the second launch; every label was proposed by online DPO and
+    // trained on by it, and the preference file has one row per A/B label.
+    assert_eq!(
+        rlft::tui::store::scan_runs(&tmp.path().join("runs")).len(),
+        2
+    );
+    let labels = LabelLog::open(&log).unwrap();
+    let prov = provenance(labels.entries());
+    assert_eq!(prov.len(), 3);
+    for p in &prov {
+        assert_eq!(p.proposed_by, "online-dpo");
+        assert_eq!(p.trained_by, vec!["online-dpo"]);
+    }
     let prefs = std::fs::read_to_string(tmp.path().join("runs/labels/preferences.jsonl"))
         .expect("preferences.jsonl written");
-    let rows: Vec<serde_json::Value> = prefs
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(rows.len(), 1, "{prefs}");
-    for key in ["prompt", "chosen", "rejected"] {
-        assert!(rows[0].get(key).is_some(), "{prefs}");
-    }
-    assert!(
-        tmp.path()
-            .join("runs/grpo-arith/checkpoints/final/model.safetensors")
-            .exists()
-    );
+    assert_eq!(prefs.lines().count(), 3, "{prefs}");
     let stderr = std::fs::read_to_string(tmp.path().join("stderr.log")).unwrap_or_default();
     assert!(
         stderr.trim().is_empty(),

@@ -29,14 +29,20 @@ impl Workspace {
         let tmp = tempfile::tempdir().expect("temp dir");
         let configs = tmp.path().join("configs");
         std::fs::create_dir_all(&configs).expect("configs dir");
-        for (file, method, name) in [
-            ("grpo.toml", "grpo", "grpo-arith"),
-            ("sft.toml", "sft", "sft-arith"),
-            ("dpo.toml", "dpo", "dpo-arith"),
+        for (file, method, name, about) in [
+            (
+                "grpo.toml",
+                "grpo",
+                "grpo-arith",
+                "# GRPO on the arithmetic task with the shipped base model: 8 completions per\n\
+                 # prompt, reward = exact match of the sum.\n",
+            ),
+            ("sft.toml", "sft", "sft-arith", ""),
+            ("dpo.toml", "dpo", "dpo-arith", ""),
         ] {
             std::fs::write(
                 configs.join(file),
-                format!("method = \"{method}\"\nname = \"{name}\"\n"),
+                format!("{about}method = \"{method}\"\nname = \"{name}\"\n"),
             )
             .expect("config");
         }
@@ -233,10 +239,11 @@ fn curves_pane_overlays_other_runs_and_picks_metrics() {
         );
         d.keys("2o");
         insta::assert_snapshot!(snap_name("pane_curves_overlay_two_runs", size), d.render());
-        // Metric names cycle in name order: chart 2 goes kl -> learning_rate -> loss.
+        // Metric names cycle in name order: chart 3 goes kl -> learning_rate -> loss.
+        d.key(KeyCode::Down);
         d.key(KeyCode::Down);
         d.keys("mm");
-        let shown = d.app.curves.slot_metrics(d.app.focused().expect("run"))[1].clone();
+        let shown = d.app.curves.slot_metrics(d.app.focused().expect("run"))[2].clone();
         assert_eq!(shown.as_deref(), Some("loss"));
         insta::assert_snapshot!(
             snap_name("pane_curves_second_chart_picked_loss", size),
@@ -395,7 +402,7 @@ fn pairs_pane_shows_the_ai_judge_verdict_and_audits_agreement() {
     let mut d = ws.driver(SMALL);
     d.start("rlaif", "online_dpo", 100);
     let judged = |prompt: &str, a: &str, b: &str, verdict: Verdict, p_a: f64| ProposedPair {
-        pair: PairItem::new(prompt, a, b, "rlaif@1#a", "rlaif@1#b"),
+        pair: PairItem::new("rlaif", prompt, a, b, "rlaif@1#a", "rlaif@1#b"),
         judge: Some(Judgement {
             verdict,
             consistent: true,
@@ -423,7 +430,14 @@ fn pairs_pane_shows_the_ai_judge_verdict_and_audits_agreement() {
                 0.22,
             ),
             ProposedPair {
-                pair: PairItem::new("Review:", "Fine.", "Bad.", "rlaif@1#a", "rlaif@1#b"),
+                pair: PairItem::new(
+                    "rlaif",
+                    "Review:",
+                    "Fine.",
+                    "Bad.",
+                    "rlaif@1#a",
+                    "rlaif@1#b",
+                ),
                 judge: None,
                 judge_error: Some("judge `smollm2` timed out after 30 s".into()),
             },
@@ -645,7 +659,7 @@ fn a_failed_launch_is_reported_not_fatal() {
     d.keys("1n");
     d.key(KeyCode::Enter);
     let screen = d.render();
-    assert!(screen.contains("could not start"), "{screen}");
+    assert!(screen.contains("dpo.toml did not start"), "{screen}");
     assert!(d.app.runs.is_empty());
     assert!(!d.app.should_exit());
 }
@@ -712,4 +726,211 @@ fn health_pane_says_what_a_lora_run_trains() {
         "{screen}"
     );
     insta::assert_snapshot!("pane_health_lora_run_80x24", screen);
+}
+
+/// GRPO proposes pairs from its samples while an online DPO run proposes its own: the queue
+/// shows the selected run's pairs, says how many wait elsewhere, `f` shows every run's, and a
+/// decision names the run that proposed the pair.
+#[test]
+fn pairs_are_queued_by_run_and_f_shows_every_run() {
+    use rlft::engine::labels::{LabelLog, PairItem, ProposedPair};
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        grpo_run(&mut d, "grpo-arith");
+        d.start("online-dpo", "online_dpo", 200);
+        let proposed: Vec<ProposedPair> = (0..3)
+            .map(|i| ProposedPair {
+                pair: PairItem::new(
+                    "online-dpo",
+                    format!("Review {i}:"),
+                    "A warm, funny and generous film.",
+                    "Dull.",
+                    "online-dpo@1#a",
+                    "online-dpo@1#b",
+                ),
+                judge: None,
+                judge_error: None,
+            })
+            .collect();
+        d.send(Event::Pairs {
+            run: "online-dpo".into(),
+            step: 1,
+            pairs: proposed,
+        });
+        // Select online DPO (`]` from the first run): its pairs only.
+        d.keys("]4");
+        let from_grpo = d.app.pairs.queued_all() - d.app.pairs.queued();
+        assert_eq!(d.app.pairs.queued(), 3);
+        assert!(from_grpo > 0, "GRPO proposed pairs too");
+        assert_eq!(d.app.pairs.current().expect("pair").run, "online-dpo");
+        insta::assert_snapshot!(snap_name("pairs_by_run_selected", size), d.render());
+        d.keys("f");
+        assert_eq!(d.app.pairs.queued(), 3 + from_grpo);
+        insta::assert_snapshot!(snap_name("pairs_by_run_all_runs", size), d.render());
+        // Back to the selected run; a decision records the run that proposed the pair.
+        d.keys("fa");
+        let log = LabelLog::open(&ws.path().join("labels/labels.jsonl")).expect("log");
+        let prov = rlft::engine::labels::provenance(log.entries());
+        assert_eq!(prov.len(), 1);
+        assert_eq!(prov[0].proposed_by, "online-dpo");
+        // `]` wraps from the last run to the first, and the queue follows the selection.
+        d.keys("]");
+        assert_eq!(d.app.focused().expect("run").id, "grpo-arith");
+        assert_eq!(d.app.pairs.current().expect("pair").run, "grpo-arith");
+        d.keys("[");
+        assert_eq!(d.app.focused().expect("run").id, "online-dpo");
+    }
+}
+
+/// Runs saved by earlier sessions: the workbench opens on them with the Runs pane focused and
+/// a hint; a stopped run reads back as stopped (not finished), and `r` resumes it.
+#[test]
+fn saved_runs_open_as_they_ended_and_r_resumes_a_stopped_one() {
+    use rlft::engine::run::{RunDir, RunState};
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let runs = ws.path().join("runs");
+        for (name, status, steps) in [
+            ("grpo-arith", RunStatus::Stopped, 185),
+            ("sft-arith", RunStatus::Finished, 60),
+            ("dpo-arith", RunStatus::Failed, 12),
+        ] {
+            let dir = RunDir::create_unique(&runs, name).expect("run dir");
+            let method = name.split('-').next().expect("method");
+            dir.write_config(&format!(
+                "method = \"{method}\"\n[train]\nmax_steps = 600\n"
+            ))
+            .expect("config");
+            std::fs::create_dir_all(dir.final_dir()).expect("final");
+            let metrics = match method {
+                "grpo" => script::grpo_metrics,
+                "sft" => script::sft_metrics,
+                _ => script::dpo_metrics,
+            };
+            let rows: String = (1..=steps)
+                .map(|s| metrics_line(s, s as f64, metrics(s)))
+                .collect();
+            std::fs::write(dir.path.join("metrics.jsonl"), rows).expect("metrics");
+            let state = RunState {
+                status,
+                step: steps,
+                error: (status == RunStatus::Failed)
+                    .then(|| "loss is NaN at step 13 (learning_rate 1e-2 too high?)".into()),
+            };
+            dir.write_status(&state).expect("status");
+        }
+        let mut d = ws.driver(size);
+        let saved = store::scan_runs(&runs);
+        for dir in &saved {
+            d.app.on_loaded_run(store::load_run(dir).expect("load"));
+        }
+        d.app.open_on_saved_runs(saved.len());
+        assert_eq!(d.app.focus, PaneId::Runs);
+        let statuses: Vec<RunStatus> = d.app.runs.all().iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            vec![RunStatus::Failed, RunStatus::Stopped, RunStatus::Finished]
+        );
+        insta::assert_snapshot!(snap_name("saved_runs_opened", size), d.render());
+        // The finished run has nothing to resume; the stopped one resumes.
+        d.keys("jj");
+        assert_eq!(d.app.focused().expect("run").id, "sft-arith");
+        d.keys("r");
+        assert!(d.record.lock().expect("record").resumed.is_empty());
+        d.keys("kr");
+        let resumed = d.record.lock().expect("record").resumed.clone();
+        assert_eq!(resumed, vec![runs.join("grpo-arith")]);
+        let run = d.app.focused().expect("run");
+        assert!(run.is_live(), "{:?}", run.status);
+        assert_eq!(run.step, 185, "the history up to the checkpoint is kept");
+        insta::assert_snapshot!(snap_name("saved_run_resumed", size), d.render());
+    }
+}
+
+/// A config that does not start: the whole error stays on screen until closed, and the Log
+/// pane keeps it.
+#[test]
+fn a_config_error_from_the_picker_is_shown_whole() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let (tx, rx) = Driver::channel();
+        let record = Arc::new(Mutex::new(FakeRecord::default()));
+        let mut engine = FakeEngine::new(tx.clone(), record.clone());
+        engine.fail_launch = Some(
+            "[data] train = \"assets/tasks/arithmetic_tarin.jsonl\": no such file or folder \
+             (paths are read from the current folder, then from the config's folder)"
+                .into(),
+        );
+        let (w, h) = size;
+        let mut d = Driver::with_engine(ws.config(), w, h, Box::new(engine), tx, rx, record);
+        d.keys("1n");
+        d.key(KeyCode::Down);
+        insta::assert_snapshot!(
+            snap_name("new_run_picker_with_description", size),
+            d.render()
+        );
+        d.key(KeyCode::Enter);
+        let screen = d.render();
+        assert!(screen.contains("grpo.toml did not start"), "{screen}");
+        assert!(screen.contains("arithmetic_tarin.jsonl"), "{screen}");
+        insta::assert_snapshot!(snap_name("config_error_shown_whole", size), screen);
+        d.key(KeyCode::Esc);
+        assert!(d.app.modal.is_none());
+        assert!(
+            d.app
+                .log
+                .lines
+                .iter()
+                .any(|l| l.text.contains("arithmetic_tarin.jsonl"))
+        );
+    }
+}
+
+/// GRPO without a reference model logs no KL: the chart says why instead of waiting forever,
+/// and held-out exact match is shown by default. Counts show as integers.
+#[test]
+fn grpo_without_kl_says_why_and_shows_held_out_exact_match() {
+    fn no_kl(step: usize) -> BTreeMap<String, f64> {
+        let mut m = script::grpo_metrics(step);
+        m.remove("kl");
+        m.insert("num_tokens".into(), (step * 144) as f64);
+        if step.is_multiple_of(10) {
+            m.insert(
+                "eval/rewards/exact_match/mean".into(),
+                (0.2 + step as f64 / 200.0).min(1.0),
+            );
+        }
+        m
+    }
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        d.start("grpo-arith", "grpo", 600);
+        d.train("grpo-arith", 1..=80, no_kl, 0);
+        // The third chart is kl (at 80x24 one chart shows at a time: select it).
+        d.key(KeyCode::Char('2'));
+        d.key(KeyCode::Down);
+        d.key(KeyCode::Down);
+        let screen = d.render();
+        assert!(screen.contains("no reference model"), "{screen}");
+        insta::assert_snapshot!(snap_name("grpo_without_kl", size), screen);
+    }
+}
+
+/// More runs than the Runs box holds: the title says how many are shown.
+#[test]
+fn the_runs_box_says_when_runs_are_out_of_view() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        for i in 1..=12 {
+            let name = format!("grpo-arith-{i}");
+            d.start(&name, "grpo", 100);
+            d.train(&name, 1..=5, script::grpo_metrics, 0);
+        }
+        let screen = d.render();
+        assert!(screen.contains("shown, ↑↓ scroll"), "{screen}");
+        insta::assert_snapshot!(snap_name("runs_out_of_view", size), screen);
+    }
 }

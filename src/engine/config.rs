@@ -75,6 +75,9 @@ pub struct RunConfig {
     pub optim: OptimConfig,
     #[serde(default)]
     pub samples: SamplesSection,
+    /// Whether the run's samples become pairs for people to label.
+    #[serde(default)]
+    pub pairs: PairsSection,
     /// GRPO settings (TRL's `GRPOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpo: Option<crate::engine::algo::grpo::GrpoSection>,
@@ -243,6 +246,28 @@ impl Default for SamplesSection {
     }
 }
 
+/// A setting's value as a config spells it (`"dapo"`, not the Rust name `Dapo`), for messages.
+pub fn setting_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// Pairs a run proposes for labelling from its samples (the Pairs pane, `rlft label`).
+///
+/// Off by default: a GRPO run samples dozens of completions a step, and pairing them all
+/// floods the labelling queue with pairs nothing trains on. A PPO run with `[rlhf]` (which
+/// retrains its reward model from these labels) proposes 4 a step unless told otherwise.
+/// Online DPO proposes its own pairs (`[online_dpo] labeler`), so this does not apply to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PairsSection {
+    /// Most pairs proposed per step from that step's samples (0 = none).
+    pub per_step: Option<usize>,
+}
+
 /// `rlft pretrain`: corpus, tokenizer and architecture of a model trained from scratch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +336,41 @@ impl RunConfig {
 
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or(self.method.name())
+    }
+
+    /// Pairs proposed per step from the run's samples (see [`PairsSection`]).
+    pub fn pairs_per_step(&self) -> usize {
+        match (self.method, self.pairs.per_step) {
+            (Method::OnlineDpo, _) => 0,
+            (_, Some(n)) => n,
+            (Method::Ppo, None) if self.rlhf.is_some() => 4,
+            _ => 0,
+        }
+    }
+
+    /// The files the config names exist: checked before a run folder is made, so a typo in a
+    /// path leaves nothing behind and fails once, naming the setting.
+    pub fn check_files(&self) -> Result<(), String> {
+        let mut named: Vec<(&str, &Path)> = Vec::new();
+        if self.method != Method::Pretrain {
+            named.push(("[model] path", &self.model.path));
+            named.push(("[data] train", &self.data.train));
+            if let Some(e) = &self.data.eval {
+                named.push(("[data] eval", e));
+            }
+        }
+        if let Some(a) = &self.model.adapter {
+            named.push(("[model] adapter", a));
+        }
+        for (what, path) in named {
+            if !path.as_os_str().is_empty() && !path.exists() {
+                return Err(format!(
+                    "{what} = \"{}\": no such file or folder",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -388,6 +448,13 @@ impl RunConfig {
             }
             r.validate()?;
         }
+        if self.method == Method::OnlineDpo && self.pairs.per_step.is_some_and(|n| n > 0) {
+            return Err(
+                "[pairs] per_step does not apply to online DPO, which proposes its own \
+                        pairs (see [online_dpo] labeler and queue_limit)"
+                    .into(),
+            );
+        }
         if self.method == Method::OnlineDpo {
             self.online_dpo
                 .clone()
@@ -440,6 +507,42 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_from_samples_are_off_unless_asked_and_never_for_online_dpo() {
+        let base = "[model]\npath = \"m\"\n[data]\ntrain = \"d.jsonl\"\n[[rewards]]\ntype = \"exact_match\"\n";
+        let per_step = |head: &str, tail: &str| {
+            RunConfig::from_toml(&format!("{head}\n{base}{tail}")).map(|c| c.pairs_per_step())
+        };
+        assert_eq!(per_step("method = \"grpo\"", ""), Ok(0));
+        assert_eq!(
+            per_step("method = \"grpo\"", "[pairs]\nper_step = 3\n"),
+            Ok(3)
+        );
+        assert_eq!(per_step("method = \"ppo\"", "[rlhf]\n"), Ok(4));
+        let err = per_step("method = \"online_dpo\"", "[pairs]\nper_step = 2\n").unwrap_err();
+        assert!(err.contains("[pairs] per_step"), "{err}");
+    }
+
+    #[test]
+    fn missing_files_are_named_before_anything_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("train.jsonl");
+        std::fs::write(&data, "{}\n").unwrap();
+        let mut cfg = RunConfig::from_toml(
+            "method = \"sft\"\n[model]\npath = \"m\"\n[data]\ntrain = \"d.jsonl\"\n",
+        )
+        .unwrap();
+        cfg.model.path = tmp.path().to_path_buf();
+        cfg.data.train = tmp.path().join("trian.jsonl");
+        let err = cfg.check_files().unwrap_err();
+        assert!(
+            err.contains("[data] train") && err.contains("trian.jsonl"),
+            "{err}"
+        );
+        cfg.data.train = data;
+        assert_eq!(cfg.check_files(), Ok(()));
+    }
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {

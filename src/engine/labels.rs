@@ -21,12 +21,16 @@ use crate::engine::judge::{Judgement, Verdict};
 
 /// Two answers to one prompt, waiting for a human to compare them.
 ///
-/// `origin_a`/`origin_b` say where each answer came from (run, step, index). They are stored in
-/// the log for analysis but never shown before the decision, so the labeller is not swayed by
-/// which run or checkpoint wrote an answer.
+/// `run` is the run that proposed the pair (and will train on it, for online DPO); the Pairs
+/// pane shows it and filters by it. `origin_a`/`origin_b` say where each answer came from
+/// (run, step, index). They are stored in the log for analysis but never shown before the
+/// decision, so the labeller is not swayed by which checkpoint wrote which answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PairItem {
     pub id: String,
+    /// The proposing run's id (its folder name); empty for ready-made pairs.
+    #[serde(default)]
+    pub run: String,
     pub prompt: String,
     pub a: String,
     pub b: String,
@@ -37,25 +41,39 @@ pub struct PairItem {
 }
 
 impl PairItem {
-    /// A pair whose id is derived from its text, so the same two answers to the same prompt get
-    /// the same id whichever order they arrive in (and are not queued twice).
+    /// A pair whose id is derived from the proposing run and the text, so the same two answers
+    /// to the same prompt from one run get the same id whichever order they arrive in (and are
+    /// not queued twice), while another run's identical pair is a pair of its own: a label
+    /// given to one run never trains another.
     pub fn new(
+        run: impl Into<String>,
         prompt: impl Into<String>,
         a: impl Into<String>,
         b: impl Into<String>,
         origin_a: impl Into<String>,
         origin_b: impl Into<String>,
     ) -> Self {
-        let (prompt, a, b) = (prompt.into(), a.into(), b.into());
-        let id = pair_id(&prompt, &a, &b);
+        let (run, prompt, a, b) = (run.into(), prompt.into(), a.into(), b.into());
+        let id = pair_id(&run, &prompt, &a, &b);
         Self {
             id,
+            run,
             prompt,
             a,
             b,
             origin_a: origin_a.into(),
             origin_b: origin_b.into(),
         }
+    }
+
+    /// The step the pair was proposed at, read from its origins (`run@step#i`).
+    pub fn step(&self) -> Option<usize> {
+        let origin = self
+            .origin_b
+            .rsplit_once('@')
+            .or(self.origin_a.rsplit_once('@'))?
+            .1;
+        origin.split('#').next()?.parse().ok()
     }
 
     /// Whether answer `a` is shown on the left. It looks random per pair (a hash of the id and
@@ -69,11 +87,12 @@ impl PairItem {
     }
 }
 
-/// A stable, order-independent id for a pair: FNV-1a over the prompt and the sorted answers.
-pub fn pair_id(prompt: &str, a: &str, b: &str) -> String {
+/// A stable, order-independent id for a pair: FNV-1a over the proposing run, the prompt and
+/// the sorted answers.
+pub fn pair_id(run: &str, prompt: &str, a: &str, b: &str) -> String {
     let (first, second) = if a <= b { (a, b) } else { (b, a) };
     let mut h = Fnv::new();
-    for part in [prompt, first, second] {
+    for part in [run, prompt, first, second] {
         h.write(part.as_bytes());
         // A separator that cannot appear inside UTF-8 text keeps ("ab","c") != ("a","bc").
         h.write(&[0xff]);
@@ -131,6 +150,10 @@ pub struct DecisionEntry {
     /// Seconds since the Unix epoch.
     pub ts: f64,
     pub pair_id: String,
+    /// The run that proposed the pair (empty for ready-made pairs and logs written before
+    /// runs were recorded).
+    #[serde(default)]
+    pub run: String,
     pub prompt: String,
     pub a: String,
     pub b: String,
@@ -149,6 +172,7 @@ impl DecisionEntry {
     pub fn pair(&self) -> PairItem {
         PairItem {
             id: self.pair_id.clone(),
+            run: self.run.clone(),
             prompt: self.prompt.clone(),
             a: self.a.clone(),
             b: self.b.clone(),
@@ -179,15 +203,96 @@ pub enum LogEntry {
         retracts: u64,
         pair_id: String,
     },
+    /// A run trained on the decision with sequence number `decision` at `step`. Written by
+    /// the run (not the labeller), so it takes no sequence number of its own.
+    Trained {
+        ts: f64,
+        run: String,
+        step: usize,
+        decision: u64,
+        pair_id: String,
+    },
 }
 
 impl LogEntry {
-    pub fn seq(&self) -> u64 {
+    /// The entry's sequence number; `None` for a run's training note, which has none.
+    pub fn seq(&self) -> Option<u64> {
         match self {
-            LogEntry::Decision(d) => d.seq,
-            LogEntry::Retract { seq, .. } => *seq,
+            LogEntry::Decision(d) => Some(d.seq),
+            LogEntry::Retract { seq, .. } => Some(*seq),
+            LogEntry::Trained { .. } => None,
         }
     }
+}
+
+/// Where a standing decision came from and where it went: the run that proposed the pair and
+/// the runs that trained on it (in the order they did).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Provenance<'a> {
+    pub decision: &'a DecisionEntry,
+    pub proposed_by: &'a str,
+    pub trained_by: Vec<&'a str>,
+}
+
+/// Each standing decision with the runs that trained on it, read from the log's
+/// [`LogEntry::Trained`] notes.
+pub fn provenance(entries: &[LogEntry]) -> Vec<Provenance<'_>> {
+    let mut trained: HashMap<u64, Vec<&str>> = HashMap::new();
+    for e in entries {
+        if let LogEntry::Trained { run, decision, .. } = e {
+            let runs = trained.entry(*decision).or_default();
+            if !runs.contains(&run.as_str()) {
+                runs.push(run);
+            }
+        }
+    }
+    standing_decisions(entries)
+        .into_iter()
+        .map(|d| Provenance {
+            decision: d,
+            proposed_by: &d.run,
+            trained_by: trained.remove(&d.seq).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Notes in the label log that `run` trained on these decisions (sequence number, pair id) at
+/// `step`. One append of whole lines, synced: the labeller appends to the same file, and
+/// appends of whole lines do not interleave.
+pub fn append_trained(
+    path: &Path,
+    run: &str,
+    step: usize,
+    decisions: &[(u64, String)],
+) -> io::Result<()> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let ts = now();
+    for (decision, pair_id) in decisions {
+        let entry = LogEntry::Trained {
+            ts,
+            run: run.to_string(),
+            step,
+            decision: *decision,
+            pair_id: pair_id.clone(),
+        };
+        text.push_str(&serde_json::to_string(&entry).map_err(io::Error::other)?);
+        text.push('\n');
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    // A torn line left by a crash must not swallow the first note.
+    if ends_without_newline_path(path)? {
+        text.insert(0, '\n');
+    }
+    file.write_all(text.as_bytes())?;
+    file.sync_data()
+}
+
+fn ends_without_newline_path(path: &Path) -> io::Result<bool> {
+    let mut f = File::open(path)?;
+    ends_without_newline(&mut f)
 }
 
 /// A TRL preference row (`docs/source/dataset_formats.md`, "preference" type, plain text).
@@ -227,7 +332,7 @@ pub fn standing_decisions(entries: &[LogEntry]) -> Vec<&DecisionEntry> {
         .iter()
         .filter_map(|e| match e {
             LogEntry::Retract { retracts, .. } => Some(*retracts),
-            LogEntry::Decision(_) => None,
+            _ => None,
         })
         .collect();
     let live: Vec<&DecisionEntry> = entries
@@ -368,7 +473,11 @@ impl LabelLog {
             }
         }
         let needs_newline = ends_without_newline(&mut file)?;
-        let next_seq = entries.iter().map(LogEntry::seq).max().map_or(1, |s| s + 1);
+        let next_seq = entries
+            .iter()
+            .filter_map(LogEntry::seq)
+            .max()
+            .map_or(1, |s| s + 1);
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -415,6 +524,7 @@ impl LabelLog {
             seq,
             ts: now(),
             pair_id: pair.id.clone(),
+            run: pair.run.clone(),
             prompt: pair.prompt.clone(),
             a: pair.a.clone(),
             b: pair.b.clone(),
@@ -435,7 +545,7 @@ impl LabelLog {
             .iter()
             .filter_map(|e| match e {
                 LogEntry::Retract { retracts, .. } => Some(*retracts),
-                LogEntry::Decision(_) => None,
+                _ => None,
             })
             .collect();
         let Some(target) = self.entries.iter().rev().find_map(|e| match e {
@@ -485,7 +595,9 @@ impl LabelLog {
             return Err(e);
         }
         self.needs_newline = false;
-        self.next_seq = entry.seq() + 1;
+        if let Some(seq) = entry.seq() {
+            self.next_seq = seq + 1;
+        }
         self.entries.push(entry);
         Ok(())
     }
@@ -587,7 +699,16 @@ pub fn pending_pairs(runs_root: &Path, entries: &[LogEntry]) -> io::Result<Vec<P
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for f in files {
-        for p in read_proposed(&f)? {
+        // Queues written before pairs named their run: the folder says which run it was.
+        let folder = f
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for mut p in read_proposed(&f)? {
+            if p.pair.run.is_empty() {
+                p.pair.run = folder.clone();
+            }
             if !decided.contains(p.pair.id.as_str()) && seen.insert(p.pair.id.clone()) {
                 out.push(p);
             }
@@ -630,6 +751,36 @@ impl PairQueue {
 
     pub fn pop(&mut self) -> Option<PairItem> {
         self.pending.pop_front()
+    }
+
+    /// The first waiting pair proposed by `run` (any run when `None`).
+    pub fn current_of(&self, run: Option<&str>) -> Option<&PairItem> {
+        self.pending.iter().find(|p| run.is_none_or(|r| p.run == r))
+    }
+
+    /// How many pairs `run` has waiting (all runs when `None`).
+    pub fn len_of(&self, run: Option<&str>) -> usize {
+        self.pending
+            .iter()
+            .filter(|p| run.is_none_or(|r| p.run == r))
+            .count()
+    }
+
+    /// The runs with pairs waiting, in the order their first pair was queued.
+    pub fn runs(&self) -> Vec<&str> {
+        let mut runs: Vec<&str> = Vec::new();
+        for p in &self.pending {
+            if !runs.contains(&p.run.as_str()) {
+                runs.push(&p.run);
+            }
+        }
+        runs
+    }
+
+    /// Takes the pair with this id out of the queue.
+    pub fn remove(&mut self, id: &str) -> Option<PairItem> {
+        let i = self.pending.iter().position(|p| p.id == id)?;
+        self.pending.remove(i)
     }
 
     pub fn len(&self) -> usize {
@@ -679,7 +830,7 @@ impl PairBuilder {
             if group.len() >= 2 {
                 for two in group.chunks_exact(2) {
                     let ((ia, a), (ib, b)) = (two[0], two[1]);
-                    out.push(PairItem::new(prompt, a, b, origin(ia), origin(ib)));
+                    out.push(PairItem::new(run, prompt, a, b, origin(ia), origin(ib)));
                 }
             } else if let Some((prev_origin, prev)) =
                 self.last.get(&(run.to_string(), prompt.to_string()))
@@ -687,6 +838,7 @@ impl PairBuilder {
             {
                 let (i, c) = group[0];
                 out.push(PairItem::new(
+                    run,
                     prompt,
                     prev.clone(),
                     c,
@@ -706,12 +858,14 @@ impl PairBuilder {
 }
 
 /// Reads ready-made pairs from JSONL: `{"prompt", "a", "b"}` per line, with optional `id`,
-/// `origin_a`, `origin_b`. Lines that do not parse are skipped; the count is returned.
+/// `run`, `origin_a`, `origin_b`. Lines that do not parse are skipped; the count is returned.
 pub fn read_pairs_jsonl(path: &Path) -> io::Result<(Vec<PairItem>, usize)> {
     #[derive(Deserialize)]
     struct Row {
         #[serde(default)]
         id: Option<String>,
+        #[serde(default)]
+        run: String,
         prompt: String,
         a: String,
         b: String,
@@ -730,7 +884,7 @@ pub fn read_pairs_jsonl(path: &Path) -> io::Result<(Vec<PairItem>, usize)> {
         }
         match serde_json::from_str::<Row>(&line) {
             Ok(r) => {
-                let mut item = PairItem::new(r.prompt, r.a, r.b, r.origin_a, r.origin_b);
+                let mut item = PairItem::new(r.run, r.prompt, r.a, r.b, r.origin_a, r.origin_b);
                 if let Some(id) = r.id {
                     item.id = id;
                 }
@@ -749,6 +903,7 @@ mod tests {
 
     fn pair(n: usize) -> PairItem {
         PairItem::new(
+            "run",
             format!("{n}+1="),
             format!("{}", n + 1),
             format!("{}", n + 2),
@@ -769,9 +924,14 @@ mod tests {
 
     #[test]
     fn pair_ids_ignore_answer_order_but_not_prompt() {
-        assert_eq!(pair_id("p", "x", "y"), pair_id("p", "y", "x"));
-        assert_ne!(pair_id("p", "x", "y"), pair_id("q", "x", "y"));
-        assert_ne!(pair_id("p", "ab", "c"), pair_id("p", "a", "bc"));
+        assert_eq!(pair_id("r", "p", "x", "y"), pair_id("r", "p", "y", "x"));
+        assert_ne!(pair_id("r", "p", "x", "y"), pair_id("r", "q", "x", "y"));
+        assert_ne!(pair_id("r", "p", "ab", "c"), pair_id("r", "p", "a", "bc"));
+        // The same pair proposed by two runs is two pairs: a label trains only its own run.
+        assert_ne!(
+            pair_id("online-dpo", "p", "x", "y"),
+            pair_id("online-dpo-2", "p", "x", "y")
+        );
     }
 
     #[test]
@@ -956,5 +1116,69 @@ mod tests {
         assert_eq!(bad, 1);
         assert_eq!(pairs.len(), 2);
         assert_eq!(pairs[1].id, "k");
+    }
+
+    #[test]
+    fn provenance_names_the_proposing_run_and_the_runs_that_trained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("labels.jsonl");
+        let mut log = LabelLog::open(&path).unwrap();
+        let mine = PairItem::new(
+            "online-dpo",
+            "p",
+            "x",
+            "y",
+            "online-dpo@1#a",
+            "online-dpo@1#b",
+        );
+        let other = PairItem::new("grpo", "q", "1", "2", "grpo@3#0", "grpo@3#1");
+        let s1 = log.record(&mine, true, Decision::A).unwrap();
+        let s2 = log.record(&other, true, Decision::B).unwrap();
+        // The run notes what it trained on, appended beside the labeller's lines.
+        append_trained(&path, "online-dpo", 4, &[(s1, mine.id.clone())]).unwrap();
+        drop(log);
+        let log = LabelLog::open(&path).unwrap();
+        assert_eq!(log.skipped_lines(), 0);
+        let prov = provenance(log.entries());
+        assert_eq!(prov.len(), 2);
+        assert_eq!(
+            (
+                prov[0].decision.seq,
+                prov[0].proposed_by,
+                prov[0].trained_by.clone()
+            ),
+            (s1, "online-dpo", vec!["online-dpo"])
+        );
+        assert_eq!(
+            (
+                prov[1].decision.seq,
+                prov[1].proposed_by,
+                prov[1].trained_by.len()
+            ),
+            (s2, "grpo", 0)
+        );
+        // Notes take no sequence number: the next decision follows the last one.
+        let mut log = log;
+        assert_eq!(log.record(&pair(9), true, Decision::A).unwrap(), s2 + 1);
+        assert_eq!(mine.step(), Some(1));
+    }
+
+    #[test]
+    fn the_queue_filters_by_run() {
+        let mut q = PairQueue::new();
+        let none = HashSet::new();
+        let p = |run: &str, n: usize| PairItem::new(run, format!("{n}="), "a", "b", "", "");
+        q.push(p("grpo", 1), &none);
+        q.push(p("online-dpo", 2), &none);
+        q.push(p("grpo", 3), &none);
+        assert_eq!(q.len_of(None), 3);
+        assert_eq!(q.len_of(Some("online-dpo")), 1);
+        assert_eq!(q.current_of(Some("online-dpo")).unwrap().prompt, "2=");
+        assert_eq!(q.current_of(None).unwrap().prompt, "1=");
+        assert_eq!(q.runs(), vec!["grpo", "online-dpo"]);
+        let id = q.current_of(Some("online-dpo")).unwrap().id.clone();
+        assert!(q.remove(&id).is_some());
+        assert!(q.current_of(Some("online-dpo")).is_none());
+        assert_eq!(q.len(), 2);
     }
 }

@@ -109,6 +109,17 @@ impl RunDir {
         Ok(())
     }
 
+    /// Records how the run stands (`status.json`): written when it starts and when it ends, so
+    /// a reopened workbench tells a stopped run from a finished or failed one. Replaced
+    /// atomically; a run killed mid-way leaves `running`, which readers take as interrupted.
+    pub fn write_status(&self, status: &RunState) -> std::io::Result<()> {
+        let path = self.path.join(STATUS_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(status).map_err(std::io::Error::other)?;
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, &path)
+    }
+
     pub fn checkpoint_dir(&self, step: usize) -> PathBuf {
         self.path
             .join("checkpoints")
@@ -136,6 +147,25 @@ impl RunDir {
         }
         Ok(())
     }
+}
+
+/// The run folder's record of how the run stands.
+pub const STATUS_FILE: &str = "status.json";
+
+/// `status.json`: the run's state, the last step it reported, and why it failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub status: RunStatus,
+    pub step: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Reads a run folder's `status.json`; `None` when it is missing or unreadable (runs written
+/// before it existed).
+pub fn read_status(dir: &Path) -> Option<RunState> {
+    let text = fs::read_to_string(dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// Reads `metrics.jsonl`, skipping lines that do not parse (a torn last line after a kill).
@@ -171,6 +201,12 @@ pub struct RunContext {
     last_step: usize,
     /// The checkpoint a resumed run continues from.
     pub resume_from: Option<PathBuf>,
+    /// Most pairs proposed for labelling from each step's samples (`[pairs] per_step`).
+    pub pairs_per_step: usize,
+    pair_builder: crate::engine::labels::PairBuilder,
+    /// A pause that outlives a `Save` asked for while paused (the checkpoint is written at
+    /// once, then the run waits again).
+    paused: bool,
 }
 
 impl RunContext {
@@ -184,6 +220,9 @@ impl RunContext {
             wall_offset: 0.0,
             last_step: 0,
             resume_from: None,
+            pairs_per_step: 0,
+            pair_builder: crate::engine::labels::PairBuilder::new(),
+            paused: false,
         }
     }
 
@@ -248,6 +287,9 @@ impl RunContext {
         if let Err(e) = self.dir.append_samples(&samples) {
             self.log(LogLevel::Error, format!("writing samples.jsonl: {e}"));
         }
+        if self.pairs_per_step > 0 {
+            self.propose_pairs(step, &samples);
+        }
         self.send(Event::Samples {
             run: self.id.clone(),
             step,
@@ -255,12 +297,43 @@ impl RunContext {
         });
     }
 
+    /// Pairs from this step's samples, at most `pairs_per_step`: appended to the run's
+    /// `pairs.jsonl` (synced, so a crash loses none) and sent for the Pairs pane.
+    fn propose_pairs(&mut self, step: usize, samples: &[SampleRecord]) {
+        use crate::engine::labels::{ProposedPair, RUN_PAIRS_FILE, append_proposed};
+        let pairs: Vec<ProposedPair> = self
+            .pair_builder
+            .add_step(&self.id, step, samples)
+            .into_iter()
+            .take(self.pairs_per_step)
+            .map(|pair| ProposedPair {
+                pair,
+                judge: None,
+                judge_error: None,
+            })
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        let path = self.dir.path.join(RUN_PAIRS_FILE);
+        if let Err(e) = append_proposed(&path, &pairs) {
+            self.log(LogLevel::Error, format!("writing {}: {e}", path.display()));
+            return;
+        }
+        self.send(Event::Pairs {
+            run: self.id.clone(),
+            step,
+            pairs,
+        });
+    }
+
     /// Drains pending commands. While paused, blocks here (the only place a trainer waits)
-    /// until resumed or stopped.
+    /// until resumed or stopped. A `Save` while paused returns at once so the checkpoint is
+    /// written now; the next call waits again.
     pub fn poll(&mut self) -> Control {
         let mut control = Control::Continue;
-        let mut paused = false;
         loop {
+            let paused = self.paused;
             let next = if paused {
                 self.commands.recv().map_err(|_| TryRecvError::Disconnected)
             } else {
@@ -269,22 +342,27 @@ impl RunContext {
             match next {
                 Ok(Command::Pause) => {
                     if !paused {
-                        paused = true;
+                        self.paused = true;
                         self.status(RunStatus::Paused);
                     }
                 }
                 Ok(Command::Resume) => {
                     if paused {
-                        paused = false;
+                        self.paused = false;
                         self.status(RunStatus::Running);
                     }
                 }
+                Ok(Command::Save) if paused => return Control::Save,
                 Ok(Command::Save) => control = Control::Save,
-                Ok(Command::Stop) => return Control::Stop,
+                Ok(Command::Stop) => {
+                    self.paused = false;
+                    return Control::Stop;
+                }
                 Err(TryRecvError::Empty) => return control,
                 // Nobody can resume us any more: keep training rather than hang.
                 Err(TryRecvError::Disconnected) => {
                     if paused {
+                        self.paused = false;
                         self.status(RunStatus::Running);
                     }
                     return control;
@@ -318,6 +396,63 @@ mod tests {
         assert_eq!(rows, vec![row]);
         let again = RunDir::create_unique(tmp.path(), "r").unwrap();
         assert!(again.path.ends_with("r-2"));
+    }
+
+    #[test]
+    fn a_checkpoint_asked_for_while_paused_is_written_at_once_and_the_pause_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create_unique(tmp.path(), "r").unwrap();
+        let (etx, _erx) = crossbeam_channel::unbounded();
+        let (cmd, crx) = crossbeam_channel::unbounded();
+        let mut ctx = RunContext::new(dir, etx, crx);
+        cmd.send(Command::Pause).unwrap();
+        cmd.send(Command::Save).unwrap();
+        // Save returns while still paused...
+        assert_eq!(ctx.poll(), Control::Save);
+        // ...and the next poll waits again until resumed.
+        let t = std::thread::spawn(move || ctx.poll());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!t.is_finished(), "the run went on while paused");
+        cmd.send(Command::Resume).unwrap();
+        assert_eq!(t.join().unwrap(), Control::Continue);
+    }
+
+    #[test]
+    fn samples_become_capped_pairs_on_disk_and_as_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create_unique(tmp.path(), "grpo").unwrap();
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let (_cmd, crx) = crossbeam_channel::unbounded();
+        let mut ctx = RunContext::new(dir, etx, crx);
+        let sample = |p: &str, c: &str| SampleRecord {
+            step: 1,
+            prompt: p.into(),
+            completion: c.into(),
+            rewards: BTreeMap::new(),
+            advantage: None,
+        };
+        let step: Vec<SampleRecord> = (0..8).map(|i| sample("1+1=", &i.to_string())).collect();
+        // Off by default: samples only.
+        ctx.samples(1, step.clone());
+        ctx.pairs_per_step = 2;
+        ctx.samples(2, step);
+        let pairs: Vec<_> = erx
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Pairs { pairs, .. } => Some(pairs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pairs.len(), 1, "pairs only once asked for");
+        assert_eq!(pairs[0].len(), 2, "capped at per_step");
+        assert!(pairs[0].iter().all(|p| p.pair.run == "grpo"));
+        let on_disk = crate::engine::labels::read_proposed(
+            &tmp.path()
+                .join("grpo")
+                .join(crate::engine::labels::RUN_PAIRS_FILE),
+        )
+        .unwrap();
+        assert_eq!(on_disk, pairs[0]);
     }
 
     #[test]

@@ -48,6 +48,17 @@ pub enum FinishReason {
     Length,
 }
 
+impl FinishReason {
+    /// How generation ended, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "end of sequence",
+            FinishReason::Stop => "stop string",
+            FinishReason::Length => "length limit",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {
     pub tokens: Vec<u32>,

@@ -422,8 +422,23 @@ fn handler_loop(http: &tiny_http::Server, shared: &Shared, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         match http.recv_timeout(Duration::from_millis(200)) {
             Ok(Some(request)) => {
+                // One access line per request, as web servers log: who, what, status, time.
+                let peer = request
+                    .remote_addr()
+                    .map_or_else(|| "-".to_string(), |a| a.ip().to_string());
+                let what = format!("{} {}", request.method(), request.url());
+                let started = std::time::Instant::now();
+                RESPONSE_STATUS.with(|s| s.set(0));
                 // A bug must not take a handler thread down with it.
-                let _ = catch_unwind(AssertUnwindSafe(|| handle(request, shared)));
+                let outcome = catch_unwind(AssertUnwindSafe(|| handle(request, shared)));
+                let status = match outcome {
+                    Ok(()) => RESPONSE_STATUS.with(|s| s.get()).to_string(),
+                    Err(_) => "panic".to_string(),
+                };
+                eprintln!(
+                    "{peer} \"{what}\" {status} {:.0} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
             }
             Ok(None) => {}
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -483,12 +498,22 @@ impl ApiError {
     }
 }
 
+thread_local! {
+    /// The status of the response this handler thread sent last, for the access log.
+    static RESPONSE_STATUS: std::cell::Cell<u16> = const { std::cell::Cell::new(0) };
+}
+
+fn note_status(status: u16) {
+    RESPONSE_STATUS.with(|s| s.set(status));
+}
+
 fn json_header() -> tiny_http::Header {
     tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
         .expect("a valid header")
 }
 
 fn respond_json(request: tiny_http::Request, status: u16, body: &Value) {
+    note_status(status);
     let response = tiny_http::Response::from_string(body.to_string())
         .with_status_code(status)
         .with_header(json_header());
@@ -496,6 +521,7 @@ fn respond_json(request: tiny_http::Request, status: u16, body: &Value) {
 }
 
 fn respond_error(request: tiny_http::Request, e: &ApiError) {
+    note_status(e.status);
     let mut response = tiny_http::Response::from_string(e.body().to_string())
         .with_status_code(e.status)
         .with_header(json_header());
@@ -882,6 +908,7 @@ fn stream_completion(
     include_usage: bool,
     replies: &Receiver<Msg>,
 ) {
+    note_status(200);
     let mut out = request.into_writer();
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
                 Transfer-Encoding: chunked\r\n\r\n";

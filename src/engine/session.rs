@@ -10,7 +10,7 @@ use crate::engine::algo;
 use crate::engine::config::{Method, RunConfig};
 use crate::engine::device::DeviceChoice;
 use crate::engine::events::{Command, Event, RunId, RunStatus};
-use crate::engine::run::{RunContext, RunDir};
+use crate::engine::run::{RunContext, RunDir, RunState};
 
 #[derive(Clone, Debug)]
 pub struct LaunchOptions {
@@ -60,6 +60,9 @@ pub fn launch(
     if let Some(p) = opts.precision {
         cfg.train.precision = p;
     }
+    // Before the run folder exists: a wrong path fails once and leaves nothing behind.
+    cfg.check_files()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
     let mut dir = match &opts.run_dir {
         Some(d) => RunDir::open(d)?,
         None => RunDir::create_unique(&opts.runs_root, cfg.name())?,
@@ -92,7 +95,22 @@ pub fn launch(
         .spawn(move || {
             let mut ctx = RunContext::new(dir, thread_events, rx);
             ctx.resume_from = resume_from;
+            ctx.pairs_per_step = cfg.pairs_per_step();
             ctx.status(RunStatus::Starting);
+            let record = |ctx: &RunContext, status: RunStatus, error: Option<String>| {
+                let state = RunState {
+                    status,
+                    step: ctx.last_step(),
+                    error,
+                };
+                if let Err(e) = ctx.dir.write_status(&state) {
+                    ctx.log(
+                        crate::engine::events::LogLevel::Warn,
+                        format!("writing {}: {e}", crate::engine::run::STATUS_FILE),
+                    );
+                }
+            };
+            record(&ctx, RunStatus::Running, None);
             let run_id = ctx.id.clone();
             // A panic inside Burn must end this run, not the program.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -123,6 +141,7 @@ pub fn launch(
             }));
             let event = match result {
                 Ok(Ok(status)) => {
+                    record(&ctx, status, None);
                     ctx.status(status);
                     Event::Finished {
                         run: run_id,
@@ -131,10 +150,12 @@ pub fn launch(
                     }
                 }
                 Ok(Err(e)) => {
+                    record(&ctx, RunStatus::Failed, Some(e.to_string()));
                     ctx.status(RunStatus::Failed);
                     Event::Failed {
                         run: run_id,
-                        step: Some(ctx.last_step() + 1),
+                        // A failure while setting up (data, model) is at no step.
+                        step: (ctx.last_step() > 0).then(|| ctx.last_step() + 1),
                         error: e.to_string(),
                     }
                 }
@@ -144,6 +165,11 @@ pub fn launch(
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "unknown panic".into());
+                    record(
+                        &ctx,
+                        RunStatus::Failed,
+                        Some(format!("internal error: {msg}")),
+                    );
                     ctx.status(RunStatus::Failed);
                     Event::Failed {
                         run: run_id,

@@ -180,6 +180,8 @@ pub struct ConfigEntry {
     pub path: PathBuf,
     /// `name (method)` read from the file, or why it could not be read.
     pub summary: String,
+    /// The comment the config opens with (what it trains, how to use it), as one paragraph.
+    pub description: String,
 }
 
 /// Dialogs drawn over the panes; they take all keys while open.
@@ -193,6 +195,12 @@ pub enum Modal {
     NewRun {
         configs: Vec<ConfigEntry>,
         selected: usize,
+    },
+    /// A failure worth reading whole (a config that does not start): it stays until closed,
+    /// and the Log pane keeps it.
+    Error {
+        title: String,
+        text: String,
     },
 }
 
@@ -232,7 +240,7 @@ pub struct App {
 
 impl App {
     pub fn new(config: AppConfig, engine: Box<dyn Engine>) -> Self {
-        let pairs = PairsState::open(&config.labels_dir, config.pair_seed);
+        let pairs = PairsState::open(&config.labels_dir, &config.runs_root, config.pair_seed);
         let mut app = Self {
             runs: RunStore::default(),
             focused_run: None,
@@ -310,9 +318,12 @@ impl App {
                 );
             }
             Err(e) => {
-                let text = format!("could not start {}: {e:#}", config.display());
+                let text = format!("could not start {}: {e:#}", file_name(config));
                 self.log.push(None, LogLevel::Error, &text);
-                self.toast = Some(Toast { error: true, text });
+                self.modal = Some(Modal::Error {
+                    title: format!("{} did not start", file_name(config)),
+                    text: format!("{e:#}"),
+                });
             }
         }
     }
@@ -323,6 +334,23 @@ impl App {
             self.samples.on_run_changed();
             self.health_scroll = 0;
         }
+        let id = self.runs.get(i).map(|r| r.id.clone());
+        self.pairs.select_run(id.as_deref());
+    }
+
+    /// Opening without starting a run: the Runs pane has the focus (its keys are the ones the
+    /// status line shows) and a hint says how to start one.
+    pub fn open_on_saved_runs(&mut self, saved: usize) {
+        self.set_focus(PaneId::Runs);
+        let folder = file_name(&self.config.runs_root);
+        let text = match saved {
+            0 => format!("No runs in {folder}/ yet: n starts one from a config."),
+            n => format!(
+                "{n} saved run{} in {folder}/: n starts a new one, r resumes a stopped one.",
+                if n == 1 { "" } else { "s" },
+            ),
+        };
+        self.toast = Some(Toast { error: false, text });
     }
 
     /// A run folder read from disk. Ignored if a run of that name is already known (it was
@@ -332,9 +360,6 @@ impl App {
             return;
         }
         let run = loaded.into_run(self.config.series_cap);
-        for (step, samples) in &run.samples {
-            self.pairs.add_samples(&run.id, *step, samples);
-        }
         let i = self.runs.insert(run);
         if self.focused_run.is_none() {
             self.focus_run(i);
@@ -396,10 +421,7 @@ impl App {
                 }
                 run.push_metrics(step, wall_time, &values);
             }
-            Event::Samples { step, samples, .. } => {
-                self.pairs.add_samples(&id, step, &samples);
-                run.push_samples(step, samples);
-            }
+            Event::Samples { step, samples, .. } => run.push_samples(step, samples),
             Event::Pairs { pairs, .. } => self.pairs.add_proposed(pairs),
             Event::Log { level, message, .. } => self.log.push(Some(&id), level, message),
             Event::Status { status, .. } => {
@@ -475,7 +497,11 @@ impl App {
         self.dirty = true;
         self.toast = None;
         if let Some(modal) = self.modal.take() {
-            self.modal = self.modal_key(modal, &key);
+            let next = self.modal_key(modal, &key);
+            // A dialog the key itself opened (a launch error) replaces the one it closed.
+            if self.modal.is_none() {
+                self.modal = next;
+            }
             return;
         }
         if let Some(action) = keymap::lookup(self.focus.scope(), &key)
@@ -535,6 +561,10 @@ impl App {
                 Some(Action::No) => None,
                 _ => Some(Modal::NewRun { configs, selected }),
             },
+            Modal::Error { title, text } => match action {
+                Some(Action::Yes | Action::No) => None,
+                _ => Some(Modal::Error { title, text }),
+            },
         }
     }
 
@@ -545,8 +575,8 @@ impl App {
             Action::NextPane => self.set_focus(self.focus.cycle(true)),
             Action::PrevPane => self.set_focus(self.focus.cycle(false)),
             Action::Focus(p) => self.set_focus(p),
-            Action::NextRun => self.move_run(1),
-            Action::PrevRun => self.move_run(-1),
+            Action::NextRun => self.move_run(1, true),
+            Action::PrevRun => self.move_run(-1, true),
             Action::NewRun => self.open_new_run(),
             _ => {}
         }
@@ -562,14 +592,20 @@ impl App {
         }
     }
 
-    fn move_run(&mut self, delta: isize) {
-        let n = self.runs.len();
+    /// Selects the run `delta` rows away; `]` and `[` wrap around the ends, the Runs pane's
+    /// arrows stop at them (as lists do).
+    fn move_run(&mut self, delta: isize, wrap: bool) {
+        let n = self.runs.len() as isize;
         if n == 0 {
             return;
         }
         let cur = self.focused_run.unwrap_or(0) as isize;
-        let next = (cur + delta).clamp(0, n as isize - 1) as usize;
-        self.focus_run(next);
+        let next = if wrap {
+            (cur + delta).rem_euclid(n)
+        } else {
+            (cur + delta).clamp(0, n - 1)
+        };
+        self.focus_run(next as usize);
     }
 
     fn request_quit(&mut self) {
@@ -653,8 +689,8 @@ impl App {
 
     fn runs_action(&mut self, action: Action) -> EventState {
         match action {
-            Action::Up => self.move_run(-1),
-            Action::Down => self.move_run(1),
+            Action::Up => self.move_run(-1, false),
+            Action::Down => self.move_run(1, false),
             Action::Pause | Action::Resume | Action::Stop | Action::Save => {
                 let Some(run) = self.focused() else {
                     self.toast = Some(Toast {
@@ -665,10 +701,18 @@ impl App {
                 };
                 let (id, live, status) = (run.id.clone(), run.is_live(), run.status);
                 if !live {
-                    self.toast = Some(Toast {
-                        error: false,
-                        text: format!("{id} is not training in this session ({status:?})."),
-                    });
+                    if action == Action::Resume
+                        && matches!(status, RunStatus::Stopped | RunStatus::Failed)
+                    {
+                        self.resume_saved(&id);
+                        return EventState::Consumed;
+                    }
+                    let word = crate::tui::theme::status_word(status);
+                    let text = match action {
+                        Action::Resume => format!("{id} has {word}: there is nothing to resume."),
+                        _ => format!("{id} is {word}, not training: r resumes a stopped run."),
+                    };
+                    self.toast = Some(Toast { error: false, text });
                     return EventState::Consumed;
                 }
                 match action {
@@ -687,6 +731,55 @@ impl App {
             _ => return EventState::NotConsumed,
         }
         EventState::Consumed
+    }
+
+    /// Continues a stopped (or failed) run from its newest checkpoint, in its own folder: what
+    /// `rlft train CONFIG --run-dir DIR --resume` does. The run's history is read again, since
+    /// resuming drops the metrics logged after that checkpoint.
+    fn resume_saved(&mut self, id: &str) {
+        let Some(i) = self.runs.index_of(id) else {
+            return;
+        };
+        let Some(dir) = self.runs.get(i).and_then(|r| r.dir.clone()) else {
+            return;
+        };
+        match self.engine.resume(&dir) {
+            Ok(l) => {
+                let mut run = match crate::tui::store::load_run(&dir) {
+                    Ok(loaded) => loaded.into_run(self.config.series_cap),
+                    Err(e) => {
+                        self.log.push(
+                            Some(id),
+                            LogLevel::Warn,
+                            format!("could not read the run's history again: {e:#}"),
+                        );
+                        RunData::new(&l.id, &l.method, Origin::Live, self.config.series_cap)
+                    }
+                };
+                run.origin = Origin::Live;
+                run.status = RunStatus::Starting;
+                run.error = None;
+                run.dir = Some(l.dir);
+                run.total_steps = Some(l.total_steps);
+                let step = run.step;
+                self.runs.replace(i, run);
+                self.focus_run(i);
+                self.log.push(
+                    Some(id),
+                    LogLevel::Info,
+                    format!("resuming from the checkpoint at step {step}"),
+                );
+                self.toast = Some(Toast {
+                    error: false,
+                    text: format!("Resuming {id} from step {step}."),
+                });
+            }
+            Err(e) => {
+                let text = format!("could not resume {id}: {e:#}");
+                self.log.push(Some(id), LogLevel::Error, &text);
+                self.toast = Some(Toast { error: true, text });
+            }
+        }
     }
 
     fn open_new_run(&mut self) {
@@ -725,12 +818,12 @@ pub fn list_configs(dir: &Path) -> Vec<ConfigEntry> {
     paths
         .into_iter()
         .map(|path| {
-            let summary = match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| {
-                    t.parse::<toml::Table>()
-                        .map_err(|e| e.message().to_string())
-                }) {
+            let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+            let description = text.as_deref().map(leading_comment).unwrap_or_default();
+            let summary = match text.and_then(|t| {
+                t.parse::<toml::Table>()
+                    .map_err(|e| e.message().to_string())
+            }) {
                 Ok(t) => {
                     let stem = path
                         .file_stem()
@@ -742,7 +835,22 @@ pub fn list_configs(dir: &Path) -> Vec<ConfigEntry> {
                 }
                 Err(e) => format!("unreadable: {e}"),
             };
-            ConfigEntry { path, summary }
+            ConfigEntry {
+                path,
+                summary,
+                description,
+            }
         })
         .collect()
+}
+
+/// The `#` comment block a config file opens with, as one paragraph.
+fn leading_comment(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

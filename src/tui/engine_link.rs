@@ -33,6 +33,10 @@ pub struct Overrides {
 pub trait Engine {
     /// Starts a run from a config file.
     fn launch(&mut self, config: &Path, overrides: &Overrides) -> anyhow::Result<LaunchedRun>;
+    /// Continues the run in `run_dir` from its newest checkpoint.
+    fn resume(&mut self, run_dir: &Path) -> anyhow::Result<LaunchedRun> {
+        anyhow::bail!("{}: this engine cannot resume runs", run_dir.display())
+    }
     /// Sends a command to a run started by this engine.
     fn send(&mut self, run: &str, command: Command) -> anyhow::Result<()>;
     /// Waits up to `timeout` for run threads to end; returns how many still run.
@@ -84,9 +88,14 @@ impl SessionEngine {
     }
 }
 
-impl Engine for SessionEngine {
-    fn launch(&mut self, config: &Path, overrides: &Overrides) -> anyhow::Result<LaunchedRun> {
-        let cfg = RunConfig::from_file(config)?;
+impl SessionEngine {
+    /// Starts (or, with `resume`, continues) a run on its own thread.
+    fn start(
+        &mut self,
+        cfg: RunConfig,
+        overrides: &Overrides,
+        resume: bool,
+    ) -> anyhow::Result<LaunchedRun> {
         let method = cfg.method.name().to_string();
         let total_steps = overrides.max_steps.unwrap_or(cfg.train.max_steps);
         let opts = LaunchOptions {
@@ -94,11 +103,10 @@ impl Engine for SessionEngine {
             run_dir: overrides.run_dir.clone(),
             device: self.device,
             max_steps: overrides.max_steps,
-            resume: false,
+            resume,
             precision: self.precision,
         };
-        let handle = session::launch(cfg, &opts, self.events.clone())
-            .with_context(|| format!("starting a run from {}", config.display()))?;
+        let handle = session::launch(cfg, &opts, self.events.clone())?;
         let launched = LaunchedRun {
             id: handle.id.clone(),
             method,
@@ -108,11 +116,35 @@ impl Engine for SessionEngine {
         self.handles.push(handle);
         Ok(launched)
     }
+}
+
+impl Engine for SessionEngine {
+    fn launch(&mut self, config: &Path, overrides: &Overrides) -> anyhow::Result<LaunchedRun> {
+        let cfg = RunConfig::from_file(config)?;
+        self.start(cfg, overrides, false)
+            .with_context(|| format!("starting a run from {}", config.display()))
+    }
+
+    fn resume(&mut self, run_dir: &Path) -> anyhow::Result<LaunchedRun> {
+        let config = run_dir.join("config.toml");
+        let cfg = RunConfig::from_file(&config)?;
+        self.start(
+            cfg,
+            &Overrides {
+                max_steps: None,
+                run_dir: Some(run_dir.to_path_buf()),
+            },
+            true,
+        )
+        .with_context(|| format!("resuming {}", run_dir.display()))
+    }
 
     fn send(&mut self, run: &str, command: Command) -> anyhow::Result<()> {
         let handle = self
             .handles
             .iter()
+            // The newest: a resumed run's earlier thread has ended.
+            .rev()
             .find(|h| h.id == run)
             .ok_or_else(|| anyhow!("run {run} was not started in this session"))?;
         handle

@@ -16,6 +16,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use crate::engine::events::{Command, Event, RunId, RunStatus, SampleRecord};
+use crate::engine::labels::{PairBuilder, ProposedPair};
 use crate::tui::app::{App, AppConfig};
 use crate::tui::engine_link::{Engine, LaunchedRun, Overrides};
 
@@ -23,6 +24,8 @@ use crate::tui::engine_link::{Engine, LaunchedRun, Overrides};
 #[derive(Clone, Debug, Default)]
 pub struct FakeRecord {
     pub launched: Vec<PathBuf>,
+    /// Run folders asked to resume.
+    pub resumed: Vec<PathBuf>,
     pub commands: Vec<(RunId, Command)>,
     /// Newest step per run, as the driver reported it (checkpoints use it).
     pub steps: HashMap<RunId, usize>,
@@ -62,7 +65,10 @@ impl FakeEngine {
 impl Engine for FakeEngine {
     fn launch(&mut self, config: &Path, overrides: &Overrides) -> anyhow::Result<LaunchedRun> {
         if let Some(msg) = &self.fail_launch {
-            anyhow::bail!("{}: {msg}", config.display());
+            // The file's name, as the real engine's message ends with its path: screens in
+            // tests must not show a temporary folder.
+            let name = config.file_name().unwrap_or_default().to_string_lossy();
+            anyhow::bail!("{name}: {msg}");
         }
         let stem = config
             .file_stem()
@@ -105,6 +111,47 @@ impl Engine for FakeEngine {
             id,
             method,
             dir,
+            total_steps,
+        })
+    }
+
+    fn resume(&mut self, run_dir: &Path) -> anyhow::Result<LaunchedRun> {
+        let id = run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        let table = std::fs::read_to_string(run_dir.join("config.toml"))
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok());
+        let Some(table) = table else {
+            anyhow::bail!("{}: no config.toml to resume from", run_dir.display());
+        };
+        let method = table
+            .get("method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let total_steps = table
+            .get("train")
+            .and_then(|t| t.get("max_steps"))
+            .and_then(|s| s.as_integer())
+            .map_or(100, |s| s as usize);
+        self.record().resumed.push(run_dir.to_path_buf());
+        self.emit(Event::Status {
+            run: id.clone(),
+            status: RunStatus::Starting,
+        });
+        self.emit(Event::Started {
+            run: id.clone(),
+            method: method.clone(),
+            run_dir: run_dir.to_path_buf(),
+            total_steps,
+            model: None,
+        });
+        Ok(LaunchedRun {
+            id,
+            method,
+            dir: run_dir.to_path_buf(),
             total_steps,
         })
     }
@@ -156,6 +203,9 @@ pub struct Driver {
     pub record: Arc<Mutex<FakeRecord>>,
     events: Sender<Event>,
     inbox: Receiver<Event>,
+    /// Pairs proposed from each sampled step, as by a run with `[pairs] per_step` set.
+    pub pairs_per_step: usize,
+    pair_builder: PairBuilder,
 }
 
 impl Driver {
@@ -188,6 +238,8 @@ impl Driver {
             record,
             events,
             inbox,
+            pairs_per_step: 4,
+            pair_builder: PairBuilder::new(),
         };
         d.pump();
         d
@@ -246,11 +298,30 @@ impl Driver {
                 values: gen_metrics(step),
             });
             if sample_every > 0 && step.is_multiple_of(sample_every) {
+                let samples = script::arith_samples(step, 4);
+                let pairs: Vec<ProposedPair> = self
+                    .pair_builder
+                    .add_step(run, step, &samples)
+                    .into_iter()
+                    .take(self.pairs_per_step)
+                    .map(|pair| ProposedPair {
+                        pair,
+                        judge: None,
+                        judge_error: None,
+                    })
+                    .collect();
                 self.send(Event::Samples {
                     run: run.into(),
                     step,
-                    samples: script::arith_samples(step, 4),
+                    samples,
                 });
+                if !pairs.is_empty() {
+                    self.send(Event::Pairs {
+                        run: run.into(),
+                        step,
+                        pairs,
+                    });
+                }
             }
         }
     }

@@ -86,6 +86,7 @@ pub enum Action {
     Skip,
     Undo,
     AcceptJudge,
+    ToggleRunFilter,
     Yes,
     No,
 }
@@ -558,6 +559,13 @@ pub const BINDINGS: &[Binding] = &[
         Action::Undo,
         "undo the last decision (logged as a retraction)",
         "undo",
+    ),
+    b(
+        S::Pairs,
+        &[Key::ch('f')],
+        Action::ToggleRunFilter,
+        "pairs of the selected run / of every run",
+        "runs",
     ),
     b(
         S::Pairs,

@@ -113,6 +113,9 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
             run_dir: opts.run_dir.clone(),
         },
     );
+    if opts.autostart.is_empty() {
+        app.open_on_saved_runs(saved.len());
+    }
     let loaded = spawn_loader(saved);
     let result = event_loop(&mut guard, &mut app, &rx, &loaded);
     drop(guard);

@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::engine::events::{RunId, RunStatus, SampleRecord};
 use crate::engine::health::HealthMonitor;
-use crate::engine::run::{MetricsRow, read_metrics};
+use crate::engine::run::{MetricsRow, read_metrics, read_status};
 use crate::tui::series::Series;
 
 /// Sampled steps kept per run. Past this, every other older step is dropped, so the step
@@ -173,6 +173,13 @@ impl RunStore {
         self.runs.len() - 1
     }
 
+    /// Replaces the run at `i` (a saved run resumed in this session).
+    pub fn replace(&mut self, i: usize, run: RunData) {
+        if let Some(slot) = self.runs.get_mut(i) {
+            *slot = run;
+        }
+    }
+
     pub fn live(&self) -> impl Iterator<Item = &RunData> {
         self.runs.iter().filter(|r| r.is_live())
     }
@@ -189,6 +196,8 @@ pub struct LoadedRun {
     pub metrics: Vec<MetricsRow>,
     pub samples: Vec<SampleRecord>,
     pub last_checkpoint: Option<(usize, String)>,
+    /// Why the run failed, from its `status.json`.
+    pub error: Option<String>,
 }
 
 impl LoadedRun {
@@ -198,6 +207,7 @@ impl LoadedRun {
         run.dir = Some(self.dir);
         run.total_steps = self.total_steps;
         run.last_checkpoint = self.last_checkpoint;
+        run.error = self.error;
         for row in &self.metrics {
             run.push_metrics(row.step, row.wall_time, &row.values);
         }
@@ -262,21 +272,30 @@ pub fn load_run(dir: &Path) -> anyhow::Result<LoadedRun> {
     let samples = read_samples(&dir.join("samples.jsonl"));
     let last_checkpoint = newest_checkpoint(dir);
     let last_step = metrics.last().map_or(0, |r| r.step);
-    let finished = dir.join("checkpoints").join("final").exists()
-        || total_steps.is_some_and(|t| t > 0 && last_step >= t);
+    let (status, error) = match read_status(dir) {
+        Some(s) => match s.status {
+            RunStatus::Finished | RunStatus::Stopped => (s.status, None),
+            RunStatus::Failed => (RunStatus::Failed, s.error),
+            // Still marked as training: the process that ran it was killed or crashed.
+            RunStatus::Starting | RunStatus::Running | RunStatus::Paused => {
+                (RunStatus::Stopped, None)
+            }
+        },
+        // Folders written before `status.json`: only a run that reached its last step is
+        // known to have finished (a stopped run also leaves a `final` checkpoint).
+        None if total_steps.is_some_and(|t| t > 0 && last_step >= t) => (RunStatus::Finished, None),
+        None => (RunStatus::Stopped, None),
+    };
     Ok(LoadedRun {
         id,
         dir: dir.to_path_buf(),
         method,
         total_steps,
-        status: if finished {
-            RunStatus::Finished
-        } else {
-            RunStatus::Stopped
-        },
+        status,
         metrics,
         samples,
         last_checkpoint,
+        error,
     })
 }
 
@@ -372,6 +391,39 @@ mod tests {
         assert_eq!(run.samples[&2].len(), 1);
         assert_eq!(run.primary_metric(), Some("reward"));
         assert!(!run.is_live());
+    }
+
+    #[test]
+    fn stopped_failed_and_finished_runs_read_back_as_they_ended() {
+        use crate::engine::run::{RunDir, RunState};
+        let tmp = tempfile::tempdir().unwrap();
+        let cases = [
+            (RunStatus::Stopped, None, RunStatus::Stopped),
+            (RunStatus::Finished, None, RunStatus::Finished),
+            (
+                RunStatus::Failed,
+                Some("NaN loss".to_string()),
+                RunStatus::Failed,
+            ),
+            // Killed while training: it left `running` behind.
+            (RunStatus::Running, None, RunStatus::Stopped),
+        ];
+        for (i, (written, error, shown)) in cases.into_iter().enumerate() {
+            let dir = RunDir::create_unique(tmp.path(), &format!("r{i}")).unwrap();
+            dir.write_config("method = \"sft\"\n[train]\nmax_steps = 10\n")
+                .unwrap();
+            // A stopped run also saves a `final` checkpoint: that must not read as finished.
+            std::fs::create_dir_all(dir.final_dir()).unwrap();
+            let state = RunState {
+                status: written,
+                step: 4,
+                error: error.clone(),
+            };
+            dir.write_status(&state).unwrap();
+            let loaded = load_run(&dir.path).unwrap();
+            assert_eq!(loaded.status, shown, "{written:?}");
+            assert_eq!(loaded.error, error);
+        }
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub fn num(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
+    } else if v.fract() == 0.0 && a < 1e5 {
+        // Counts (tokens, labels, steps) read as integers.
+        format!("{v:.0}")
     } else if !(1e-3..1e5).contains(&a) {
         format!("{v:.2e}")
     } else if a >= 1000.0 {
@@ -226,6 +229,9 @@ mod tests {
         assert_eq!(num(0.0000123), "1.23e-5");
         assert_eq!(num(0.0), "0");
         assert_eq!(num(f64::NAN), "NaN");
+        // Counts read as integers, not `144.0`.
+        assert_eq!(num(144.0), "144");
+        assert_eq!(num(-3.0), "-3");
     }
 
     #[test]

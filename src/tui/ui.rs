@@ -393,6 +393,21 @@ fn render_dialogs(frame: &mut Frame, area: Rect, app: &App) {
                     ])
                 })
                 .collect();
+            // What the selected config does, from the comment it opens with.
+            let width = area.width.min(70).saturating_sub(2) as usize;
+            if let Some(c) = configs.get(*selected)
+                && !c.description.is_empty()
+            {
+                lines.push(Line::raw(""));
+                let mut desc = crate::tui::text::wrap(&c.description, width);
+                if desc.len() > DESCRIPTION_LINES {
+                    desc.truncate(DESCRIPTION_LINES);
+                    if let Some(l) = desc.last_mut() {
+                        l.push_str(" …");
+                    }
+                }
+                lines.extend(desc.into_iter().map(|l| Line::styled(l, theme::dim())));
+            }
             lines.push(Line::raw(""));
             lines.push(Line::from(vec![
                 Span::styled("Enter", theme::key()),
@@ -413,8 +428,37 @@ fn render_dialogs(frame: &mut Frame, area: Rect, app: &App) {
             let title = format!("Start a run from {folder}/");
             frame.render_widget(Paragraph::new(lines).block(dialog_block(&title)), r);
         }
+        Some(Modal::Error { title, text }) => {
+            let width = area.width.min(76).saturating_sub(2) as usize;
+            let mut lines: Vec<Line> = crate::tui::text::wrap(text, width)
+                .into_iter()
+                .map(Line::raw)
+                .collect();
+            lines.push(Line::raw(""));
+            lines.push(Line::styled(
+                "The Log pane (6) keeps this message.",
+                theme::dim(),
+            ));
+            lines.push(Line::from(vec![
+                Span::styled("Enter", theme::key()),
+                Span::raw(" / "),
+                Span::styled("Esc", theme::key()),
+                Span::raw(" close"),
+            ]));
+            let h = lines.len() as u16 + 2;
+            let r = dialog_area(frame, area, 76, h);
+            frame.render_widget(
+                Paragraph::new(lines)
+                    .block(dialog_block(title).border_style(theme::error()))
+                    .wrap(Wrap { trim: false }),
+                r,
+            );
+        }
     }
 }
+
+/// Lines of a config's description shown in the run picker.
+const DESCRIPTION_LINES: usize = 4;
 
 fn plural(n: usize) -> String {
     if n == 1 {

@@ -77,13 +77,13 @@ impl DpoSection {
         };
         if !(ls >= 0.0 && limit_ok) {
             return Err(format!(
-                "[dpo] label_smoothing must be in [0, 0.5{} for loss_type {:?}, not {ls}",
+                "[dpo] label_smoothing must be in [0, 0.5{} for loss_type \"{}\", not {ls}",
                 if self.loss_type == DpoLoss::Robust {
                     ")"
                 } else {
                     "]"
                 },
-                self.loss_type
+                crate::engine::config::setting_name(&self.loss_type)
             ));
         }
         if let Some(a) = self.rpo_alpha
@@ -401,11 +401,11 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         LogLevel::Info,
         format!(
             "DPO: {} pairs ({} held out), batch {bs} pairs x {ga} accumulation, beta {}, loss \
-             {:?}{}; reference log-probs cached in {:.1}s",
+             {}{}; reference log-probs cached in {:.1}s",
             train.len(),
             eval.len(),
             d.beta,
-            d.loss_type,
+            crate::engine::config::setting_name(&d.loss_type),
             d.rpo_alpha
                 .map(|a| format!(", rpo_alpha {a}"))
                 .unwrap_or_default(),

@@ -413,12 +413,12 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         LogLevel::Info,
         format!(
             "GRPO: {} prompts ({} held out), {prompts_per_step} prompts x {} completions per \
-             step, beta {}, loss {:?}",
+             step, beta {}, loss {}",
             train.len(),
             eval.len(),
             g.num_generations,
             g.beta,
-            g.loss_type
+            crate::engine::config::setting_name(&g.loss_type)
         ),
     );
     if !eval.is_empty() && !resume {
@@ -459,6 +459,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     false,
                     Some((&sampler, &optim, num_tokens)),
                 )?;
+                // Asked while paused: the run waits again before its next step.
+                continue;
             }
             Control::Continue => {}
         }

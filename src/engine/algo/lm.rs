@@ -188,6 +188,8 @@ pub fn train_lm(
                 let dir = ctx.dir.checkpoint_dir(step);
                 let progress = (&sampler, &optim, num_tokens);
                 save(&setup, &model, ctx, step, dir, None, Some(progress))?;
+                // Asked while paused: the run waits again before its next step.
+                continue;
             }
             Control::Continue => {}
         }

@@ -558,6 +558,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             let mut proposed = Vec::new();
             for ((pi, a, b, tokens), verdict) in candidates.iter().zip(&verdicts) {
                 let item = PairItem::new(
+                    ctx.id.clone(),
                     batch[*pi].text.clone(),
                     a.clone(),
                     b.clone(),
@@ -615,6 +616,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         if o.labeler.uses_people() && !waiting.is_empty() {
             let entries = labels::read_log(&label_log).unwrap_or_default();
             let mut labelled = Vec::new();
+            let mut taken = Vec::new();
             for (seq, id, decision) in new_decisions(&entries, &waiting, &used_decisions) {
                 used_decisions.insert(seq);
                 let Some(w) = waiting.remove(&id) else {
@@ -623,8 +625,16 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 match decision {
                     Decision::A => labelled.push(w.tokens.labelled(&w.item, true)),
                     Decision::B => labelled.push(w.tokens.labelled(&w.item, false)),
-                    Decision::Tie | Decision::BothBad | Decision::Skip => {}
+                    Decision::Tie | Decision::BothBad | Decision::Skip => continue,
                 }
+                taken.push((seq, id));
+            }
+            // The label log says which run trained on each decision (provenance).
+            if let Err(e) = labels::append_trained(&label_log, &ctx.id, step + 1, &taken) {
+                ctx.log(
+                    LogLevel::Warn,
+                    format!("noting trained labels in {}: {e}", label_log.display()),
+                );
             }
             labelled_by_people += labelled.len();
             ready.extend(to_training_pairs(labelled, &opts, &reference, pad, &plain));

@@ -581,6 +581,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     kl: &kl_ctl,
                 };
                 saver.save(&policy, &value_model, ctx, step, false, progress)?;
+                // Asked while paused: the run waits again before its next step.
+                continue;
             }
             Control::Continue => {}
         }

@@ -271,16 +271,16 @@ impl Saver<'_> {
         step: usize,
         progress: Progress<'_>,
     ) -> Result<bool, TrainError> {
-        match ctx.poll() {
-            Control::Stop => {
-                self.save(model, ctx, step, true, progress)?;
-                Ok(true)
+        loop {
+            match ctx.poll() {
+                Control::Stop => {
+                    self.save(model, ctx, step, true, progress)?;
+                    return Ok(true);
+                }
+                // Asked while paused: saved now, then the run waits again.
+                Control::Save => self.save(model, ctx, step, false, progress)?,
+                Control::Continue => return Ok(false),
             }
-            Control::Save => {
-                self.save(model, ctx, step, false, progress)?;
-                Ok(false)
-            }
-            Control::Continue => Ok(false),
         }
     }
 

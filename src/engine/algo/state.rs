@@ -153,8 +153,26 @@ pub fn assign_param_ids<M: Module>(model: M, ids: &[u64]) -> Result<M, TrainErro
     Ok(model.map(&mut IdAssigner { ids, next: 0 }))
 }
 
-/// The newest `checkpoints/step-N` folder of a run that has a trainer state, if any.
+/// The newest checkpoint of a run that has a trainer state, if any: the newest
+/// `checkpoints/step-N`, or `checkpoints/final` when it is at least as far (a run stopped by
+/// the user saves there, and resuming it continues from where it stopped).
 pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    let newest = latest_step_checkpoint(run_dir);
+    let final_dir = run_dir.join("checkpoints").join("final");
+    if final_dir.join(STATE_FILE).exists()
+        && let Ok(state) = TrainerState::load(&final_dir)
+    {
+        let newest_step = newest
+            .as_ref()
+            .and_then(|p| p.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok());
+        if newest_step.is_none_or(|s: usize| state.step >= s) {
+            return Some(final_dir);
+        }
+    }
+    newest
+}
+
+fn latest_step_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -47,11 +47,13 @@ const Y_LABEL_COLUMNS: u16 = 8;
 /// alias the run logs wins). Unknown methods show the run's first metrics.
 pub fn default_metrics(method: &str) -> [&'static [&'static str]; SLOTS] {
     match method {
+        // Held-out exact match is the number that says whether RL works; entropy collapse is
+        // a Health warning, and `m` shows it here.
         "grpo" | "ppo" | "rloo" | "online_dpo" => [
             &["reward", "objective/scores", "objective/rlhf_reward"],
+            &["eval/rewards/exact_match/mean", "eval/reward"],
             &["kl", "objective/kl"],
             &["loss", "loss/policy_avg"],
-            &["entropy", "objective/entropy", "policy/entropy_avg"],
         ],
         "dpo" => [
             &["rewards/margins"],
@@ -448,13 +450,25 @@ fn render_chart(frame: &mut Frame, area: Rect, ctx: &ChartCtx) {
         frame.render_widget(Line::from(truncate(&readout, r.width as usize)), r);
     }
     let Some(series) = series.filter(|s| !s.is_empty()) else {
+        // Once a run logs metrics, a missing one is usually one it never logs: say why.
+        let logging = !ctx.run.metrics.is_empty();
         let why = match ctx.metric {
             Some(m) if ctx.run.metrics.contains_key(m) => format!("{m}: no finite values yet"),
+            Some(m) if logging && m.ends_with("kl") => format!(
+                "No {m}: this run has no reference model (beta = 0), so it computes no KL. \
+                 m picks another metric."
+            ),
+            Some(m) if logging && m.starts_with("eval") => {
+                format!("waiting for {m}: logged every eval_steps steps, if the run has eval data.")
+            }
             Some(m) => format!("waiting for {m}…"),
             None => "no metric (m picks one)".to_string(),
         };
         frame.render_widget(
-            Paragraph::new(why).style(theme::dim()).centered(),
+            Paragraph::new(why)
+                .style(theme::dim())
+                .centered()
+                .wrap(ratatui::widgets::Wrap { trim: true }),
             chart_area,
         );
         return;
@@ -510,8 +524,19 @@ fn render_chart(frame: &mut Frame, area: Rect, ctx: &ChartCtx) {
     } else {
         0.1 * y0.abs().max(1.0)
     };
+    // Padding never reaches values the data cannot take: a loss stays above 0, an accuracy
+    // below 1.
+    let (lo, hi) = (y0, y1);
     y0 -= pad;
     y1 += pad;
+    if !st.log_y {
+        if lo >= 0.0 && y0 < 0.0 {
+            y0 = 0.0;
+        }
+        if lo >= 0.0 && hi <= 1.0 && y1 > 1.0 {
+            y1 = 1.0;
+        }
+    }
 
     let crosshair: Vec<(f64, f64)> = st
         .cursor
@@ -578,9 +603,38 @@ fn render_chart(frame: &mut Frame, area: Rect, ctx: &ChartCtx) {
                     format_y(y1, st.log_y),
                 ]),
         )
-        .legend_position(Some(LegendPosition::TopLeft))
+        .legend_position(Some(legend_corner(&main.raw, (x0, x1), (y0, y1))))
         .hidden_legend_constraints((Constraint::Ratio(2, 3), Constraint::Ratio(1, 2)));
     frame.render_widget(chart, chart_area);
+}
+
+/// Where the overlay legend covers the fewest points: the corner whose third of the chart
+/// holds the least of the run's line (the top right when tied, where curves rarely start).
+fn legend_corner(
+    points: &[(f64, f64)],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> LegendPosition {
+    let (wx, wy) = ((x1 - x0) / 3.0, (y1 - y0) / 3.0);
+    let corners = [
+        (LegendPosition::TopRight, true, true),
+        (LegendPosition::BottomRight, true, false),
+        (LegendPosition::TopLeft, false, true),
+        (LegendPosition::BottomLeft, false, false),
+    ];
+    corners
+        .into_iter()
+        .min_by_key(|(_, right, top)| {
+            points
+                .iter()
+                .filter(|(x, y)| {
+                    let in_x = if *right { *x >= x1 - wx } else { *x <= x0 + wx };
+                    let in_y = if *top { *y >= y1 - wy } else { *y <= y0 + wy };
+                    in_x && in_y
+                })
+                .count()
+        })
+        .map_or(LegendPosition::TopRight, |(p, ..)| p)
 }
 
 /// The line under a chart: the newest value, or at the crosshair, with the EMA and overlays.
@@ -655,9 +709,12 @@ mod tests {
         let ppo = run("ppo", &["objective/kl", "objective/scores", "loss"], 1);
         let m = st.slot_metrics(&ppo);
         assert_eq!(m[0].as_deref(), Some("objective/scores"));
-        assert_eq!(m[1].as_deref(), Some("objective/kl"));
+        assert_eq!(m[2].as_deref(), Some("objective/kl"));
         // Not logged yet: shown as waiting under its first name.
-        assert_eq!(m[3].as_deref(), Some("entropy"));
+        assert_eq!(m[1].as_deref(), Some("eval/rewards/exact_match/mean"));
+        // A GRPO run's held-out score under its total's name when it has no exact match.
+        let grpo = run("grpo", &["reward", "eval/reward"], 1);
+        assert_eq!(st.slot_metrics(&grpo)[1].as_deref(), Some("eval/reward"));
         let dpo = run("dpo", &[], 0);
         assert_eq!(st.slot_metrics(&dpo)[0].as_deref(), Some("rewards/margins"));
         let other = run("mystery", &["b", "a"], 1);
@@ -713,5 +770,21 @@ mod tests {
         assert_eq!(st.cursor, None);
         // Esc with no crosshair is left for others.
         assert_eq!(st.handle(Action::Escape, Some(&r)), EventState::NotConsumed);
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_line_is_not() {
+        // A falling loss fills the top left and bottom right: the legend goes top right.
+        let falling: Vec<(f64, f64)> = (0..30).map(|i| (i as f64, 30.0 - i as f64)).collect();
+        assert_eq!(
+            legend_corner(&falling, (0.0, 30.0), (0.0, 30.0)),
+            LegendPosition::TopRight
+        );
+        // A rising reward fills the bottom left and top right: the legend goes bottom right.
+        let rising: Vec<(f64, f64)> = (0..30).map(|i| (i as f64, i as f64)).collect();
+        assert_eq!(
+            legend_corner(&rising, (0.0, 30.0), (0.0, 30.0)),
+            LegendPosition::BottomRight
+        );
     }
 }

@@ -1,7 +1,9 @@
-//! Pairs: side-by-side A/B labelling. The prompt on top, two answers below in an order
-//! randomised per pair, their origins hidden. Each decision is appended to the label log and
-//! synced to disk before the pane confirms it; undo appends a retraction and brings the pair
-//! back. After each change the log is folded into TRL preference JSONL for RM and DPO runs.
+//! Pairs: side-by-side A/B labelling. The prompt on top with the run that proposed the pair,
+//! two answers below in an order randomised per pair, which checkpoint wrote which hidden.
+//! The queue shows the selected run's pairs (`f` switches to every run's). Each decision is
+//! appended to the label log and synced to disk before the pane confirms it; undo appends a
+//! retraction and brings the pair back. After each change the log is folded into TRL
+//! preference JSONL for RM and DPO runs.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -13,11 +15,10 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
-use crate::engine::events::SampleRecord;
 use crate::engine::judge::{JudgeStats, Judgement, Verdict};
 use crate::engine::labels::{
-    Counters, Decision, LabelLog, LogEntry, PairBuilder, PairItem, PairQueue, ProposedPair,
-    pending_pairs, read_pairs_jsonl, standing_decisions, write_preferences,
+    Counters, Decision, LabelLog, LogEntry, PairItem, PairQueue, ProposedPair, pending_pairs,
+    read_pairs_jsonl, standing_decisions, write_preferences,
 };
 use crate::tui::app::{EventState, PaneId};
 use crate::tui::keymap::Action;
@@ -36,8 +37,11 @@ const PROMPT_MAX_LINES: usize = 4;
 pub struct PairsState {
     log: Result<LabelLog, String>,
     queue: PairQueue,
-    builder: PairBuilder,
     decided: HashSet<String>,
+    /// The run selected in the workbench: its pairs are shown unless `all_runs`.
+    selected_run: Option<String>,
+    /// Show every run's pairs (`f`).
+    pub all_runs: bool,
     seed: u64,
     prefs_path: PathBuf,
     /// Shown as `labels/preferences.jsonl`: short, and free of temp-dir noise in tests.
@@ -91,10 +95,10 @@ impl Audit {
 }
 
 impl PairsState {
-    /// Opens the label log in `dir` and queues the ready-made pairs of `dir/pairs.jsonl`.
-    /// A log that cannot be opened disables labelling with the reason shown, rather than
-    /// failing the workbench.
-    pub fn open(dir: &Path, seed: u64) -> Self {
+    /// Opens the label log in `dir`, queues the ready-made pairs of `dir/pairs.jsonl` and the
+    /// pairs the runs under `runs_root` proposed and nobody labelled yet. A log that cannot be
+    /// opened disables labelling with the reason shown, rather than failing the workbench.
+    pub fn open(dir: &Path, runs_root: &Path, seed: u64) -> Self {
         let log = LabelLog::open(&dir.join(LOG_FILE))
             .map_err(|e| format!("cannot open {}: {e}", dir.join(LOG_FILE).display()));
         let decided = log.as_ref().map(LabelLog::decided_ids).unwrap_or_default();
@@ -131,14 +135,14 @@ impl PairsState {
             notes.push(e.clone());
         }
         // Pairs live runs proposed (each run's persisted queue), not yet decided.
-        let mut proposed = Vec::new();
-        if let Some(runs_root) = dir.parent() {
-            let entries = log.as_ref().map(LabelLog::entries).unwrap_or_default();
-            match pending_pairs(runs_root, entries) {
-                Ok(p) => proposed = p,
-                Err(e) => notes.push(format!("cannot read the runs' pairs.jsonl: {e}")),
+        let entries = log.as_ref().map(LabelLog::entries).unwrap_or_default();
+        let proposed = match pending_pairs(runs_root, entries) {
+            Ok(p) => p,
+            Err(e) => {
+                notes.push(format!("cannot read the runs' pairs.jsonl: {e}"));
+                Vec::new()
             }
-        }
+        };
         let audit = log
             .as_ref()
             .map(|l| Audit::from_entries(l.entries()))
@@ -150,8 +154,9 @@ impl PairsState {
         let mut state = Self {
             log,
             queue,
-            builder: PairBuilder::new(),
             decided,
+            selected_run: None,
+            all_runs: false,
             seed,
             prefs_path: dir.join(PREFERENCES_FILE),
             prefs_label: format!("{dir_name}/{PREFERENCES_FILE}"),
@@ -210,18 +215,34 @@ impl PairsState {
         self.startup_note.clone()
     }
 
-    /// Queues the pairs a run's new samples give.
-    pub fn add_samples(&mut self, run: &str, step: usize, samples: &[SampleRecord]) {
-        for p in self.builder.add_step(run, step, samples) {
-            self.queue.push(p, &self.decided);
+    /// Follows the workbench's selected run: its pairs are the ones shown.
+    pub fn select_run(&mut self, run: Option<&str>) {
+        if self.selected_run.as_deref() != run {
+            self.selected_run = run.map(str::to_string);
+            self.scroll = 0;
+        }
+    }
+
+    /// The run whose pairs are shown, or `None` for every run's.
+    pub fn filter(&self) -> Option<&str> {
+        if self.all_runs {
+            None
+        } else {
+            self.selected_run.as_deref()
         }
     }
 
     pub fn current(&self) -> Option<&PairItem> {
-        self.queue.current()
+        self.queue.current_of(self.filter())
     }
 
+    /// Pairs waiting in the shown queue.
     pub fn queued(&self) -> usize {
+        self.queue.len_of(self.filter())
+    }
+
+    /// Pairs waiting from every run.
+    pub fn queued_all(&self) -> usize {
         self.queue.len()
     }
 
@@ -244,6 +265,17 @@ impl PairsState {
             Action::Skip => self.decide(Side::Skip),
             Action::Undo => self.undo(),
             Action::AcceptJudge => self.accept_judge(),
+            Action::ToggleRunFilter => {
+                self.all_runs = !self.all_runs;
+                self.scroll = 0;
+                self.message = Some((
+                    true,
+                    match self.filter() {
+                        None => format!("Pairs from every run: {} waiting.", self.queued()),
+                        Some(run) => format!("Pairs from {run}: {} waiting.", self.queued()),
+                    },
+                ));
+            }
             Action::Up => self.scroll = self.scroll.saturating_sub(1),
             Action::Down => self.scroll = (self.scroll + 1).min(self.max_scroll.get()),
             _ => return EventState::NotConsumed,
@@ -270,7 +302,7 @@ impl PairsState {
     }
 
     fn decide(&mut self, side: Side) {
-        let Some(pair) = self.queue.current().cloned() else {
+        let Some(pair) = self.current().cloned() else {
             self.message = Some((false, "No pair to label.".into()));
             return;
         };
@@ -298,7 +330,7 @@ impl PairsState {
         };
         match log.record_audited(&pair, a_left, decision, judge) {
             Ok(_) => {
-                self.queue.pop();
+                self.queue.remove(&pair.id);
                 self.scroll = 0;
                 let said = match side {
                     Side::Left => "A better",
@@ -386,15 +418,21 @@ fn answer_block(label: &'static str) -> Block<'static> {
 pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     let st = view.state;
     let c = st.counters;
-    let bias = c
-        .left_chosen_pct()
-        .map_or("-".to_string(), |p| format!("{p:.0}%"));
-    let counts = format!(
-        "labeled {} · skipped {} · left chosen {bias} · {} queued",
-        c.labeled,
-        c.skipped,
-        st.queued()
-    );
+    // Which queue is shown: the selected run's, with the rest counted, or every run's.
+    let queue = match st.filter() {
+        Some(run) if st.queued_all() > st.queued() => format!(
+            "{run}: {} queued ({} in all runs)",
+            st.queued(),
+            st.queued_all()
+        ),
+        Some(run) => format!("{run}: {} queued", st.queued()),
+        None => format!("all runs: {} queued", st.queued()),
+    };
+    let mut counts = format!("{queue} · labeled {} · skipped {}", c.labeled, c.skipped);
+    // Position bias, once there is something to measure.
+    if let Some(p) = c.left_chosen_pct() {
+        counts.push_str(&format!(" · picked left {p:.0}%"));
+    }
     // The judge audit, once a judge is in the loop.
     let js = st.judge_stats;
     let audit_line = (js.judged + js.failed > 0 || st.audit.audited > 0).then(|| {
@@ -442,11 +480,15 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
         );
     }
     let Some(pair) = st.current() else {
-        let why = match &st.log {
-            Err(e) => format!("Labelling is off: {e}"),
-            Ok(_) => "No pairs waiting. Pairs come from runs' samples (several answers to one \
-                      prompt in a step, or a prompt's answer changing between steps), and from \
-                      pairs.jsonl in the labels folder."
+        let others = st.queued_all() - st.queued();
+        let why = match (&st.log, st.filter()) {
+            (Err(e), _) => format!("Labelling is off: {e}"),
+            (Ok(_), Some(run)) if others > 0 => format!(
+                "No pairs from {run}. {others} wait from other runs: f shows every run's pairs."
+            ),
+            (Ok(_), _) => "No pairs waiting. Online DPO runs with labeler = \"human\" or \
+                           \"both\" propose pairs, as do runs with [pairs] per_step > 0 (from \
+                           their samples), and pairs.jsonl in the labels folder."
                 .to_string(),
         };
         frame.render_widget(
@@ -495,7 +537,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
         }
     });
     let [prompt_area, answers, judge_area] = Layout::vertical([
-        Constraint::Length(prompt_lines.len() as u16),
+        Constraint::Length(prompt_lines.len() as u16 + 1),
         Constraint::Fill(1),
         Constraint::Length(u16::from(judge_line.is_some())),
     ])
@@ -503,7 +545,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     if let Some(line) = judge_line {
         frame.render_widget(Paragraph::new(line), judge_area);
     }
-    let prompt: Vec<Line> = prompt_lines
+    let mut prompt: Vec<Line> = prompt_lines
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
@@ -511,6 +553,16 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
             Line::from(vec![Span::styled(lead, theme::dim()), Span::raw(l)])
         })
         .collect();
+    // Which run proposed the pair (and, for online DPO, will train on the label).
+    let from = match (pair.run.as_str(), pair.step()) {
+        ("", _) => "ready-made pairs (labels/pairs.jsonl)".to_string(),
+        (run, Some(step)) => format!("{run}, step {step}"),
+        (run, None) => run.to_string(),
+    };
+    prompt.push(Line::from(vec![
+        Span::styled("From:   ", theme::dim()),
+        Span::styled(from, theme::dim()),
+    ]));
     frame.render_widget(Paragraph::new(prompt), prompt_area);
 
     let (left, right) = if pair.a_on_left(st.seed) {

@@ -64,11 +64,16 @@ fn short_metric(name: &str) -> String {
 /// Draws the Runs pane.
 pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
     let live = view.runs.iter().filter(|r| r.is_live()).count();
-    let subtitle = match (view.runs.len(), live) {
+    let mut subtitle = match (view.runs.len(), live) {
         (0, _) => String::new(),
         (n, 0) => format!("{n}"),
         (n, l) => format!("{n}, {l} live"),
     };
+    // Rows inside the border, less the header: say when some runs are out of view.
+    let rows = area.height.saturating_sub(3) as usize;
+    if view.runs.len() > rows {
+        subtitle.push_str(&format!(" · {rows} shown, ↑↓ scroll"));
+    }
     let mut block = pane_block(PaneId::Runs, &subtitle, view.focused);
     if let Some(note) = sharing_note(live, view.device, view.cpu_cores) {
         block = block.title_bottom(Line::styled(format!(" ⚠ {note} "), theme::warning()));
