@@ -128,9 +128,14 @@ fn grpo_then_online_dpo_label_restart_resume_label_again_in_tmux() {
     // Start online DPO from the picker (configs sorted: grpo, online_dpo).
     tmux(&["send-keys", "-t", &session, "n"]);
     wait_for(&session, "the run picker", Duration::from_secs(10), |s| {
-        s.contains("online_dpo.toml") && s.contains("Online DPO from people's labels")
+        s.contains("online_dpo.toml")
     });
-    tmux(&["send-keys", "-t", &session, "Down", "Enter"]);
+    tmux(&["send-keys", "-t", &session, "Down"]);
+    // The picker shows what the selected config does.
+    wait_for(&session, "online DPO's description", Duration::from_secs(10), |s| {
+        s.contains("Online DPO from people's labels")
+    });
+    tmux(&["send-keys", "-t", &session, "Enter"]);
     tmux(&["send-keys", "-t", &session, "4"]);
     let screen = wait_for(
         &session,
