@@ -100,7 +100,13 @@ fn grpo_then_online_dpo_label_restart_resume_label_again_in_tmux() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
+    // Kept when the test fails, so the run folders can be read (the path is printed).
+    let tmp = tempfile::Builder::new()
+        .prefix("rlft-e2e-")
+        .disable_cleanup(true)
+        .tempdir()
+        .unwrap();
+    eprintln!("workspace: {}", tmp.path().display());
     let configs = tmp.path().join("configs");
     std::fs::create_dir_all(&configs).unwrap();
     // The shipped configs, with paths made absolute; GRPO also proposes pairs from its samples,
@@ -132,9 +138,12 @@ fn grpo_then_online_dpo_label_restart_resume_label_again_in_tmux() {
     });
     tmux(&["send-keys", "-t", &session, "Down"]);
     // The picker shows what the selected config does.
-    wait_for(&session, "online DPO's description", Duration::from_secs(10), |s| {
-        s.contains("Online DPO from people's labels")
-    });
+    wait_for(
+        &session,
+        "online DPO's description",
+        Duration::from_secs(10),
+        |s| s.contains("Online DPO from people's labels"),
+    );
     tmux(&["send-keys", "-t", &session, "Enter"]);
     tmux(&["send-keys", "-t", &session, "4"]);
     let screen = wait_for(
@@ -210,4 +219,5 @@ fn grpo_then_online_dpo_label_restart_resume_label_again_in_tmux() {
         stderr.trim().is_empty(),
         "nothing may write over the screen: {stderr}"
     );
+    let _ = std::fs::remove_dir_all(tmp.path());
 }

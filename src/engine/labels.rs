@@ -810,6 +810,26 @@ impl PairBuilder {
         Self::default()
     }
 
+    /// At most `max` of the pairs one step's samples give, as proposals for people (no judge
+    /// saw them).
+    pub fn propose(
+        &mut self,
+        run: &str,
+        step: usize,
+        samples: &[SampleRecord],
+        max: usize,
+    ) -> Vec<ProposedPair> {
+        self.add_step(run, step, samples)
+            .into_iter()
+            .take(max)
+            .map(|pair| ProposedPair {
+                pair,
+                judge: None,
+                judge_error: None,
+            })
+            .collect()
+    }
+
     /// The new pairs one step's samples give.
     pub fn add_step(&mut self, run: &str, step: usize, samples: &[SampleRecord]) -> Vec<PairItem> {
         // Group by prompt, keeping first-seen order and each completion's index in the step.

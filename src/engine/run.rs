@@ -300,18 +300,10 @@ impl RunContext {
     /// Pairs from this step's samples, at most `pairs_per_step`: appended to the run's
     /// `pairs.jsonl` (synced, so a crash loses none) and sent for the Pairs pane.
     fn propose_pairs(&mut self, step: usize, samples: &[SampleRecord]) {
-        use crate::engine::labels::{ProposedPair, RUN_PAIRS_FILE, append_proposed};
-        let pairs: Vec<ProposedPair> = self
+        use crate::engine::labels::{RUN_PAIRS_FILE, append_proposed};
+        let pairs = self
             .pair_builder
-            .add_step(&self.id, step, samples)
-            .into_iter()
-            .take(self.pairs_per_step)
-            .map(|pair| ProposedPair {
-                pair,
-                judge: None,
-                judge_error: None,
-            })
-            .collect();
+            .propose(&self.id, step, samples, self.pairs_per_step);
         if pairs.is_empty() {
             return;
         }

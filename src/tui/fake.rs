@@ -16,7 +16,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use crate::engine::events::{Command, Event, RunId, RunStatus, SampleRecord};
-use crate::engine::labels::{PairBuilder, ProposedPair};
+use crate::engine::labels::PairBuilder;
 use crate::tui::app::{App, AppConfig};
 use crate::tui::engine_link::{Engine, LaunchedRun, Overrides};
 
@@ -54,6 +54,22 @@ impl FakeEngine {
 
     fn emit(&self, ev: Event) {
         let _ = self.events.send(ev);
+    }
+
+    /// The events a run thread sends as it starts.
+    fn announce(&self, run: LaunchedRun) -> LaunchedRun {
+        self.emit(Event::Status {
+            run: run.id.clone(),
+            status: RunStatus::Starting,
+        });
+        self.emit(Event::Started {
+            run: run.id.clone(),
+            method: run.method.clone(),
+            run_dir: run.dir.clone(),
+            total_steps: run.total_steps,
+            model: None,
+        });
+        run
     }
 
     fn record(&self) -> std::sync::MutexGuard<'_, FakeRecord> {
@@ -95,65 +111,24 @@ impl Engine for FakeEngine {
             }
         };
         let total_steps = overrides.max_steps.unwrap_or(100);
-        let dir = PathBuf::from("runs").join(&id);
-        self.emit(Event::Status {
-            run: id.clone(),
-            status: RunStatus::Starting,
-        });
-        self.emit(Event::Started {
-            run: id.clone(),
-            method: method.clone(),
-            run_dir: dir.clone(),
-            total_steps,
-            model: None,
-        });
-        Ok(LaunchedRun {
+        Ok(self.announce(LaunchedRun {
+            dir: PathBuf::from("runs").join(&id),
             id,
             method,
-            dir,
             total_steps,
-        })
+        }))
     }
 
     fn resume(&mut self, run_dir: &Path) -> anyhow::Result<LaunchedRun> {
-        let id = run_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
-        let table = std::fs::read_to_string(run_dir.join("config.toml"))
-            .ok()
-            .and_then(|t| t.parse::<toml::Table>().ok());
-        let Some(table) = table else {
-            anyhow::bail!("{}: no config.toml to resume from", run_dir.display());
-        };
-        let method = table
-            .get("method")
-            .and_then(|m| m.as_str())
-            .unwrap_or("?")
-            .to_string();
-        let total_steps = table
-            .get("train")
-            .and_then(|t| t.get("max_steps"))
-            .and_then(|s| s.as_integer())
-            .map_or(100, |s| s as usize);
+        // What the real engine reads back: the folder's method and max steps.
+        let saved = crate::tui::store::load_run(run_dir)?;
         self.record().resumed.push(run_dir.to_path_buf());
-        self.emit(Event::Status {
-            run: id.clone(),
-            status: RunStatus::Starting,
-        });
-        self.emit(Event::Started {
-            run: id.clone(),
-            method: method.clone(),
-            run_dir: run_dir.to_path_buf(),
-            total_steps,
-            model: None,
-        });
-        Ok(LaunchedRun {
-            id,
-            method,
+        Ok(self.announce(LaunchedRun {
+            id: saved.id,
+            method: saved.method,
             dir: run_dir.to_path_buf(),
-            total_steps,
-        })
+            total_steps: saved.total_steps.unwrap_or(100),
+        }))
     }
 
     fn send(&mut self, run: &str, command: Command) -> anyhow::Result<()> {
@@ -299,17 +274,9 @@ impl Driver {
             });
             if sample_every > 0 && step.is_multiple_of(sample_every) {
                 let samples = script::arith_samples(step, 4);
-                let pairs: Vec<ProposedPair> = self
+                let pairs = self
                     .pair_builder
-                    .add_step(run, step, &samples)
-                    .into_iter()
-                    .take(self.pairs_per_step)
-                    .map(|pair| ProposedPair {
-                        pair,
-                        judge: None,
-                        judge_error: None,
-                    })
-                    .collect();
+                    .propose(run, step, &samples, self.pairs_per_step);
                 self.send(Event::Samples {
                     run: run.into(),
                     step,

@@ -244,19 +244,52 @@ fn rollout_stats(
     RolloutStats { values }
 }
 
-/// Fits labelled pairs to the length limits and caches their reference log-probabilities.
+/// A person's decision a labelled pair came from (sequence number, pair id), noted in the
+/// label log once a step has trained on it; `None` for the judge's labels.
+type LabelSource = Option<(u64, String)>;
+
+/// Fits labelled pairs to the length limits and caches their reference log-probabilities,
+/// keeping each pair's source.
 fn to_training_pairs(
-    labelled: Vec<PreferencePair>,
+    labelled: Vec<(PreferencePair, LabelSource)>,
     opts: &PairOptions,
     reference: &CausalLm,
     pad: u32,
     device: &Device,
-) -> Vec<RefPair> {
-    let pairs: Vec<PreferencePair> = labelled
+) -> Vec<(RefPair, LabelSource)> {
+    let (pairs, sources): (Vec<PreferencePair>, Vec<LabelSource>) = labelled
         .into_iter()
-        .filter_map(|p| preference::fit(p, opts))
-        .collect();
+        .filter_map(|(p, source)| Some((preference::fit(p, opts)?, source)))
+        .unzip();
     cache_reference(reference, pairs, pad, device)
+        .into_iter()
+        .zip(sources)
+        .collect()
+}
+
+/// On a resumed run, the decisions it already trained on: those the label log notes it
+/// trained on. A log without any training note (written before runs noted what they trained
+/// on) counts every standing decision as trained, as runs then assumed.
+fn trained_before(entries: &[LogEntry], run: &str) -> HashSet<u64> {
+    let legacy = !entries
+        .iter()
+        .any(|e| matches!(e, LogEntry::Trained { .. }));
+    if legacy {
+        labels::standing_decisions(entries)
+            .into_iter()
+            .map(|d| d.seq)
+            .collect()
+    } else {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::Trained {
+                    run: r, decision, ..
+                } if r == run => Some(*decision),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
@@ -338,12 +371,16 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut used_decisions: HashSet<u64> = HashSet::new();
     if o.labeler.uses_people() {
         let entries = labels::read_log(&label_log).unwrap_or_default();
-        let standing = labels::standing_decisions(&entries);
-        let decided: HashSet<&str> = standing.iter().map(|d| d.pair_id.as_str()).collect();
-        // Decisions already in the log belong to pairs trained on before a restart.
-        used_decisions.extend(standing.iter().map(|d| d.seq));
+        // Decisions this run trained on before a restart are done; a pair decided while the
+        // run was stopped (or loading) waits like an undecided one and is taken at once.
+        used_decisions = trained_before(&entries, &ctx.id);
+        let done: HashSet<&str> = labels::standing_decisions(&entries)
+            .into_iter()
+            .filter(|d| used_decisions.contains(&d.seq))
+            .map(|d| d.pair_id.as_str())
+            .collect();
         for p in read_proposed(&pairs_file).unwrap_or_default() {
-            if !decided.contains(p.pair.id.as_str()) {
+            if !done.contains(p.pair.id.as_str()) {
                 // Proposed before a restart: the sampled tokens are gone, so the texts are
                 // encoded again (without an EOS the policy may not have written).
                 let prompt = if o.chat {
@@ -424,7 +461,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         ctx.metrics(0, m);
     }
 
-    let mut ready: VecDeque<RefPair> = VecDeque::new();
+    let mut ready: VecDeque<(RefPair, LabelSource)> = VecDeque::new();
     let mut judge_stats = JudgeStats::default();
     let mut labelled_by_judge = 0usize;
     let mut labelled_by_people = 0usize;
@@ -569,8 +606,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     && o.labeler.uses_judge()
                 {
                     match v.verdict {
-                        Verdict::A => labelled.push(tokens.labelled(&item, true)),
-                        Verdict::B => labelled.push(tokens.labelled(&item, false)),
+                        Verdict::A => labelled.push((tokens.labelled(&item, true), None)),
+                        Verdict::B => labelled.push((tokens.labelled(&item, false), None)),
                         Verdict::Tie => {}
                     }
                 }
@@ -616,25 +653,17 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         if o.labeler.uses_people() && !waiting.is_empty() {
             let entries = labels::read_log(&label_log).unwrap_or_default();
             let mut labelled = Vec::new();
-            let mut taken = Vec::new();
             for (seq, id, decision) in new_decisions(&entries, &waiting, &used_decisions) {
                 used_decisions.insert(seq);
                 let Some(w) = waiting.remove(&id) else {
                     continue;
                 };
-                match decision {
-                    Decision::A => labelled.push(w.tokens.labelled(&w.item, true)),
-                    Decision::B => labelled.push(w.tokens.labelled(&w.item, false)),
+                let a_better = match decision {
+                    Decision::A => true,
+                    Decision::B => false,
                     Decision::Tie | Decision::BothBad | Decision::Skip => continue,
-                }
-                taken.push((seq, id));
-            }
-            // The label log says which run trained on each decision (provenance).
-            if let Err(e) = labels::append_trained(&label_log, &ctx.id, step + 1, &taken) {
-                ctx.log(
-                    LogLevel::Warn,
-                    format!("noting trained labels in {}: {e}", label_log.display()),
-                );
+                };
+                labelled.push((w.tokens.labelled(&w.item, a_better), Some((seq, id))));
             }
             labelled_by_people += labelled.len();
             ready.extend(to_training_pairs(labelled, &opts, &reference, pad, &plain));
@@ -658,7 +687,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         said_waiting = false;
         // 4. One DPO step on the oldest labelled pairs.
         let take = ready.len().min(bs);
-        let rows: Vec<RefPair> = ready.drain(..take).collect();
+        let (rows, sources): (Vec<RefPair>, Vec<LabelSource>) = ready.drain(..take).unzip();
         let refs: Vec<&RefPair> = rows.iter().collect();
         num_tokens += refs.iter().map(|r| r.pair.num_tokens()).sum::<usize>();
         let mut stats = DpoStats::default();
@@ -681,6 +710,14 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         let (next, grad_norm) = optim.step(lr, policy, grads);
         policy = next;
         step += 1;
+        // The label log says which run trained on each person's decision, and at which step.
+        let trained: Vec<(u64, String)> = sources.into_iter().flatten().collect();
+        if let Err(e) = labels::append_trained(&label_log, &ctx.id, step, &trained) {
+            ctx.log(
+                LogLevel::Warn,
+                format!("noting trained labels in {}: {e}", label_log.display()),
+            );
+        }
 
         let mut values = stats.metrics("", false);
         values.extend(std::mem::take(&mut pending_values));
@@ -748,5 +785,25 @@ mod tests {
             ..Default::default()
         };
         assert!(hinge.validate(true).is_err());
+    }
+
+    /// A resumed run retrains nothing it noted, and takes decisions made while it was away.
+    #[test]
+    fn a_resumed_run_knows_which_decisions_it_trained_on() {
+        use crate::engine::labels::{LabelLog, append_trained};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("labels.jsonl");
+        let mut log = LabelLog::open(&path).unwrap();
+        let pair = |n: usize| PairItem::new("od", format!("{n}"), "a", "b", "od@1#a", "od@1#b");
+        let s1 = log.record(&pair(1), true, Decision::A).unwrap();
+        let s2 = log.record(&pair(2), true, Decision::B).unwrap();
+        // A log from before runs noted their training: everything standing counts as done.
+        let entries = labels::read_log(&path).unwrap();
+        assert_eq!(trained_before(&entries, "od"), HashSet::from([s1, s2]));
+        // With notes: only what this run noted; the decision made while it was stopped waits.
+        append_trained(&path, "od", 1, &[(s1, pair(1).id)]).unwrap();
+        append_trained(&path, "other", 1, &[(s2, pair(2).id)]).unwrap();
+        let entries = labels::read_log(&path).unwrap();
+        assert_eq!(trained_before(&entries, "od"), HashSet::from([s1]));
     }
 }
