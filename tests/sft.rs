@@ -157,6 +157,42 @@ fn a_malformed_jsonl_line_fails_the_run_naming_file_and_line() {
     );
 }
 
+/// A data path that does not exist fails before any run folder is made, naming the setting;
+/// a failure while reading the data is at no step (not "step 1").
+#[test]
+fn a_missing_data_file_fails_before_a_run_folder_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let missing = tmp.path().join("trian.jsonl");
+    let runs = tmp.path().join("runs");
+    let opts = LaunchOptions {
+        runs_root: runs.clone(),
+        ..Default::default()
+    };
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let err = session::launch(config(&model, &missing, &missing, 3), &opts, tx)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("[data] train") && err.contains("trian.jsonl"),
+        "{err}"
+    );
+    let made: Vec<_> = std::fs::read_dir(&runs)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(made.is_empty(), "{made:?}");
+
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": oops}\n").unwrap();
+    let (events, _) = run_to_end(config(&model, &bad, &bad, 3), &runs);
+    let step = events.iter().find_map(|e| match e {
+        Event::Failed { step, .. } => Some(*step),
+        _ => None,
+    });
+    assert_eq!(step, Some(None), "a data error is at no step");
+}
+
 #[test]
 fn a_broken_config_names_the_file() {
     let tmp = tempfile::tempdir().unwrap();
