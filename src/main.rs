@@ -42,6 +42,12 @@ struct Cli {
     /// `rlft` starts the default run (configs/grpo.toml); otherwise it opens on the runs.
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
+    /// Who labels pairs in this workbench (default: the login name).
+    #[arg(long, global = true)]
+    annotator: Option<String>,
+    /// How many people may label one pair (for agreement); stored for every labeller.
+    #[arg(long, global = true)]
+    labels_per_pair: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -203,6 +209,10 @@ enum Cmd {
         /// Only the pairs this run proposed (its folder name).
         #[arg(long)]
         run: Option<String>,
+        /// Print agreement (Cohen's kappa, Krippendorff's alpha, agreement with the judge) and
+        /// how the labels fold into preferences, then exit.
+        #[arg(long)]
+        stats: bool,
     },
 }
 
@@ -265,7 +275,11 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 Vec::new()
             };
-            workbench(configs, cli.runs, None, None, DeviceChoice::Cpu, None)
+            let who = Labelling {
+                annotator: cli.annotator,
+                labels_per_pair: cli.labels_per_pair,
+            };
+            workbench(configs, cli.runs, None, None, DeviceChoice::Cpu, None, who)
         }
         Some(Cmd::Generate {
             model,
@@ -314,7 +328,19 @@ fn run(cli: Cli) -> Result<()> {
             if headless || resume {
                 train(config, runs, run_dir, max_steps, device, resume, precision)
             } else {
-                workbench(vec![config], runs, run_dir, max_steps, device, precision)
+                let who = Labelling {
+                    annotator: cli.annotator,
+                    labels_per_pair: cli.labels_per_pair,
+                };
+                workbench(
+                    vec![config],
+                    runs,
+                    run_dir,
+                    max_steps,
+                    device,
+                    precision,
+                    who,
+                )
             }
         }
         Some(Cmd::Pretrain {
@@ -369,7 +395,15 @@ fn run(cli: Cli) -> Result<()> {
             precision,
         ),
         Some(Cmd::Judge(args)) => judge(args),
-        Some(Cmd::Label { runs, run }) => label(&runs, run.as_deref()),
+        Some(Cmd::Label { runs, run, stats }) => label(LabelArgs {
+            runs: &runs,
+            only: run.as_deref(),
+            annotator: cli
+                .annotator
+                .unwrap_or_else(rlft::engine::label_store::default_annotator),
+            labels_per_pair: cli.labels_per_pair,
+            stats,
+        }),
     }
 }
 
@@ -389,35 +423,77 @@ fn keep_freed_memory() {
     }
 }
 
-/// A line-based labeller: the same log, order randomisation and judge audit as the Pairs pane.
-fn label(runs: &std::path::Path, only: Option<&str>) -> Result<()> {
+/// What `rlft label` is asked to do.
+struct LabelArgs<'a> {
+    runs: &'a std::path::Path,
+    only: Option<&'a str>,
+    annotator: String,
+    labels_per_pair: Option<usize>,
+    stats: bool,
+}
+
+/// A line-based labeller: the same store, order randomisation, holds and judge audit as the
+/// Pairs pane, so several people can label one runs folder at once.
+fn label(args: LabelArgs) -> Result<()> {
+    use rlft::engine::agreement::Report;
     use rlft::engine::judge::Verdict;
-    use rlft::engine::labels::{Decision, LabelLog, pending_pairs, write_preferences};
+    use rlft::engine::label_store::{LabelStore, PREFERENCES_FILE, StoreError};
+    use rlft::engine::labels::{Decision, fold_to_preferences, pending_pairs};
     use std::io::BufRead;
     // The workbench's default, so a pair shows the same way round in both.
     const PAIR_SEED: u64 = 0x5eed;
-    let dir = runs.join("labels");
-    let mut log = LabelLog::open(&dir.join("labels.jsonl"))
-        .with_context(|| format!("opening {}", dir.join("labels.jsonl").display()))?;
-    let of_run = |p: &rlft::engine::labels::ProposedPair| only.is_none_or(|r| p.pair.run == r);
-    let mut queue: std::collections::VecDeque<_> = pending_pairs(runs, log.entries())?
+    let dir = args.runs.join("labels");
+    let mut store = LabelStore::open(&dir, &args.annotator)?;
+    if let Some(n) = args.labels_per_pair {
+        store.set_labels_per_pair(n)?;
+    }
+    if args.stats {
+        let (rows, fold) = fold_to_preferences(store.entries());
+        for line in Report::from_entries(store.entries()).lines() {
+            println!("{line}");
+        }
+        println!(
+            "preferences by majority: {} row(s); dropped {} tie(s) and {} split(s); {} label(s) per pair",
+            rows.len(),
+            fold.ties,
+            fold.splits,
+            store.labels_per_pair()
+        );
+        return Ok(());
+    }
+    let of_run = |p: &rlft::engine::labels::ProposedPair| args.only.is_none_or(|r| p.pair.run == r);
+    let mut queue: std::collections::VecDeque<_> = pending_pairs(args.runs, &store.done_for_me())?
         .into_iter()
         .filter(of_run)
         .collect();
     if queue.is_empty() {
-        match only {
-            Some(r) => println!("No pairs from {r} waiting under {}.", runs.display()),
-            None => println!("No pairs waiting under {}.", runs.display()),
+        match args.only {
+            Some(r) => println!("No pairs from {r} waiting under {}.", args.runs.display()),
+            None => println!("No pairs waiting under {}.", args.runs.display()),
         }
         return Ok(());
     }
     println!(
-        "{} pair(s) waiting. a / b: that answer is better, t tie, x both bad, s skip, u undo, q quit.",
-        queue.len()
+        "{} pair(s) waiting; labelling as {}. a / b: that answer is better, t tie, x both bad, \
+         s skip, u undo, q quit.",
+        queue.len(),
+        store.annotator()
     );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
-    while let Some(p) = queue.front().cloned() {
+    let mut held_elsewhere = 0;
+    loop {
+        // Others label the same queue: drop what they finished, skip what they hold now.
+        store.refresh()?;
+        let done = store.done_for_me();
+        queue.retain(|p| !done.contains(&p.pair.id));
+        let Some(i) =
+            (0..queue.len()).find(|&i| matches!(store.lease(&queue[i].pair.id), Ok(true)))
+        else {
+            held_elsewhere = queue.len();
+            break;
+        };
+        let p = queue[i].clone();
         let a_left = p.pair.a_on_left(PAIR_SEED);
         let (left, right) = if a_left {
             (&p.pair.a, &p.pair.b)
@@ -446,7 +522,10 @@ fn label(runs: &std::path::Path, only: Option<&str>) -> Result<()> {
         }
         print!("> ");
         std::io::Write::flush(&mut std::io::stdout())?;
-        let Some(line) = lines.next() else { break };
+        let Some(line) = lines.next() else {
+            store.release(&p.pair.id)?;
+            break;
+        };
         let decision = match line?.trim() {
             "a" | "A" => Some(if a_left { Decision::A } else { Decision::B }),
             "b" | "B" => Some(if a_left { Decision::B } else { Decision::A }),
@@ -454,24 +533,35 @@ fn label(runs: &std::path::Path, only: Option<&str>) -> Result<()> {
             "x" => Some(Decision::BothBad),
             "s" => Some(Decision::Skip),
             "u" => {
-                match log.undo()? {
+                match store.undo()? {
                     Some(entry) => {
                         println!(
-                            "Undone: {} retracted; the pair is back.",
+                            "Undone: your {} retracted; the pair is back.",
                             entry.decision.describe()
                         );
-                        if let Some(p) = pending_pairs(runs, log.entries())?
-                            .into_iter()
-                            .find(|p| p.pair.id == entry.pair_id)
+                        store.release(&p.pair.id)?;
+                        if !queue.iter().any(|q| q.pair.id == entry.pair_id)
+                            && let Some(back) = pending_pairs(args.runs, &store.done_for_me())?
+                                .into_iter()
+                                .find(|q| q.pair.id == entry.pair_id)
                         {
-                            queue.push_front(p);
+                            queue.push_front(back);
+                        } else if let Some(k) =
+                            queue.iter().position(|q| q.pair.id == entry.pair_id)
+                            && let Some(back) = queue.remove(k)
+                        {
+                            queue.push_front(back);
                         }
                     }
-                    None => println!("Nothing to undo."),
+                    None => println!("Nothing of yours to undo."),
                 }
+                store.export()?;
                 None
             }
-            "q" => break,
+            "q" => {
+                store.release(&p.pair.id)?;
+                break;
+            }
             other => {
                 println!("{other:?}: type a, b, t, x, s, u or q.");
                 None
@@ -479,21 +569,34 @@ fn label(runs: &std::path::Path, only: Option<&str>) -> Result<()> {
         };
         if let Some(d) = decision {
             // Synced to disk before it is confirmed.
-            log.record_audited(&p.pair, a_left, d, p.judge.map(|j| j.verdict))?;
-            queue.pop_front();
-            println!("Saved: {}.", d.describe());
+            match store.record(&p.pair, a_left, d, p.judge.map(|j| j.verdict)) {
+                Ok(_) => println!("Saved: {}.", d.describe()),
+                Err(e @ StoreError::Full { .. }) => println!("Not saved: {e}."),
+                Err(e) => return Err(e.into()),
+            }
+            store.release(&p.pair.id)?;
+            queue.retain(|q| q.pair.id != p.pair.id);
+            store.export()?;
         }
-        write_preferences(&dir.join("preferences.jsonl"), &log.preferences())?;
     }
-    let c = log.counters();
+    if held_elsewhere > 0 {
+        println!("{held_elsewhere} pair(s) are being labelled by someone else right now.");
+    }
+    let c = rlft::engine::labels::counters(store.entries());
     println!(
         "{} labeled, {} skipped, {} preference rows in {}",
         c.labeled,
         c.skipped,
-        c.preferences,
-        dir.join("preferences.jsonl").display()
+        fold_to_preferences(store.entries()).0.len(),
+        dir.join(PREFERENCES_FILE).display()
     );
     Ok(())
+}
+
+/// Who labels in a workbench, and how many labels a pair takes.
+struct Labelling {
+    annotator: Option<String>,
+    labels_per_pair: Option<usize>,
 }
 
 /// Opens the terminal workbench on `runs_root` with `configs` started.
@@ -504,6 +607,7 @@ fn workbench(
     max_steps: Option<usize>,
     device: DeviceChoice,
     precision: Option<Precision>,
+    who: Labelling,
 ) -> Result<()> {
     for c in &configs {
         // Fail before the screen switches, so the message stays readable.
@@ -516,6 +620,8 @@ fn workbench(
         max_steps,
         device,
         precision,
+        annotator: who.annotator,
+        labels_per_pair: who.labels_per_pair,
         ..Default::default()
     })
 }

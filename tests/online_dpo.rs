@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use rlft::engine::config::RunConfig;
 use rlft::engine::events::{Command, Event, LogLevel, RunStatus};
-use rlft::engine::labels::{Decision, LabelLog, read_proposed};
+use rlft::engine::label_store::LabelStore;
+use rlft::engine::labels::{Decision, counters, read_proposed};
 use rlft::engine::run::read_metrics;
 use rlft::engine::session::{self, LaunchOptions};
 
@@ -200,14 +201,14 @@ fn people_label_proposed_pairs_while_the_run_waits_and_it_trains_on_them() {
     let handle = session::launch(cfg, &opts, tx).unwrap();
     let dir = handle.dir.clone();
     // Label every proposed pair as a person would in the Pairs pane: A better.
-    let mut log = LabelLog::open(&labels).unwrap();
+    let mut log = LabelStore::open(labels.parent().unwrap(), "tester").unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut proposed = 0;
     while !handle.thread.is_finished() && Instant::now() < deadline {
         if let Ok(Event::Pairs { pairs, .. }) = rx.recv_timeout(Duration::from_millis(200)) {
             for p in pairs {
                 assert!(p.judge.is_none());
-                log.record(&p.pair, true, Decision::A).unwrap();
+                log.record(&p.pair, true, Decision::A, None).unwrap();
                 proposed += 1;
             }
         }
@@ -223,55 +224,180 @@ fn people_label_proposed_pairs_while_the_run_waits_and_it_trains_on_them() {
     assert!(queued.len() <= 8 + 4);
 }
 
-/// A labeller process killed with SIGKILL mid-way loses no label it had confirmed: every
-/// decision `record` returned for is in the log when it is opened again.
-#[test]
-fn kill_9_while_labelling_loses_no_confirmed_label() {
-    if let Ok(path) = std::env::var("RLFT_LABEL_CHILD") {
-        // The child: label as fast as possible, announcing each confirmed decision.
-        let mut log = LabelLog::open(Path::new(&path)).unwrap();
-        for i in 0.. {
-            let pair =
-                rlft::engine::labels::PairItem::new("run", format!("p{i}"), "a", "b", "", "");
-            let seq = log.record(&pair, i % 2 == 0, Decision::A).unwrap();
-            println!("confirmed {seq}");
+/// One labelling process of the team test: labels the shared pairs as `annotator`, holding
+/// each before showing it, and now and then undoes its newest decision; prints every
+/// confirmed decision and undo. Runs until killed.
+fn team_labeller(dir: &Path, annotator: &str) {
+    use rand::{Rng, SeedableRng};
+    let mut store = LabelStore::open(dir, annotator).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
+    let pairs: Vec<rlft::engine::labels::PairItem> = (0..TEAM_PAIRS)
+        .map(|i| rlft::engine::labels::PairItem::new("team", format!("p{i}"), "a", "b", "", ""))
+        .collect();
+    loop {
+        let i = rng.random_range(0..pairs.len());
+        store.refresh().unwrap();
+        if store.done_for_me().contains(&pairs[i].id) || !store.lease(&pairs[i].id).unwrap() {
+            continue;
         }
+        if rng.random_range(0..7) == 0
+            && let Some(d) = store.undo().unwrap()
+        {
+            println!("undone {}", d.seq);
+        }
+        let decision = [Decision::A, Decision::B, Decision::Tie][rng.random_range(0..3)];
+        match store.record(&pairs[i], true, decision, None) {
+            Ok(seq) => println!("confirmed {seq} {}", pairs[i].id),
+            Err(rlft::engine::label_store::StoreError::Full { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        store.release(&pairs[i].id).unwrap();
+    }
+}
+
+const TEAM_PAIRS: usize = 40;
+
+/// Four labelling processes on one labels folder for 30 s (`RLFT_TEAM_SECS`), killed with
+/// SIGKILL at random and restarted: every confirmed decision is in the store exactly once
+/// under its annotator, sequence numbers are unique, no pair has more than
+/// `labels_per_pair` labels, and every undo retracted its own annotator's decision.
+#[test]
+fn four_labellers_with_random_kill_9s_lose_and_double_nothing() {
+    if let (Ok(dir), Ok(who)) = (
+        std::env::var("RLFT_LABEL_CHILD"),
+        std::env::var("RLFT_ANNOTATOR"),
+    ) {
+        team_labeller(Path::new(&dir), &who);
         return;
     }
+    use rand::{Rng, SeedableRng};
+    use std::collections::{HashMap, HashSet};
     use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("labels.jsonl");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "kill_9_while_labelling_loses_no_confirmed_label",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RLFT_LABEL_CHILD", &path)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
+    let dir = tmp.path().join("labels");
+    LabelStore::open(&dir, "setup")
+        .unwrap()
+        .set_labels_per_pair(2)
         .unwrap();
-    let mut confirmed = Vec::new();
-    let reader = BufReader::new(child.stdout.take().unwrap());
-    for line in reader.lines() {
-        let line = line.unwrap();
-        if let Some(seq) = line.strip_prefix("confirmed ") {
-            confirmed.push(seq.trim().parse::<u64>().unwrap());
-            if confirmed.len() == 200 {
-                child.kill().unwrap(); // SIGKILL, mid-write of the next label
-                break;
+    // (annotator, line) for every line a labeller printed.
+    let said: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let spawn = |who: &str| {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "four_labellers_with_random_kill_9s_lose_and_double_nothing",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("RLFT_LABEL_CHILD", &dir)
+            .env("RLFT_ANNOTATOR", who)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (said, who) = (said.clone(), who.to_string());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                said.lock().unwrap().push((who.clone(), line));
             }
+        });
+        child
+    };
+    let names: Vec<String> = (0..4).map(|i| format!("ann{i}")).collect();
+    let mut team: Vec<std::process::Child> = names.iter().map(|n| spawn(n)).collect();
+    let secs: u64 = std::env::var("RLFT_TEAM_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut kills = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
+        let k = rng.random_range(0..team.len());
+        team[k].kill().unwrap(); // SIGKILL, maybe mid-transaction
+        team[k].wait().unwrap();
+        kills += 1;
+        team[k] = spawn(&names[k]);
+    }
+    for c in &mut team {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let said = said.lock().unwrap().clone();
+    let store = LabelStore::open(&dir, "checker").unwrap();
+    let entries = store.entries();
+    // Sequence numbers are unique.
+    let seqs: Vec<u64> = entries.iter().filter_map(|e| e.seq()).collect();
+    assert_eq!(seqs.iter().collect::<HashSet<_>>().len(), seqs.len());
+    let decisions: HashMap<u64, &rlft::engine::labels::DecisionEntry> = entries
+        .iter()
+        .filter_map(|e| match e {
+            rlft::engine::labels::LogEntry::Decision(d) => Some((d.seq, d)),
+            _ => None,
+        })
+        .collect();
+    // Every confirmed decision is there once, under its annotator and pair.
+    let mut confirmed = 0;
+    for (who, line) in &said {
+        if let Some(rest) = line.strip_prefix("confirmed ") {
+            let (seq, pair) = rest.split_once(' ').unwrap();
+            let d = decisions
+                .get(&seq.parse::<u64>().unwrap())
+                .unwrap_or_else(|| panic!("confirmed decision {seq} of {who} lost"));
+            assert_eq!(
+                (d.annotator.as_str(), d.pair_id.as_str()),
+                (who.as_str(), pair)
+            );
+            confirmed += 1;
         }
     }
-    child.wait().unwrap();
-    let log = LabelLog::open(&path).unwrap();
-    let seqs: std::collections::HashSet<u64> =
-        log.entries().iter().filter_map(|e| e.seq()).collect();
-    for seq in &confirmed {
-        assert!(seqs.contains(seq), "confirmed label {seq} lost");
+    // Every undo a labeller confirmed is in the store.
+    let retracted: HashSet<u64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            rlft::engine::labels::LogEntry::Retract { retracts, .. } => Some(*retracts),
+            _ => None,
+        })
+        .collect();
+    for (who, line) in &said {
+        if let Some(seq) = line.strip_prefix("undone ") {
+            assert!(
+                retracted.contains(&seq.parse().unwrap()),
+                "{who}'s undo {seq} lost"
+            );
+        }
     }
-    assert!(confirmed.len() == 200);
+    // Every retraction took back its own annotator's decision.
+    let mut retractions = 0;
+    for e in entries {
+        if let rlft::engine::labels::LogEntry::Retract {
+            retracts,
+            annotator,
+            ..
+        } = e
+        {
+            assert_eq!(&decisions[retracts].annotator, annotator);
+            retractions += 1;
+        }
+    }
+    // No pair has more than labels_per_pair standing labels.
+    let mut per_pair: HashMap<&str, usize> = HashMap::new();
+    for d in rlft::engine::labels::standing_decisions(entries) {
+        *per_pair.entry(&d.pair_id).or_default() += 1;
+    }
+    assert!(per_pair.values().all(|n| *n <= 2), "{per_pair:?}");
+    eprintln!(
+        "team: {confirmed} confirmed decisions, {retractions} undos, {kills} kill -9s, \
+         {} pairs labelled in {secs} s",
+        per_pair.len()
+    );
+    assert!(
+        confirmed > 20 && kills > 5,
+        "{confirmed} decisions, {kills} kills"
+    );
 }
 
 /// `rlft label`: the same labelling from a plain terminal or a script, into the same log.
@@ -314,11 +440,11 @@ fn rlft_label_labels_waiting_pairs_from_stdin() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("Undone"), "{text}");
-    let log = LabelLog::open(&runs.join("labels/labels.jsonl")).unwrap();
-    assert_eq!(log.counters().labeled, 2, "{text}");
+    let log = LabelStore::open(&runs.join("labels"), "someone else").unwrap();
+    assert_eq!(counters(log.entries()).labeled, 2, "{text}");
     let prefs = std::fs::read_to_string(runs.join("labels/preferences.jsonl")).unwrap();
     assert_eq!(prefs.lines().count(), 2);
     // The third pair is still waiting for the workbench or the next `rlft label`.
-    let waiting = rlft::engine::labels::pending_pairs(&runs, log.entries()).unwrap();
+    let waiting = rlft::engine::labels::pending_pairs(&runs, &log.done_for_me()).unwrap();
     assert_eq!(waiting.len(), 1);
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rlft::engine::labels::{LabelLog, provenance};
+use rlft::engine::label_store::LabelStore;
+use rlft::engine::labels::provenance;
 
 fn tmux(args: &[&str]) -> String {
     let out = Command::new("tmux").args(args).output().expect("tmux runs");
@@ -204,7 +205,7 @@ fn grpo_then_online_dpo_label_restart_resume_label_again_in_tmux() {
         rlft::tui::store::scan_runs(&tmp.path().join("runs")).len(),
         2
     );
-    let labels = LabelLog::open(&log).unwrap();
+    let labels = LabelStore::open(log.parent().unwrap(), "checker").unwrap();
     let prov = provenance(labels.entries());
     assert_eq!(prov.len(), 3);
     for p in &prov {

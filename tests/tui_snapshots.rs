@@ -733,7 +733,8 @@ fn health_pane_says_what_a_lora_run_trains() {
 /// decision names the run that proposed the pair.
 #[test]
 fn pairs_are_queued_by_run_and_f_shows_every_run() {
-    use rlft::engine::labels::{LabelLog, PairItem, ProposedPair};
+    use rlft::engine::label_store::LabelStore;
+    use rlft::engine::labels::{PairItem, ProposedPair};
     for size in [SMALL, LARGE] {
         let ws = Workspace::new();
         let mut d = ws.driver(size);
@@ -770,7 +771,7 @@ fn pairs_are_queued_by_run_and_f_shows_every_run() {
         insta::assert_snapshot!(snap_name("pairs_by_run_all_runs", size), d.render());
         // Back to the selected run; a decision records the run that proposed the pair.
         d.keys("fa");
-        let log = LabelLog::open(&ws.path().join("labels/labels.jsonl")).expect("log");
+        let log = LabelStore::open(&ws.path().join("labels"), "checker").expect("log");
         let prov = rlft::engine::labels::provenance(log.entries());
         assert_eq!(prov.len(), 1);
         assert_eq!(prov[0].proposed_by, "online-dpo");
@@ -932,5 +933,65 @@ fn the_runs_box_says_when_runs_are_out_of_view() {
         let screen = d.render();
         assert!(screen.contains("shown, ↑↓ scroll"), "{screen}");
         insta::assert_snapshot!(snap_name("runs_out_of_view", size), screen);
+    }
+}
+
+/// Labelling as a team: another labeller ("ann", in another process) holds the first pair, so
+/// this workbench ("bob") is offered the next; with two labels per pair, the pairs both label
+/// show their agreement (Cohen's kappa) in the header, and preferences fold by majority.
+#[test]
+fn a_team_labels_one_queue_each_pair_offered_to_one_and_agreement_shown() {
+    use rlft::engine::label_store::LabelStore;
+    use rlft::engine::labels::Decision;
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let labels = ws.path().join("labels");
+        let mut ann = LabelStore::open(&labels, "ann").expect("store");
+        ann.set_labels_per_pair(2).expect("setting");
+        let mut config = ws.config();
+        config.annotator = "bob".into();
+        let (w, h) = size;
+        let mut d = Driver::new(config, w, h);
+        d.start("grpo-arith", "grpo", 500);
+        d.train("grpo-arith", 1..=60, script::grpo_metrics, 10);
+        d.key(KeyCode::Char('4'));
+        // The pair on Bob's screen is held for him: Ann is not offered it meanwhile.
+        let first = d.app.pairs.current().expect("pair").clone();
+        assert!(
+            !ann.lease(&first.id).expect("lease"),
+            "bob holds the pair shown"
+        );
+        // Bob labels the pair he was shown: A better; Ann then labels it too (disagreeing
+        // on the next one).
+        let a_left = first.a_on_left(d.app.config.pair_seed);
+        d.keys(if a_left { "a" } else { "b" });
+        ann.record(&first, true, Decision::A, None)
+            .expect("ann's label");
+        let second = d.app.pairs.current().expect("pair").clone();
+        d.keys(if second.a_on_left(d.app.config.pair_seed) {
+            "a"
+        } else {
+            "b"
+        });
+        ann.record(&second, true, Decision::B, None)
+            .expect("ann's label");
+        ann.export().expect("export");
+        // Ann holds the next pair in the queue: at its next look the workbench, which
+        // shows the pair after Bob's, keeps it, and it reads Ann's labels.
+        let shown = d.app.pairs.current().expect("pair").clone();
+        d.app
+            .tick(std::time::Instant::now() + std::time::Duration::from_secs(5));
+        assert_eq!(d.app.pairs.current().map(|p| p.id.clone()), Some(shown.id));
+        let report = d.app.pairs.agreement().clone();
+        assert_eq!(report.kappas.len(), 1);
+        assert_eq!(report.kappas[0].shared, 2);
+        let screen = d.render();
+        assert!(screen.contains("κ"), "{screen}");
+        insta::assert_snapshot!(snap_name("pairs_team_agreement", size), screen);
+        // The export folds by majority: the agreed pair is a row with 2 votes of 2; the
+        // disagreement is a split.
+        let prefs = std::fs::read_to_string(labels.join("preferences.jsonl")).expect("prefs");
+        assert!(prefs.contains("\"votes\":2,\"voters\":2"), "{prefs}");
+        assert_eq!(prefs.lines().count(), 1, "{prefs}");
     }
 }

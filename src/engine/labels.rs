@@ -1,16 +1,17 @@
-//! Pairwise preference labelling: a queue of A/B pairs and an append-only decision log.
+//! Pairwise preference labelling: pairs, queues, and the log of decisions.
 //!
-//! The log is the source of truth. Every decision is one JSON line, written and
-//! `sync_data()`'d before [`LabelLog::record`] returns, so a label the screen confirmed survives
-//! a crash or a power cut. Undo appends a retraction; nothing already written is rewritten.
-//! Folding the log gives TRL preference rows (`prompt`, `chosen`, `rejected`) for reward-model
-//! and DPO runs; ties, "both bad" and skips are kept in the log but yield no row.
+//! The log is a list of [`LogEntry`]s: decisions (who chose what on which pair), retractions
+//! (undo), ratings of single answers, and notes of which run trained on a decision. The
+//! [`crate::engine::label_store`] keeps it safe for several labelling processes at once and
+//! exports it as `labels.jsonl`; this module holds the pure parts: folding the log by majority
+//! into TRL preference rows (`prompt`, `chosen`, `rejected`), counters, provenance, the queue
+//! of pairs waiting and the builder that pairs a run's samples.
 //!
 //! Pure Rust (no terminal code): the workbench's Pairs pane drives it, and so can tests.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -165,6 +166,10 @@ pub struct DecisionEntry {
     /// The AI judge's verdict shown beside the pair when the person decided (for agreement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<Verdict>,
+    /// Who decided (`--annotator`, default the login name); empty in logs from before
+    /// annotators were recorded.
+    #[serde(default)]
+    pub annotator: String,
 }
 
 impl DecisionEntry {
@@ -191,6 +196,25 @@ impl DecisionEntry {
     }
 }
 
+/// A judgement of one answer on its own: desirable or not (TRL's KTO `label`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RatingEntry {
+    pub seq: u64,
+    pub ts: f64,
+    /// The run whose sample it was.
+    #[serde(default)]
+    pub run: String,
+    pub prompt: String,
+    pub completion: String,
+    /// Where the answer came from (`run@step#i`).
+    #[serde(default)]
+    pub origin: String,
+    /// Thumbs up (`true`) or down.
+    pub label: bool,
+    #[serde(default)]
+    pub annotator: String,
+}
+
 /// One line of the label log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -202,7 +226,12 @@ pub enum LogEntry {
         ts: f64,
         retracts: u64,
         pair_id: String,
+        /// Who undid it: only one's own decisions can be retracted.
+        #[serde(default)]
+        annotator: String,
     },
+    /// A thumbs-up or thumbs-down on one answer (unpaired feedback, as KTO trains on).
+    Rating(RatingEntry),
     /// A run trained on the decision with sequence number `decision` at `step`. Written by
     /// the run (not the labeller), so it takes no sequence number of its own.
     Trained {
@@ -220,6 +249,7 @@ impl LogEntry {
         match self {
             LogEntry::Decision(d) => Some(d.seq),
             LogEntry::Retract { seq, .. } => Some(*seq),
+            LogEntry::Rating(r) => Some(r.seq),
             LogEntry::Trained { .. } => None,
         }
     }
@@ -256,51 +286,31 @@ pub fn provenance(entries: &[LogEntry]) -> Vec<Provenance<'_>> {
         .collect()
 }
 
-/// Notes in the label log that `run` trained on these decisions (sequence number, pair id) at
-/// `step`. One append of whole lines, synced: the labeller appends to the same file, and
-/// appends of whole lines do not interleave.
-pub fn append_trained(
-    path: &Path,
-    run: &str,
-    step: usize,
-    decisions: &[(u64, String)],
-) -> io::Result<()> {
-    if decisions.is_empty() {
-        return Ok(());
-    }
-    let mut text = String::new();
-    let ts = now();
-    for (decision, pair_id) in decisions {
-        let entry = LogEntry::Trained {
-            ts,
-            run: run.to_string(),
-            step,
-            decision: *decision,
-            pair_id: pair_id.clone(),
-        };
-        text.push_str(&serde_json::to_string(&entry).map_err(io::Error::other)?);
-        text.push('\n');
-    }
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    // A torn line left by a crash must not swallow the first note.
-    if ends_without_newline_path(path)? {
-        text.insert(0, '\n');
-    }
-    file.write_all(text.as_bytes())?;
-    file.sync_data()
-}
-
-fn ends_without_newline_path(path: &Path) -> io::Result<bool> {
-    let mut f = File::open(path)?;
-    ends_without_newline(&mut f)
-}
-
-/// A TRL preference row (`docs/source/dataset_formats.md`, "preference" type, plain text).
+/// A TRL preference row (`docs/source/dataset_formats.md`, "preference" type, plain text),
+/// with how many annotators voted for `chosen` out of how many labelled the pair (TRL
+/// ignores the extra columns).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preference {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    #[serde(default = "one")]
+    pub votes: usize,
+    #[serde(default = "one")]
+    pub voters: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// What folding by majority dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldStats {
+    /// Pairs whose majority said tie or both bad.
+    pub ties: usize,
+    /// Pairs with no majority (e.g. one vote each for A and B).
+    pub splits: usize,
 }
 
 /// Counts shown above the Pairs pane. Only the latest standing decision per pair counts.
@@ -325,8 +335,8 @@ impl Counters {
     }
 }
 
-/// The decisions still standing: retracted ones removed, and for a pair decided more than
-/// once only the newest kept. In the order of those newest decisions.
+/// The decisions still standing: retracted ones removed, and for a pair an annotator decided
+/// more than once only their newest kept. In the order of those newest decisions.
 pub fn standing_decisions(entries: &[LogEntry]) -> Vec<&DecisionEntry> {
     let retracted: HashSet<u64> = entries
         .iter()
@@ -342,35 +352,85 @@ pub fn standing_decisions(entries: &[LogEntry]) -> Vec<&DecisionEntry> {
             _ => None,
         })
         .collect();
-    let mut newest: HashMap<&str, usize> = HashMap::new();
+    let mut newest: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, d) in live.iter().enumerate() {
-        newest.insert(d.pair_id.as_str(), i);
+        newest.insert((d.pair_id.as_str(), d.annotator.as_str()), i);
     }
     live.iter()
         .enumerate()
-        .filter(|(i, d)| newest.get(d.pair_id.as_str()) == Some(i))
+        .filter(|(i, d)| newest.get(&(d.pair_id.as_str(), d.annotator.as_str())) == Some(i))
         .map(|(_, d)| *d)
         .collect()
 }
 
-/// Folds a label log into TRL preference rows: "A better" gives chosen = a, "B better" gives
-/// chosen = b; ties, both-bad and skips give nothing; retracted decisions are ignored.
-pub fn fold_to_preferences(entries: &[LogEntry]) -> Vec<Preference> {
-    standing_decisions(entries)
-        .into_iter()
-        .filter_map(|d| {
-            let (chosen, rejected) = match d.decision {
-                Decision::A => (&d.a, &d.b),
-                Decision::B => (&d.b, &d.a),
-                _ => return None,
-            };
-            Some(Preference {
-                prompt: d.prompt.clone(),
-                chosen: chosen.clone(),
-                rejected: rejected.clone(),
-            })
-        })
-        .collect()
+/// The majority of the votes on one pair (skips are no vote): `A` or `B` when one has more
+/// votes than every other answer, `Tie` when a tie or both-bad wins, `None` for a split or no
+/// votes. With the winning votes and the number of voters.
+pub fn majority(votes: &[Decision]) -> (Option<Decision>, usize, usize) {
+    let counted: Vec<Decision> = votes
+        .iter()
+        .copied()
+        .filter(|d| *d != Decision::Skip)
+        .collect();
+    let count = |want: Decision| counted.iter().filter(|d| **d == want).count();
+    let options = [Decision::A, Decision::B, Decision::Tie, Decision::BothBad];
+    let tally: Vec<(Decision, usize)> = options.iter().map(|d| (*d, count(*d))).collect();
+    let best = tally.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let winners: Vec<Decision> = tally
+        .iter()
+        .filter(|(_, n)| *n == best && best > 0)
+        .map(|(d, _)| *d)
+        .collect();
+    let winner = match winners.as_slice() {
+        [Decision::BothBad] => Some(Decision::Tie),
+        [one] => Some(*one),
+        _ => None,
+    };
+    (winner, best, counted.len())
+}
+
+/// Folds a label log into TRL preference rows, one per pair by the majority of its
+/// annotators: `A` gives chosen = a, `B` gives chosen = b; pairs whose majority is a tie or
+/// both bad, and pairs with no majority, give no row and are counted. Retracted decisions and
+/// skips do not vote.
+pub fn fold_to_preferences(entries: &[LogEntry]) -> (Vec<Preference>, FoldStats) {
+    let mut by_pair: Vec<(&DecisionEntry, Vec<Decision>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for d in standing_decisions(entries) {
+        match index.get(d.pair_id.as_str()) {
+            Some(&i) => by_pair[i].1.push(d.decision),
+            None => {
+                index.insert(&d.pair_id, by_pair.len());
+                by_pair.push((d, vec![d.decision]));
+            }
+        }
+    }
+    let mut stats = FoldStats::default();
+    let mut rows = Vec::new();
+    for (d, votes) in by_pair {
+        let (winner, won, voters) = majority(&votes);
+        let (chosen, rejected) = match winner {
+            Some(Decision::A) => (&d.a, &d.b),
+            Some(Decision::B) => (&d.b, &d.a),
+            Some(_) => {
+                stats.ties += 1;
+                continue;
+            }
+            None if voters > 0 => {
+                stats.splits += 1;
+                continue;
+            }
+            None => continue,
+        };
+        rows.push(Preference {
+            prompt: d.prompt.clone(),
+            chosen: chosen.clone(),
+            rejected: rejected.clone(),
+            votes: won,
+            voters,
+        });
+    }
+    (rows, stats)
 }
 
 /// Counts over the standing decisions of a log.
@@ -403,220 +463,41 @@ pub fn counters(entries: &[LogEntry]) -> Counters {
 /// is derived data, so it is written whole to a temporary file and renamed into place: a
 /// reader never sees half a file.
 pub fn write_preferences(path: &Path, prefs: &[Preference]) -> io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
-    }
     let mut text = String::new();
     for p in prefs {
         text.push_str(&serde_json::to_string(p).map_err(io::Error::other)?);
         text.push('\n');
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, path)
+    write_atomically(path, &text)
 }
 
-/// The append-only label log (`labels.jsonl`).
-pub struct LabelLog {
-    path: PathBuf,
-    file: File,
-    entries: Vec<LogEntry>,
-    next_seq: u64,
-    /// Lines that did not parse when the log was opened (a torn last line after a crash).
-    skipped_lines: usize,
-    /// A failed write may have left a partial line; the next append starts a fresh line.
-    needs_newline: bool,
-}
-
-impl LabelLog {
-    /// Opens (creating if needed) a log and reads what it holds. Lines that do not parse are
-    /// skipped and counted. If the file does not end in a newline (a write torn by a crash),
-    /// a newline is appended first so the next entry is not glued to the fragment.
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            fs::create_dir_all(dir)?;
-        }
-        let is_new = !path.exists();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        if is_new {
-            // A new file's name is only durable once its folder is synced. Best effort:
-            // not every platform can open a folder for syncing.
-            if let Some(d) = dir.and_then(|d| File::open(d).ok()) {
-                let _ = d.sync_all();
-            }
-        }
-        let mut entries = Vec::new();
-        let mut skipped_lines = 0;
-        {
-            // Bytes, not `read_line`: a torn write may cut a UTF-8 character in half.
-            let mut reader = BufReader::new(&mut file);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                if reader.read_until(b'\n', &mut line)? == 0 {
-                    break;
-                }
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim();
-                if text.is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<LogEntry>(text) {
-                    Ok(e) => entries.push(e),
-                    Err(_) => skipped_lines += 1,
-                }
-            }
-        }
-        let needs_newline = ends_without_newline(&mut file)?;
-        let next_seq = entries
-            .iter()
-            .filter_map(LogEntry::seq)
-            .max()
-            .map_or(1, |s| s + 1);
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            entries,
-            next_seq,
-            skipped_lines,
-            needs_newline,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn entries(&self) -> &[LogEntry] {
-        &self.entries
-    }
-
-    /// Lines skipped when the log was opened because they did not parse.
-    pub fn skipped_lines(&self) -> usize {
-        self.skipped_lines
-    }
-
-    /// Appends a decision and syncs it to disk; only then returns its sequence number.
-    pub fn record(
-        &mut self,
-        pair: &PairItem,
-        a_on_left: bool,
-        decision: Decision,
-    ) -> io::Result<u64> {
-        self.record_audited(pair, a_on_left, decision, None)
-    }
-
-    /// [`LabelLog::record`] with the AI judge's verdict that was shown beside the pair.
-    pub fn record_audited(
-        &mut self,
-        pair: &PairItem,
-        a_on_left: bool,
-        decision: Decision,
-        judge: Option<Verdict>,
-    ) -> io::Result<u64> {
-        let seq = self.next_seq;
-        self.append(LogEntry::Decision(DecisionEntry {
-            seq,
-            ts: now(),
-            pair_id: pair.id.clone(),
-            run: pair.run.clone(),
-            prompt: pair.prompt.clone(),
-            a: pair.a.clone(),
-            b: pair.b.clone(),
-            origin_a: pair.origin_a.clone(),
-            origin_b: pair.origin_b.clone(),
-            a_on_left,
-            decision,
-            judge,
-        }))?;
-        Ok(seq)
-    }
-
-    /// Retracts the newest decision that still stands (appending a retraction entry) and
-    /// returns it, or `None` when there is nothing to undo.
-    pub fn undo(&mut self) -> io::Result<Option<DecisionEntry>> {
-        let retracted: HashSet<u64> = self
-            .entries
-            .iter()
-            .filter_map(|e| match e {
-                LogEntry::Retract { retracts, .. } => Some(*retracts),
-                _ => None,
-            })
-            .collect();
-        let Some(target) = self.entries.iter().rev().find_map(|e| match e {
-            LogEntry::Decision(d) if !retracted.contains(&d.seq) => Some(d.clone()),
-            _ => None,
-        }) else {
-            return Ok(None);
-        };
-        self.append(LogEntry::Retract {
-            seq: self.next_seq,
-            ts: now(),
-            retracts: target.seq,
-            pair_id: target.pair_id.clone(),
-        })?;
-        Ok(Some(target))
-    }
-
-    /// Ids of pairs with a standing decision (skips included): they are not queued again.
-    pub fn decided_ids(&self) -> HashSet<String> {
-        standing_decisions(&self.entries)
-            .into_iter()
-            .map(|d| d.pair_id.clone())
-            .collect()
-    }
-
-    pub fn counters(&self) -> Counters {
-        counters(&self.entries)
-    }
-
-    pub fn preferences(&self) -> Vec<Preference> {
-        fold_to_preferences(&self.entries)
-    }
-
-    fn append(&mut self, entry: LogEntry) -> io::Result<()> {
-        let mut line = String::new();
-        if self.needs_newline {
-            line.push('\n');
-        }
-        line.push_str(&serde_json::to_string(&entry).map_err(io::Error::other)?);
-        line.push('\n');
-        let written = self
-            .file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            self.needs_newline = true;
-            return Err(e);
-        }
-        self.needs_newline = false;
-        if let Some(seq) = entry.seq() {
-            self.next_seq = seq + 1;
-        }
-        self.entries.push(entry);
-        Ok(())
-    }
-}
-
-fn ends_without_newline(file: &mut File) -> io::Result<bool> {
-    if file.seek(SeekFrom::End(0))? == 0 {
-        return Ok(false);
-    }
-    let mut last = [0u8; 1];
-    file.seek(SeekFrom::End(-1))?;
-    file.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
-}
-
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Writes a whole log as JSONL (one entry per line), atomically: a temporary file renamed
+/// into place, so readers (people, scripts, older rlft) never see half a file.
+pub fn write_log(path: &Path, entries: &[LogEntry]) -> io::Result<()> {
+    let mut text = String::new();
+    for e in entries {
+        text.push_str(&serde_json::to_string(e).map_err(io::Error::other)?);
+        text.push('\n');
+    }
+    write_atomically(path, &text)
+}
+
+/// Writes `text` to a temporary file beside `path`, syncs it and renames it into place.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_data()?;
+    fs::rename(&tmp, path)
 }
 
 /// Reads a label log without opening it for writing (a trainer polling for new labels while
@@ -679,13 +560,9 @@ pub fn read_proposed(path: &Path) -> io::Result<Vec<ProposedPair>> {
 /// A run's queue of pairs proposed for labelling, inside its run folder.
 pub const RUN_PAIRS_FILE: &str = "pairs.jsonl";
 
-/// Pairs proposed under `runs_root` (each run folder's `pairs.jsonl`, then the labels folder's
-/// `pairs.jsonl`) that `entries` holds no standing decision for, oldest run folder first.
-pub fn pending_pairs(runs_root: &Path, entries: &[LogEntry]) -> io::Result<Vec<ProposedPair>> {
-    let decided: HashSet<&str> = standing_decisions(entries)
-        .into_iter()
-        .map(|d| d.pair_id.as_str())
-        .collect();
+/// Pairs proposed under `runs_root` (each run folder's `pairs.jsonl`), oldest run folder
+/// first, leaving out those in `done` (e.g. [`crate::engine::label_store::LabelStore::done_for_me`]).
+pub fn pending_pairs(runs_root: &Path, done: &HashSet<String>) -> io::Result<Vec<ProposedPair>> {
     let mut files: Vec<PathBuf> = match fs::read_dir(runs_root) {
         Ok(read) => read
             .flatten()
@@ -709,7 +586,7 @@ pub fn pending_pairs(runs_root: &Path, entries: &[LogEntry]) -> io::Result<Vec<P
             if p.pair.run.is_empty() {
                 p.pair.run = folder.clone();
             }
-            if !decided.contains(p.pair.id.as_str()) && seen.insert(p.pair.id.clone()) {
+            if !done.contains(&p.pair.id) && seen.insert(p.pair.id.clone()) {
                 out.push(p);
             }
         }
@@ -756,6 +633,23 @@ impl PairQueue {
     /// The first waiting pair proposed by `run` (any run when `None`).
     pub fn current_of(&self, run: Option<&str>) -> Option<&PairItem> {
         self.pending.iter().find(|p| run.is_none_or(|r| p.run == r))
+    }
+
+    /// The waiting pairs proposed by `run` (any run when `None`), in order.
+    pub fn iter_of<'a>(&'a self, run: Option<&'a str>) -> impl Iterator<Item = &'a PairItem> {
+        self.pending
+            .iter()
+            .filter(move |p| run.is_none_or(|r| p.run == r))
+    }
+
+    /// The waiting pair with this id.
+    pub fn get(&self, id: &str) -> Option<&PairItem> {
+        self.pending.iter().find(|p| p.id == id)
+    }
+
+    /// Drops the waiting pairs `keep` says no to (e.g. labelled meanwhile by others).
+    pub fn retain(&mut self, keep: impl FnMut(&PairItem) -> bool) {
+        self.pending.retain(keep);
     }
 
     /// How many pairs `run` has waiting (all runs when `None`).
@@ -964,112 +858,6 @@ mod tests {
     }
 
     #[test]
-    fn decisions_fold_into_trl_preferences_and_undo_retracts() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut log = LabelLog::open(&tmp.path().join("labels.jsonl")).unwrap();
-        log.record(&pair(1), true, Decision::A).unwrap();
-        log.record(&pair(2), false, Decision::B).unwrap();
-        log.record(&pair(3), true, Decision::Tie).unwrap();
-        log.record(&pair(4), true, Decision::Skip).unwrap();
-        log.record(&pair(5), true, Decision::BothBad).unwrap();
-        log.record(&pair(6), true, Decision::A).unwrap();
-        let undone = log.undo().unwrap().unwrap();
-        assert_eq!(undone.pair_id, pair(6).id);
-
-        let prefs = log.preferences();
-        assert_eq!(
-            prefs,
-            vec![
-                Preference {
-                    prompt: "1+1=".into(),
-                    chosen: "2".into(),
-                    rejected: "3".into()
-                },
-                Preference {
-                    prompt: "2+1=".into(),
-                    chosen: "4".into(),
-                    rejected: "3".into()
-                },
-            ]
-        );
-        let c = log.counters();
-        assert_eq!((c.labeled, c.skipped, c.preferences), (4, 1, 2));
-        assert_eq!((c.ties, c.both_bad), (1, 1));
-        // Pair 1: a on the left, A chosen (left). Pair 2: a on the right, B chosen (left).
-        assert_eq!(c.left_chosen_pct(), Some(100.0));
-
-        // Undo wrote a retraction line; nothing was rewritten.
-        let text = fs::read_to_string(log.path()).unwrap();
-        assert_eq!(text.lines().count(), 7);
-        assert!(
-            text.lines()
-                .last()
-                .unwrap()
-                .contains("\"kind\":\"retract\"")
-        );
-        assert!(!log.decided_ids().contains(&pair(6).id));
-        assert!(log.decided_ids().contains(&pair(4).id));
-    }
-
-    #[test]
-    fn undo_twice_walks_back_and_nothing_left_is_none() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut log = LabelLog::open(&tmp.path().join("l.jsonl")).unwrap();
-        assert!(log.undo().unwrap().is_none());
-        log.record(&pair(1), true, Decision::A).unwrap();
-        log.record(&pair(2), true, Decision::B).unwrap();
-        assert_eq!(log.undo().unwrap().unwrap().pair_id, pair(2).id);
-        assert_eq!(log.undo().unwrap().unwrap().pair_id, pair(1).id);
-        assert!(log.undo().unwrap().is_none());
-        assert!(log.preferences().is_empty());
-    }
-
-    #[test]
-    fn relabelling_a_pair_keeps_only_the_newest_decision() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut log = LabelLog::open(&tmp.path().join("l.jsonl")).unwrap();
-        log.record(&pair(1), true, Decision::A).unwrap();
-        log.record(&pair(1), true, Decision::B).unwrap();
-        let prefs = log.preferences();
-        assert_eq!(prefs.len(), 1);
-        assert_eq!(prefs[0].chosen, "3");
-        assert_eq!(log.counters().labeled, 1);
-    }
-
-    #[test]
-    fn reopening_after_a_crash_ignores_the_torn_line_and_appends_cleanly() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("labels.jsonl");
-        {
-            let mut log = LabelLog::open(&path).unwrap();
-            log.record(&pair(1), true, Decision::A).unwrap();
-            log.record(&pair(2), true, Decision::B).unwrap();
-        }
-        // A crash in the middle of the third write leaves half a line, no newline.
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        write!(
-            f,
-            "{{\"kind\":\"decision\",\"seq\":3,\"ts\":1.0,\"pair_id\":\"ab"
-        )
-        .unwrap();
-        drop(f);
-
-        let mut log = LabelLog::open(&path).unwrap();
-        assert_eq!(log.entries().len(), 2);
-        assert_eq!(log.skipped_lines(), 1);
-        assert_eq!(log.preferences().len(), 2);
-        let seq = log.record(&pair(3), false, Decision::A).unwrap();
-        assert_eq!(seq, 3);
-        drop(log);
-
-        // The new entry is on its own line and the log reads back whole.
-        let log = LabelLog::open(&path).unwrap();
-        assert_eq!(log.entries().len(), 3);
-        assert_eq!(log.skipped_lines(), 1);
-        assert_eq!(log.preferences().len(), 3);
-    }
-
-    #[test]
     fn preferences_file_is_trl_jsonl() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("out/preferences.jsonl");
@@ -1077,12 +865,14 @@ mod tests {
             prompt: "1+1=".into(),
             chosen: "2".into(),
             rejected: "3".into(),
+            votes: 2,
+            voters: 3,
         }];
         write_preferences(&path, &prefs).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            "{\"prompt\":\"1+1=\",\"chosen\":\"2\",\"rejected\":\"3\"}\n"
+            "{\"prompt\":\"1+1=\",\"chosen\":\"2\",\"rejected\":\"3\",\"votes\":2,\"voters\":3}\n"
         );
     }
 
@@ -1139,51 +929,6 @@ mod tests {
     }
 
     #[test]
-    fn provenance_names_the_proposing_run_and_the_runs_that_trained() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("labels.jsonl");
-        let mut log = LabelLog::open(&path).unwrap();
-        let mine = PairItem::new(
-            "online-dpo",
-            "p",
-            "x",
-            "y",
-            "online-dpo@1#a",
-            "online-dpo@1#b",
-        );
-        let other = PairItem::new("grpo", "q", "1", "2", "grpo@3#0", "grpo@3#1");
-        let s1 = log.record(&mine, true, Decision::A).unwrap();
-        let s2 = log.record(&other, true, Decision::B).unwrap();
-        // The run notes what it trained on, appended beside the labeller's lines.
-        append_trained(&path, "online-dpo", 4, &[(s1, mine.id.clone())]).unwrap();
-        drop(log);
-        let log = LabelLog::open(&path).unwrap();
-        assert_eq!(log.skipped_lines(), 0);
-        let prov = provenance(log.entries());
-        assert_eq!(prov.len(), 2);
-        assert_eq!(
-            (
-                prov[0].decision.seq,
-                prov[0].proposed_by,
-                prov[0].trained_by.clone()
-            ),
-            (s1, "online-dpo", vec!["online-dpo"])
-        );
-        assert_eq!(
-            (
-                prov[1].decision.seq,
-                prov[1].proposed_by,
-                prov[1].trained_by.len()
-            ),
-            (s2, "grpo", 0)
-        );
-        // Notes take no sequence number: the next decision follows the last one.
-        let mut log = log;
-        assert_eq!(log.record(&pair(9), true, Decision::A).unwrap(), s2 + 1);
-        assert_eq!(mine.step(), Some(1));
-    }
-
-    #[test]
     fn the_queue_filters_by_run() {
         let mut q = PairQueue::new();
         let none = HashSet::new();
@@ -1200,5 +945,100 @@ mod tests {
         assert!(q.remove(&id).is_some());
         assert!(q.current_of(Some("online-dpo")).is_none());
         assert_eq!(q.len(), 2);
+    }
+
+    fn decision(seq: u64, p: &PairItem, who: &str, d: Decision) -> LogEntry {
+        LogEntry::Decision(DecisionEntry {
+            seq,
+            ts: seq as f64,
+            pair_id: p.id.clone(),
+            run: p.run.clone(),
+            prompt: p.prompt.clone(),
+            a: p.a.clone(),
+            b: p.b.clone(),
+            origin_a: p.origin_a.clone(),
+            origin_b: p.origin_b.clone(),
+            a_on_left: true,
+            decision: d,
+            judge: None,
+            annotator: who.into(),
+        })
+    }
+
+    #[test]
+    fn provenance_names_the_proposing_run_and_the_runs_that_trained() {
+        let mine = PairItem::new(
+            "online-dpo",
+            "p",
+            "x",
+            "y",
+            "online-dpo@1#a",
+            "online-dpo@1#b",
+        );
+        let other = PairItem::new("grpo", "q", "1", "2", "grpo@3#0", "grpo@3#1");
+        let entries = vec![
+            decision(1, &mine, "ann", Decision::A),
+            decision(2, &other, "ann", Decision::B),
+            LogEntry::Trained {
+                ts: 3.0,
+                run: "online-dpo".into(),
+                step: 4,
+                decision: 1,
+                pair_id: mine.id.clone(),
+            },
+        ];
+        let prov = provenance(&entries);
+        assert_eq!(prov.len(), 2);
+        assert_eq!(
+            (
+                prov[0].decision.seq,
+                prov[0].proposed_by,
+                prov[0].trained_by.clone()
+            ),
+            (1, "online-dpo", vec!["online-dpo"])
+        );
+        assert_eq!((prov[1].proposed_by, prov[1].trained_by.len()), ("grpo", 0));
+        assert_eq!(mine.step(), Some(1));
+    }
+
+    /// Majority folding on a fixture: 3 annotators, each pair a different outcome.
+    #[test]
+    fn preferences_fold_by_majority_and_count_what_they_drop() {
+        let p = |n: usize| pair(n);
+        let entries = vec![
+            // Pair 1: A, A, B -> chosen a, 2 votes of 3.
+            decision(1, &p(1), "ann", Decision::A),
+            decision(2, &p(1), "bob", Decision::A),
+            decision(3, &p(1), "cy", Decision::B),
+            // Pair 2: A, B -> a split, dropped.
+            decision(4, &p(2), "ann", Decision::A),
+            decision(5, &p(2), "bob", Decision::B),
+            // Pair 3: tie, tie, B -> a tie wins, dropped.
+            decision(6, &p(3), "ann", Decision::Tie),
+            decision(7, &p(3), "bob", Decision::Tie),
+            decision(8, &p(3), "cy", Decision::B),
+            // Pair 4: B, with a skip that does not vote -> chosen b, 1 of 1.
+            decision(9, &p(4), "ann", Decision::B),
+            decision(10, &p(4), "bob", Decision::Skip),
+        ];
+        // Ann changes her mind on pair 2: B, B -> chosen b.
+        let (rows, stats) = fold_to_preferences(&entries);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].chosen.as_str(), rows[0].votes, rows[0].voters),
+            ("2", 2, 3)
+        );
+        assert_eq!(
+            (rows[1].chosen.as_str(), rows[1].votes, rows[1].voters),
+            ("6", 1, 1)
+        );
+        assert_eq!((stats.ties, stats.splits), (1, 1));
+        let mut more = entries.clone();
+        more.push(decision(11, &p(2), "ann", Decision::B));
+        let (rows, stats) = fold_to_preferences(&more);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(stats.splits, 0);
+        assert_eq!(majority(&[Decision::Tie, Decision::BothBad]).0, None);
+        assert_eq!(majority(&[Decision::BothBad]).0, Some(Decision::Tie));
     }
 }

@@ -1,6 +1,7 @@
 //! The engine: models, tokenizers, data, sampling, algorithms and run store. No terminal UI
 //! code lives here; the UI talks to the engine only through `events`.
 
+pub mod agreement;
 pub mod algo;
 pub mod bench;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod device;
 pub mod events;
 pub mod health;
 pub mod judge;
+pub mod label_store;
 pub mod labels;
 pub mod model;
 pub mod optim;

@@ -23,6 +23,8 @@ use crate::tui::ui;
 
 /// Engine and UI messages kept for the Log pane: hours of messages, well under a megabyte.
 const LOG_CAPACITY: usize = 2000;
+/// How often the Pairs pane looks for other labellers' decisions.
+const LABEL_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The panes, in Tab order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +106,8 @@ pub struct AppConfig {
     pub pair_seed: u64,
     /// Buckets kept per metric series (see [`series::DEFAULT_CAP`]).
     pub series_cap: usize,
+    /// Who labels in this workbench (`--annotator`, default the login name).
+    pub annotator: String,
 }
 
 impl AppConfig {
@@ -116,6 +120,7 @@ impl AppConfig {
             cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pair_seed: 0x5eed,
             series_cap: series::DEFAULT_CAP,
+            annotator: crate::engine::label_store::default_annotator(),
         }
     }
 }
@@ -236,11 +241,17 @@ pub struct App {
     /// The user quit without waiting for runs to stop.
     pub quit_forced: bool,
     engine: Box<dyn Engine>,
+    last_sync: std::time::Instant,
 }
 
 impl App {
     pub fn new(config: AppConfig, engine: Box<dyn Engine>) -> Self {
-        let pairs = PairsState::open(&config.labels_dir, &config.runs_root, config.pair_seed);
+        let pairs = PairsState::open(
+            &config.labels_dir,
+            &config.runs_root,
+            config.pair_seed,
+            &config.annotator,
+        );
         let mut app = Self {
             runs: RunStore::default(),
             focused_run: None,
@@ -259,11 +270,23 @@ impl App {
             quit_forced: false,
             engine,
             config,
+            last_sync: std::time::Instant::now(),
         };
         if let Some(msg) = app.pairs.startup_note() {
             app.log.push(None, LogLevel::Warn, msg);
         }
         app
+    }
+
+    /// Work done between frames: reads what other labellers added to the label store about
+    /// once a second (not every frame: each look is a database query).
+    pub fn tick(&mut self, now: std::time::Instant) {
+        if now.duration_since(self.last_sync) >= LABEL_SYNC_INTERVAL {
+            self.last_sync = now;
+            if self.pairs.sync() {
+                self.dirty = true;
+            }
+        }
     }
 
     /// The run the panes show.

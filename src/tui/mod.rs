@@ -65,6 +65,10 @@ pub struct WorkbenchOptions {
     pub load_saved_runs: bool,
     /// Overrides `[train] precision` of every run started (`--precision`).
     pub precision: Option<crate::engine::model::precision::Precision>,
+    /// Who labels (`--annotator`); default the login name.
+    pub annotator: Option<String>,
+    /// How many people may label one pair (`--labels-per-pair`), stored for every labeller.
+    pub labels_per_pair: Option<usize>,
 }
 
 impl Default for WorkbenchOptions {
@@ -79,6 +83,8 @@ impl Default for WorkbenchOptions {
             labels_dir: None,
             load_saved_runs: true,
             precision: None,
+            annotator: None,
+            labels_per_pair: None,
         }
     }
 }
@@ -94,6 +100,14 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
     );
     if let Some(dir) = &opts.labels_dir {
         config.labels_dir = dir.clone();
+    }
+    if let Some(who) = &opts.annotator {
+        config.annotator = who.clone();
+    }
+    if let Some(n) = opts.labels_per_pair {
+        let mut store = crate::engine::label_store::LabelStore::open(&config.labels_dir, "")
+            .context("opening the label store")?;
+        store.set_labels_per_pair(n)?;
     }
     let mut engine = SessionEngine::new(tx, opts.runs_root.clone(), opts.device);
     engine.precision = opts.precision;
@@ -187,6 +201,7 @@ fn event_loop(
         for p in guard.take_panics() {
             app.note(LogLevel::Error, p);
         }
+        app.tick(Instant::now());
         if app.should_exit() {
             return Ok(());
         }

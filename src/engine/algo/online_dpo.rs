@@ -35,6 +35,7 @@ use crate::engine::config::RunConfig;
 use crate::engine::data::EpochSampler;
 use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
 use crate::engine::judge::{self, Judge, JudgeStats, Verdict};
+use crate::engine::label_store::LabelStore;
 use crate::engine::labels::{
     self, Decision, LogEntry, PairItem, ProposedPair, append_proposed, read_proposed,
 };
@@ -182,17 +183,33 @@ impl Answers {
     }
 }
 
-/// The label log's decisions on this run's pairs that were not yet used, as (pair id,
-/// decision); retractions of decisions already trained on are ignored (the step is done).
+/// This run's waiting pairs that have all their labels (`labels_per_pair` standing
+/// decisions not used yet), each with those decisions' sequence numbers and their majority
+/// (`None` for a split). Retractions of decisions already trained on are ignored (the step is
+/// done).
 fn new_decisions(
     entries: &[LogEntry],
     waiting: &HashMap<String, Waiting>,
     used: &HashSet<u64>,
-) -> Vec<(u64, String, Decision)> {
-    labels::standing_decisions(entries)
+    labels_per_pair: usize,
+) -> Vec<(Vec<u64>, String, Option<Decision>)> {
+    let mut by_pair: Vec<(String, Vec<u64>, Vec<Decision>)> = Vec::new();
+    for d in labels::standing_decisions(entries) {
+        if !waiting.contains_key(&d.pair_id) || used.contains(&d.seq) {
+            continue;
+        }
+        match by_pair.iter_mut().find(|(id, ..)| *id == d.pair_id) {
+            Some((_, seqs, votes)) => {
+                seqs.push(d.seq);
+                votes.push(d.decision);
+            }
+            None => by_pair.push((d.pair_id.clone(), vec![d.seq], vec![d.decision])),
+        }
+    }
+    by_pair
         .into_iter()
-        .filter(|d| waiting.contains_key(&d.pair_id) && !used.contains(&d.seq))
-        .map(|d| (d.seq, d.pair_id.clone(), d.decision))
+        .filter(|(_, seqs, _)| seqs.len() >= labels_per_pair)
+        .map(|(id, seqs, votes)| (seqs, id, labels::majority(&votes).0))
         .collect()
 }
 
@@ -244,9 +261,9 @@ fn rollout_stats(
     RolloutStats { values }
 }
 
-/// A person's decision a labelled pair came from (sequence number, pair id), noted in the
-/// label log once a step has trained on it; `None` for the judge's labels.
-type LabelSource = Option<(u64, String)>;
+/// The people's decisions a labelled pair came from (sequence number, pair id), noted in the
+/// label store once a step has trained on it; empty for the judge's labels.
+type LabelSource = Vec<(u64, String)>;
 
 /// Fits labelled pairs to the length limits and caches their reference log-probabilities,
 /// keeping each pair's source.
@@ -332,14 +349,28 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         .as_ref()
         .map(|j| j.principle().to_string())
         .unwrap_or_default();
-    let label_log = o.labels.clone().unwrap_or_else(|| {
-        ctx.dir
+    // The label store of the folder holding `labels.jsonl` (by default `labels/` beside the
+    // run folder, where the workbench keeps it).
+    let labels_dir = match &o.labels {
+        Some(log) => log
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf(),
+        None => ctx
+            .dir
             .path
             .parent()
             .unwrap_or(std::path::Path::new("."))
-            .join("labels")
-            .join("labels.jsonl")
-    });
+            .join("labels"),
+    };
+    let mut label_store = if o.labeler.uses_people() {
+        Some(
+            LabelStore::open(&labels_dir, &ctx.id)
+                .map_err(|e| TrainError::Invalid(format!("the label store: {e}")))?,
+        )
+    } else {
+        None
+    };
     let pairs_file = ctx.dir.path.join(labels::RUN_PAIRS_FILE);
     let opts = PairOptions {
         max_length: train_cfg.max_length.min(model_cfg.max_position_embeddings),
@@ -370,7 +401,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let mut waiting: HashMap<String, Waiting> = HashMap::new();
     let mut used_decisions: HashSet<u64> = HashSet::new();
     if o.labeler.uses_people() {
-        let entries = labels::read_log(&label_log).unwrap_or_default();
+        let entries = label_store
+            .as_ref()
+            .map(|s| s.entries().to_vec())
+            .unwrap_or_default();
         // Decisions this run trained on before a restart are done; a pair decided while the
         // run was stopped (or loading) waits like an undecided one and is taken at once.
         used_decisions = trained_before(&entries, &ctx.id);
@@ -606,8 +640,8 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     && o.labeler.uses_judge()
                 {
                     match v.verdict {
-                        Verdict::A => labelled.push((tokens.labelled(&item, true), None)),
-                        Verdict::B => labelled.push((tokens.labelled(&item, false), None)),
+                        Verdict::A => labelled.push((tokens.labelled(&item, true), Vec::new())),
+                        Verdict::B => labelled.push((tokens.labelled(&item, false), Vec::new())),
                         Verdict::Tie => {}
                     }
                 }
@@ -650,20 +684,29 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             pending_values.extend(values);
         }
         // 3. People's new decisions.
-        if o.labeler.uses_people() && !waiting.is_empty() {
-            let entries = labels::read_log(&label_log).unwrap_or_default();
+        if let Some(store) = label_store.as_mut()
+            && !waiting.is_empty()
+        {
+            if let Err(e) = store.refresh() {
+                ctx.log(LogLevel::Warn, format!("reading labels: {e}"));
+            }
+            let per_pair = store.labels_per_pair();
             let mut labelled = Vec::new();
-            for (seq, id, decision) in new_decisions(&entries, &waiting, &used_decisions) {
-                used_decisions.insert(seq);
+            for (seqs, id, decision) in
+                new_decisions(store.entries(), &waiting, &used_decisions, per_pair)
+            {
+                used_decisions.extend(seqs.iter().copied());
                 let Some(w) = waiting.remove(&id) else {
                     continue;
                 };
+                // The majority of the pair's labels; a tie or a split trains nothing.
                 let a_better = match decision {
-                    Decision::A => true,
-                    Decision::B => false,
-                    Decision::Tie | Decision::BothBad | Decision::Skip => continue,
+                    Some(Decision::A) => true,
+                    Some(Decision::B) => false,
+                    _ => continue,
                 };
-                labelled.push((w.tokens.labelled(&w.item, a_better), Some((seq, id))));
+                let source = seqs.into_iter().map(|s| (s, id.clone())).collect();
+                labelled.push((w.tokens.labelled(&w.item, a_better), source));
             }
             labelled_by_people += labelled.len();
             ready.extend(to_training_pairs(labelled, &opts, &reference, pad, &plain));
@@ -712,11 +755,13 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         step += 1;
         // The label log says which run trained on each person's decision, and at which step.
         let trained: Vec<(u64, String)> = sources.into_iter().flatten().collect();
-        if let Err(e) = labels::append_trained(&label_log, &ctx.id, step, &trained) {
-            ctx.log(
-                LogLevel::Warn,
-                format!("noting trained labels in {}: {e}", label_log.display()),
-            );
+        if let Some(store) = label_store.as_mut()
+            && !trained.is_empty()
+            && let Err(e) = store
+                .note_trained(&ctx.id, step, &trained)
+                .and_then(|()| store.export().map(|_| ()))
+        {
+            ctx.log(LogLevel::Warn, format!("noting trained labels: {e}"));
         }
 
         let mut values = stats.metrics("", false);
@@ -790,20 +835,19 @@ mod tests {
     /// A resumed run retrains nothing it noted, and takes decisions made while it was away.
     #[test]
     fn a_resumed_run_knows_which_decisions_it_trained_on() {
-        use crate::engine::labels::{LabelLog, append_trained};
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("labels.jsonl");
-        let mut log = LabelLog::open(&path).unwrap();
+        let mut store = LabelStore::open(tmp.path(), "ann").unwrap();
         let pair = |n: usize| PairItem::new("od", format!("{n}"), "a", "b", "od@1#a", "od@1#b");
-        let s1 = log.record(&pair(1), true, Decision::A).unwrap();
-        let s2 = log.record(&pair(2), true, Decision::B).unwrap();
+        let s1 = store.record(&pair(1), true, Decision::A, None).unwrap();
+        let s2 = store.record(&pair(2), true, Decision::B, None).unwrap();
         // A log from before runs noted their training: everything standing counts as done.
-        let entries = labels::read_log(&path).unwrap();
-        assert_eq!(trained_before(&entries, "od"), HashSet::from([s1, s2]));
+        assert_eq!(
+            trained_before(store.entries(), "od"),
+            HashSet::from([s1, s2])
+        );
         // With notes: only what this run noted; the decision made while it was stopped waits.
-        append_trained(&path, "od", 1, &[(s1, pair(1).id)]).unwrap();
-        append_trained(&path, "other", 1, &[(s2, pair(2).id)]).unwrap();
-        let entries = labels::read_log(&path).unwrap();
-        assert_eq!(trained_before(&entries, "od"), HashSet::from([s1]));
+        store.note_trained("od", 1, &[(s1, pair(1).id)]).unwrap();
+        store.note_trained("other", 1, &[(s2, pair(2).id)]).unwrap();
+        assert_eq!(trained_before(store.entries(), "od"), HashSet::from([s1]));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -15,10 +15,12 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
+use crate::engine::agreement::Report;
 use crate::engine::judge::{JudgeStats, Judgement, Verdict};
+use crate::engine::label_store::{LOG_FILE, LabelStore, PREFERENCES_FILE, StoreError};
 use crate::engine::labels::{
-    Counters, Decision, LabelLog, LogEntry, PairItem, PairQueue, ProposedPair, pending_pairs,
-    read_pairs_jsonl, standing_decisions, write_preferences,
+    Counters, Decision, FoldStats, LogEntry, PairItem, PairQueue, ProposedPair, counters,
+    fold_to_preferences, pending_pairs, read_pairs_jsonl, standing_decisions,
 };
 use crate::tui::app::{EventState, PaneId};
 use crate::tui::keymap::Action;
@@ -26,27 +28,34 @@ use crate::tui::panes::pane_block;
 use crate::tui::text::wrap;
 use crate::tui::theme;
 
-/// File names inside the labels folder.
-pub const LOG_FILE: &str = "labels.jsonl";
+/// Ready-made pairs in the labels folder.
 pub const PAIRS_FILE: &str = "pairs.jsonl";
-pub const PREFERENCES_FILE: &str = "preferences.jsonl";
 /// Prompt lines shown above the answers before it is cut (answers matter more).
 const PROMPT_MAX_LINES: usize = 4;
 
-/// The labelling session: log, queue and the last confirmation.
+/// The labelling session: the store, the queue, the pair this annotator holds and the last
+/// confirmation.
 pub struct PairsState {
-    log: Result<LabelLog, String>,
+    store: Result<LabelStore, String>,
     queue: PairQueue,
-    decided: HashSet<String>,
+    /// Pairs not to offer this annotator: decided by them, or with all their labels.
+    done: HashSet<String>,
+    /// Pairs other annotators hold now (see [`LabelStore::lease`]).
+    held: HashSet<String>,
+    /// The pair shown, held for this annotator.
+    current_id: Option<String>,
     /// The run selected in the workbench: its pairs are shown unless `all_runs`.
     selected_run: Option<String>,
     /// Show every run's pairs (`f`).
     pub all_runs: bool,
     seed: u64,
-    prefs_path: PathBuf,
     /// Shown as `labels/preferences.jsonl`: short, and free of temp-dir noise in tests.
     prefs_label: String,
     counters: Counters,
+    /// Preference rows the last export wrote, and what folding by majority dropped.
+    rows: usize,
+    fold: FoldStats,
+    agreement: Report,
     /// The last outcome, e.g. "Saved: A better".
     pub message: Option<(bool, String)>,
     pub scroll: u16,
@@ -95,23 +104,31 @@ impl Audit {
 }
 
 impl PairsState {
-    /// Opens the label log in `dir`, queues the ready-made pairs of `dir/pairs.jsonl` and the
-    /// pairs the runs under `runs_root` proposed and nobody labelled yet. A log that cannot be
-    /// opened disables labelling with the reason shown, rather than failing the workbench.
-    pub fn open(dir: &Path, runs_root: &Path, seed: u64) -> Self {
-        let log = LabelLog::open(&dir.join(LOG_FILE))
-            .map_err(|e| format!("cannot open {}: {e}", dir.join(LOG_FILE).display()));
-        let decided = log.as_ref().map(LabelLog::decided_ids).unwrap_or_default();
-        let counters = log.as_ref().map(LabelLog::counters).unwrap_or_default();
+    /// Opens the label store in `dir` as `annotator`, queues the ready-made pairs of
+    /// `dir/pairs.jsonl` and the pairs the runs under `runs_root` proposed that this annotator
+    /// has not labelled. A store that cannot be opened disables labelling with the reason
+    /// shown, rather than failing the workbench.
+    pub fn open(dir: &Path, runs_root: &Path, seed: u64, annotator: &str) -> Self {
+        let store = LabelStore::open(dir, annotator).map_err(|e| format!("cannot open {e}"));
+        let done = store
+            .as_ref()
+            .map(LabelStore::done_for_me)
+            .unwrap_or_default();
         let mut notes = Vec::new();
-        if let Ok(l) = &log
-            && l.skipped_lines() > 0
-        {
-            notes.push(format!(
-                "{}: skipped {} unreadable line(s) (a write cut short by a crash)",
-                l.path().display(),
-                l.skipped_lines()
-            ));
+        if let Ok(st) = &store {
+            let (imported, skipped) = st.imported();
+            if imported > 0 {
+                notes.push(format!(
+                    "imported {imported} entries of {} into the label store",
+                    dir.join(LOG_FILE).display()
+                ));
+            }
+            if skipped > 0 {
+                notes.push(format!(
+                    "{}: skipped {skipped} unreadable line(s) (a write cut short by a crash)",
+                    dir.join(LOG_FILE).display()
+                ));
+            }
         }
         let mut queue = PairQueue::new();
         let pairs_path = dir.join(PAIRS_FILE);
@@ -119,7 +136,7 @@ impl PairsState {
             match read_pairs_jsonl(&pairs_path) {
                 Ok((pairs, bad)) => {
                     for p in pairs {
-                        queue.push(p, &decided);
+                        queue.push(p, &done);
                     }
                     if bad > 0 {
                         notes.push(format!(
@@ -131,46 +148,144 @@ impl PairsState {
                 Err(e) => notes.push(format!("cannot read {}: {e}", pairs_path.display())),
             }
         }
-        if let Err(e) = &log {
+        if let Err(e) = &store {
             notes.push(e.clone());
         }
-        // Pairs live runs proposed (each run's persisted queue), not yet decided.
-        let entries = log.as_ref().map(LabelLog::entries).unwrap_or_default();
-        let proposed = match pending_pairs(runs_root, entries) {
+        // Pairs live runs proposed (each run's persisted queue), not yet labelled.
+        let proposed = match pending_pairs(runs_root, &done) {
             Ok(p) => p,
             Err(e) => {
                 notes.push(format!("cannot read the runs' pairs.jsonl: {e}"));
                 Vec::new()
             }
         };
-        let audit = log
-            .as_ref()
-            .map(|l| Audit::from_entries(l.entries()))
-            .unwrap_or_default();
         let dir_name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut state = Self {
-            log,
+            store,
             queue,
-            decided,
+            done,
+            held: HashSet::new(),
+            current_id: None,
             selected_run: None,
             all_runs: false,
             seed,
-            prefs_path: dir.join(PREFERENCES_FILE),
             prefs_label: format!("{dir_name}/{PREFERENCES_FILE}"),
-            counters,
+            counters: Counters::default(),
+            rows: 0,
+            fold: FoldStats::default(),
+            agreement: Report::default(),
             message: None,
             scroll: 0,
             max_scroll: Cell::new(0),
             startup_note: (!notes.is_empty()).then(|| notes.join("; ")),
             judged: HashMap::new(),
             judge_stats: JudgeStats::default(),
-            audit,
+            audit: Audit::default(),
         };
+        state.recount();
         state.add_proposed(proposed);
         state
+    }
+
+    /// Reads what other labellers and runs added (another `rlft label`, another workbench),
+    /// drops pairs they finished and renews this annotator's hold on the pair shown. Cheap:
+    /// the workbench calls it about once a second.
+    pub fn sync(&mut self) -> bool {
+        let Ok(store) = &mut self.store else {
+            return false;
+        };
+        let changed = match store.refresh() {
+            Ok(c) => c,
+            Err(e) => {
+                self.message = Some((false, format!("Reading the label store failed: {e}")));
+                return true;
+            }
+        };
+        self.held = store.held_by_others().unwrap_or_default();
+        if changed {
+            self.recount();
+        }
+        let before = self.current_id.clone();
+        // Renew the hold on the pair shown (or give it up if it was finished elsewhere).
+        if let Some(id) = self.current_id.clone()
+            && let Ok(store) = &mut self.store
+            && !matches!(store.lease(&id), Ok(true))
+        {
+            self.current_id = None;
+        }
+        self.advance();
+        changed || before != self.current_id
+    }
+
+    /// Recomputes what follows from the log: pairs done, counters, agreement, audit.
+    fn recount(&mut self) {
+        let Ok(store) = &self.store else { return };
+        self.done = store.done_for_me();
+        let entries = store.entries();
+        self.counters = counters(entries);
+        let (rows, fold) = fold_to_preferences(entries);
+        self.rows = rows.len();
+        self.fold = fold;
+        self.agreement = Report::from_entries(entries);
+        self.audit = Audit::from_entries(entries);
+        let done = &self.done;
+        self.queue.retain(|p| !done.contains(&p.id));
+    }
+
+    /// Makes the first pair of the shown queue that nobody else holds the current one, and
+    /// holds it for this annotator. Keeps the current pair while it is still shown.
+    fn advance(&mut self) {
+        let filter = self.filter().map(str::to_string);
+        if let Some(id) = &self.current_id
+            && self
+                .queue
+                .get(id)
+                .is_some_and(|p| filter.as_deref().is_none_or(|r| p.run == r))
+        {
+            return;
+        }
+        if let Some(old) = self.current_id.take()
+            && let Ok(store) = &mut self.store
+        {
+            let _ = store.release(&old);
+        }
+        let candidates: Vec<String> = self
+            .queue
+            .iter_of(filter.as_deref())
+            .filter(|p| !self.held.contains(&p.id))
+            .map(|p| p.id.clone())
+            .collect();
+        for id in candidates {
+            match &mut self.store {
+                Ok(store) => match store.lease(&id) {
+                    Ok(true) => {
+                        self.current_id = Some(id);
+                        return;
+                    }
+                    Ok(false) => {
+                        self.held.insert(id);
+                    }
+                    Err(e) => {
+                        // Show it anyway: a failed hold only risks a second label.
+                        self.message = Some((false, format!("Could not hold the pair: {e}")));
+                        self.current_id = Some(id);
+                        return;
+                    }
+                },
+                Err(_) => {
+                    self.current_id = Some(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// How labels fold and how annotators agree, for the header.
+    pub fn agreement(&self) -> &Report {
+        &self.agreement
     }
 
     /// Queues pairs a run proposed, keeping the judge's verdict to show beside each.
@@ -190,7 +305,10 @@ impl PairsState {
                 }
                 self.judged.insert(p.pair.id.clone(), view);
             }
-            self.queue.push(p.pair, &self.decided);
+            self.queue.push(p.pair, &self.done);
+        }
+        if self.current_id.is_none() {
+            self.advance();
         }
     }
 
@@ -220,6 +338,7 @@ impl PairsState {
         if self.selected_run.as_deref() != run {
             self.selected_run = run.map(str::to_string);
             self.scroll = 0;
+            self.advance();
         }
     }
 
@@ -232,8 +351,9 @@ impl PairsState {
         }
     }
 
+    /// The pair shown: held for this annotator, in the shown queue.
     pub fn current(&self) -> Option<&PairItem> {
-        self.queue.current_of(self.filter())
+        self.queue.get(self.current_id.as_deref()?)
     }
 
     /// Pairs waiting in the shown queue.
@@ -268,6 +388,7 @@ impl PairsState {
             Action::ToggleRunFilter => {
                 self.all_runs = !self.all_runs;
                 self.scroll = 0;
+                self.advance();
                 self.message = Some((
                     true,
                     match self.filter() {
@@ -316,21 +437,23 @@ impl PairsState {
             Side::BothBad => Decision::BothBad,
             Side::Skip => Decision::Skip,
         };
-        let log = match &mut self.log {
-            Ok(l) => l,
+        let store = match &mut self.store {
+            Ok(st) => st,
             Err(e) => {
                 self.message = Some((false, format!("Labelling is off: {e}")));
                 return;
             }
         };
-        // Only once the line is on disk does the screen confirm and move on.
+        // Only once the decision is synced to disk does the screen confirm and move on.
         let judge = match self.judged.get(&pair.id) {
             Some(JudgeView::Verdict(j)) => Some(j.verdict),
             _ => None,
         };
-        match log.record_audited(&pair, a_left, decision, judge) {
+        match store.record(&pair, a_left, decision, judge) {
             Ok(_) => {
+                let _ = store.release(&pair.id);
                 self.queue.remove(&pair.id);
+                self.current_id = None;
                 self.scroll = 0;
                 let said = match side {
                     Side::Left => "A better",
@@ -342,6 +465,13 @@ impl PairsState {
                 self.message = Some((true, format!("Saved: {said}. u undoes it.")));
                 self.after_change();
             }
+            Err(e @ StoreError::Full { .. }) => {
+                // Others labelled it first (their labels reached `labels_per_pair`).
+                self.queue.remove(&pair.id);
+                self.current_id = None;
+                self.message = Some((false, format!("Not saved: {e}. Next pair.")));
+                self.after_change();
+            }
             Err(e) => {
                 self.message = Some((false, format!("Not saved ({e}); the pair stays.")));
             }
@@ -349,46 +479,47 @@ impl PairsState {
     }
 
     fn undo(&mut self) {
-        let log = match &mut self.log {
-            Ok(l) => l,
+        let store = match &mut self.store {
+            Ok(st) => st,
             Err(e) => {
                 self.message = Some((false, format!("Labelling is off: {e}")));
                 return;
             }
         };
-        match log.undo() {
+        match store.undo() {
             Ok(Some(entry)) => {
+                // The pair comes back first, held for this annotator again.
+                let _ = store.lease(&entry.pair_id);
+                if let Some(old) = self.current_id.take() {
+                    let _ = store.release(&old);
+                }
                 self.queue.push_front(entry.pair());
+                self.current_id = Some(entry.pair_id.clone());
                 self.scroll = 0;
                 self.message = Some((
                     true,
                     format!(
-                        "Undone: {} retracted; the pair is back.",
+                        "Undone: your {} retracted; the pair is back.",
                         entry.decision.describe()
                     ),
                 ));
                 self.after_change();
             }
-            Ok(None) => self.message = Some((false, "Nothing to undo.".into())),
+            Ok(None) => self.message = Some((false, "Nothing of yours to undo.".into())),
             Err(e) => self.message = Some((false, format!("Undo not saved ({e})."))),
         }
     }
 
-    /// Refreshes counters and rewrites the preference file from the log.
+    /// Refreshes what follows from the log and rewrites `labels.jsonl` and the preference
+    /// file from the store, then shows the next pair.
     fn after_change(&mut self) {
-        let Ok(log) = &self.log else { return };
-        self.decided = log.decided_ids();
-        self.counters = log.counters();
-        self.audit = Audit::from_entries(log.entries());
-        if let Err(e) = write_preferences(&self.prefs_path, &log.preferences()) {
-            self.message = Some((
-                false,
-                format!(
-                    "Label saved, but {} not written: {e}",
-                    self.prefs_path.display()
-                ),
-            ));
+        self.recount();
+        if let Ok(store) = &mut self.store
+            && let Err(e) = store.export()
+        {
+            self.message = Some((false, format!("Label saved, but the export failed: {e}")));
         }
+        self.advance();
     }
 }
 
@@ -433,12 +564,17 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     if let Some(p) = c.left_chosen_pct() {
         counts.push_str(&format!(" · picked left {p:.0}%"));
     }
-    // The judge audit, once a judge is in the loop.
+    // Agreement between annotators once two labelled the same pairs, and the judge audit
+    // once a judge is in the loop.
     let js = st.judge_stats;
-    let audit_line = (js.judged + js.failed > 0 || st.audit.audited > 0).then(|| {
+    let mut audit_parts = Vec::new();
+    if let Some(a) = st.agreement.summary() {
+        audit_parts.push(a);
+    }
+    if js.judged + js.failed > 0 || st.audit.audited > 0 {
         let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.0}%", 100.0 * v));
         let mut text = format!(
-            "judge vs you: agree {}/{} ({}) · consistent {} · 1st slot {}",
+            "judge vs people: agree {}/{} ({}) · consistent {} · 1st slot {}",
             st.audit.agreed,
             st.audit.audited,
             pct(st.audit.agreement()),
@@ -448,13 +584,23 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
         if js.failed > 0 {
             text.push_str(&format!(" · {} failed", js.failed));
         }
-        Line::styled(text, theme::dim())
-    });
-    let rows = if c.preferences == 1 { "row" } else { "rows" };
-    let block = pane_block(PaneId::Pairs, &counts, view.focused).title_bottom(Line::styled(
-        format!(" {} preference {rows} → {} ", c.preferences, st.prefs_label),
-        theme::dim(),
-    ));
+        audit_parts.push(text);
+    }
+    let audit_line =
+        (!audit_parts.is_empty()).then(|| Line::styled(audit_parts.join(" · "), theme::dim()));
+    let rows = if st.rows == 1 { "row" } else { "rows" };
+    let mut bottom = format!(" {} preference {rows}", st.rows);
+    let dropped: Vec<String> = [(st.fold.ties, "tie"), (st.fold.splits, "split")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}{}", if n == 1 { "" } else { "s" }))
+        .collect();
+    if !dropped.is_empty() {
+        bottom.push_str(&format!(" ({} dropped)", dropped.join(", ")));
+    }
+    bottom.push_str(&format!(" → {} ", st.prefs_label));
+    let block = pane_block(PaneId::Pairs, &counts, view.focused)
+        .title_bottom(Line::styled(bottom, theme::dim()));
     let inner = block.inner(area);
     frame.render_widget(block, area);
 
@@ -481,7 +627,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &PairsView) {
     }
     let Some(pair) = st.current() else {
         let others = st.queued_all() - st.queued();
-        let why = match (&st.log, st.filter()) {
+        let why = match (&st.store, st.filter()) {
             (Err(e), _) => format!("Labelling is off: {e}"),
             (Ok(_), Some(run)) if others > 0 => format!(
                 "No pairs from {run}. {others} wait from other runs: f shows every run's pairs."
