@@ -303,8 +303,23 @@ fn malformed_model_files_name_the_file_or_tensor() {
     hf::read_safetensors(&src.join("model.safetensors"), &mut tensors).unwrap();
     tensors.get_mut("model.norm.weight").unwrap().shape = vec![2, 16];
     hf::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
-    let err = model::load(&dir, &device, Heads::Lm).err().unwrap();
-    assert!(err.to_string().contains("model.norm.weight"), "{err}");
+    let err = model::load(&dir, &device, Heads::Lm).err().unwrap().to_string();
+    assert!(err.contains("model.norm.weight"), "{err}");
+    // The model folder is named, and config.json blamed.
+    assert!(err.contains("shape") && err.contains("config.json"), "{err}");
+    // A config.json whose sizes disagree with the weights names the folder too.
+    let dir = tmp.path().join("wider");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() * 2);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let err = model::load(&dir, &device, Heads::Lm).err().unwrap().to_string();
+    assert!(
+        err.contains("wider") && err.contains("do not match config.json"),
+        "{err}"
+    );
     // A truncated safetensors file.
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();

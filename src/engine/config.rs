@@ -424,6 +424,18 @@ impl RunConfig {
                 if self.method == Method::Grpo && self.rewards.is_empty() {
                     return Err("GRPO needs at least one [[rewards]] source".into());
                 }
+                if self.method == Method::Grpo {
+                    let g = self.grpo.clone().unwrap_or_default();
+                    let batch = t.per_device_train_batch_size;
+                    if g.num_generations < 2 || !batch.is_multiple_of(g.num_generations) {
+                        return Err(format!(
+                            "[train] per_device_train_batch_size ({batch}) must be a multiple of \
+                             [grpo] num_generations ({}), which must be at least 2: each prompt \
+                             gets num_generations completions",
+                            g.num_generations
+                        ));
+                    }
+                }
                 if self.method == Method::Ppo && self.rewards.is_empty() {
                     return Err("PPO needs at least one [[rewards]] source (typically \
                                 type = \"reward_model\")"
@@ -522,6 +534,24 @@ mod tests {
         assert_eq!(per_step("method = \"ppo\"", "[rlhf]\n"), Ok(4));
         let err = per_step("method = \"online_dpo\"", "[pairs]\nper_step = 2\n").unwrap_err();
         assert!(err.contains("[pairs] per_step"), "{err}");
+    }
+
+    #[test]
+    fn a_grpo_batch_that_is_not_a_multiple_of_num_generations_is_refused_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("grpo-bad.toml");
+        std::fs::write(
+            &path,
+            "method = \"grpo\"\n[model]\npath = \"m\"\n[data]\ntrain = \"d.jsonl\"\n\
+             [train]\nper_device_train_batch_size = 12\n[grpo]\nnum_generations = 8\n\
+             [[rewards]]\ntype = \"exact_match\"\n",
+        )
+        .unwrap();
+        let err = RunConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("grpo-bad.toml") && err.contains("multiple of [grpo] num_generations (8)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -656,7 +656,16 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
             ));
         };
         let role = match m.get("role") {
-            Some(Value::String(r)) if !r.is_empty() => r.clone(),
+            Some(Value::String(r)) if CHAT_ROLES.contains(&r.as_str()) => r.clone(),
+            Some(Value::String(r)) if !r.is_empty() => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "`messages[{i}].role` is {r:?}; it must be one of {}",
+                        CHAT_ROLES.join(", ")
+                    ),
+                    p,
+                ));
+            }
             _ => {
                 return Err(ApiError::invalid(
                     format!("`messages[{i}].role` must be a non-empty string"),
@@ -696,6 +705,9 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
     }
     Ok(out)
 }
+
+/// The message roles chat templates know (OpenAI's, less the deprecated `function`).
+const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 fn number(
     body: &Value,
@@ -1032,5 +1044,14 @@ mod tests {
         .unwrap();
         assert_eq!(m[1].content, "ab");
         assert_eq!(m[0].content, "");
+        // A role chat templates do not know is a 400 naming the field and the roles allowed.
+        let e = parse_messages(Some(&json!([{"role": "wizard", "content": "hi"}]))).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message.contains("messages[0].role") && e.message.contains("system, user"),
+            "{}",
+            e.message
+        );
+        assert!(parse_messages(Some(&json!([{"role": "tool", "content": "42"}]))).is_ok());
     }
 }

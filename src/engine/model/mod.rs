@@ -56,6 +56,12 @@ pub enum ModelError {
     },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
+    /// The weights do not fit the architecture `config.json` describes.
+    #[error("{path}: the weights do not match config.json ({source})")]
+    Mismatch {
+        path: PathBuf,
+        source: Box<ModelError>,
+    },
     #[error(transparent)]
     Gguf(#[from] crate::engine::model::gguf::GgufError),
     #[error(transparent)]
@@ -425,7 +431,15 @@ pub fn load_stored(
                 .into(),
         });
     };
-    checkpoint.build(device, heads, storage)
+    checkpoint
+        .build(device, heads, storage)
+        .map_err(|e| match e {
+            ModelError::Shape { .. } | ModelError::MissingTensor { .. } => ModelError::Mismatch {
+                path: path.into(),
+                source: Box::new(e),
+            },
+            other => other,
+        })
 }
 
 /// Loads a run's checkpoint to resume from: an adapter folder (LoRA) onto its base stored as
