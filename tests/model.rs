@@ -303,10 +303,16 @@ fn malformed_model_files_name_the_file_or_tensor() {
     hf::read_safetensors(&src.join("model.safetensors"), &mut tensors).unwrap();
     tensors.get_mut("model.norm.weight").unwrap().shape = vec![2, 16];
     hf::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
-    let err = model::load(&dir, &device, Heads::Lm).err().unwrap().to_string();
+    let err = model::load(&dir, &device, Heads::Lm)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.norm.weight"), "{err}");
     // The model folder is named, and config.json blamed.
-    assert!(err.contains("shape") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("shape") && err.contains("config.json"),
+        "{err}"
+    );
     // A config.json whose sizes disagree with the weights names the folder too.
     let dir = tmp.path().join("wider");
     std::fs::create_dir_all(&dir).unwrap();
@@ -315,7 +321,10 @@ fn malformed_model_files_name_the_file_or_tensor() {
     cfg["intermediate_size"] = serde_json::json!(cfg["intermediate_size"].as_u64().unwrap() * 2);
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    let err = model::load(&dir, &device, Heads::Lm).err().unwrap().to_string();
+    let err = model::load(&dir, &device, Heads::Lm)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("wider") && err.contains("do not match config.json"),
         "{err}"

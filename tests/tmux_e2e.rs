@@ -222,3 +222,117 @@ fn grpo_then_online_dpo_label_restart_resume_label_again_in_tmux() {
     );
     let _ = std::fs::remove_dir_all(tmp.path());
 }
+
+/// The prompt a screen shows (`Prompt: ...`), for telling two labellers' pairs apart.
+fn prompt_on(screen: &str) -> Option<String> {
+    screen.lines().find_map(|l| {
+        let i = l.find("Prompt: ")?;
+        Some(l[i + 8..].trim_end_matches(['│', ' ']).trim().to_string())
+    })
+}
+
+/// Two people label one queue at once: Ann in the workbench, Bob with `rlft label` in another
+/// terminal. Each is shown a pair the other does not hold, and every pair ends up labelled
+/// exactly once, by one of them.
+#[test]
+fn the_workbench_and_rlft_label_share_one_queue_in_tmux() {
+    use rlft::engine::labels::{PairItem, ProposedPair, append_proposed, standing_decisions};
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("\n========== SKIPPED: tmux is not installed ==========\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let run = runs.join("r1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.toml"), "method = \"online_dpo\"\n").unwrap();
+    const PAIRS: usize = 6;
+    let pairs: Vec<ProposedPair> = (0..PAIRS)
+        .map(|i| ProposedPair {
+            pair: PairItem::new(
+                "r1",
+                format!("Review {i}:"),
+                format!("Lovely film number {i}."),
+                "Dull.",
+                "r1@1#a",
+                "r1@1#b",
+            ),
+            judge: None,
+            judge_error: None,
+        })
+        .collect();
+    append_proposed(&run.join("pairs.jsonl"), &pairs).unwrap();
+    let bin = env!("CARGO_BIN_EXE_rlft");
+    let (ann, bob) = (
+        format!("rlft-ann-{}", std::process::id()),
+        format!("rlft-bob-{}", std::process::id()),
+    );
+    let open = |session: &str, cmd: String| {
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                "160",
+                "-y",
+                "48",
+                "-c",
+            ])
+            .arg(tmp.path())
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    open(&ann, format!("{bin} --annotator ann 2>>ann.log"));
+    tmux(&["send-keys", "-t", &ann, "4"]);
+    let ann_screen = wait_for(&ann, "Ann's first pair", Duration::from_secs(30), |s| {
+        s.contains("From:   r1")
+    });
+    // Bob starts after Ann holds her pair; `; sleep` keeps his terminal for reading.
+    open(
+        &bob,
+        format!("{bin} label --annotator bob 2>>bob.log; sleep 60"),
+    );
+    let bob_screen = wait_for(&bob, "Bob's first pair", Duration::from_secs(30), |s| {
+        s.contains("labelling as bob") && s.contains("Prompt: ")
+    });
+    assert_ne!(
+        prompt_on(&ann_screen),
+        prompt_on(&bob_screen),
+        "both were offered the same pair:\n{ann_screen}\n{bob_screen}"
+    );
+    // They label in turns until the queue is empty.
+    let log = runs.join("labels/labels.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut turn = 0;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("\"kind\":\"decision\"").count() >= PAIRS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "labels so far:\n{text}");
+        if turn % 2 == 0 {
+            tmux(&["send-keys", "-t", &bob, "a", "Enter"]);
+        } else {
+            tmux(&["send-keys", "-t", &ann, "a"]);
+        }
+        turn += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    tmux(&["send-keys", "-t", &ann, "q"]);
+    let _ = tmux(&["kill-session", "-t", &bob]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = tmux(&["kill-session", "-t", &ann]);
+    let store =
+        rlft::engine::label_store::LabelStore::open(&runs.join("labels"), "checker").unwrap();
+    let standing = standing_decisions(store.entries());
+    let ids: std::collections::HashSet<&str> =
+        standing.iter().map(|d| d.pair_id.as_str()).collect();
+    assert_eq!((standing.len(), ids.len()), (PAIRS, PAIRS), "{standing:#?}");
+    let by: std::collections::HashSet<&str> =
+        standing.iter().map(|d| d.annotator.as_str()).collect();
+    assert_eq!(by, ["ann", "bob"].into(), "both labelled");
+}

@@ -69,8 +69,9 @@ pub struct LabelStore {
     conn: Connection,
     dir: PathBuf,
     annotator: String,
-    /// Every entry read so far, in sequence order.
+    /// Every entry read so far, in sequence order, and each one's row number.
     entries: Vec<LogEntry>,
+    rows: Vec<i64>,
     last_seq: i64,
     labels_per_pair: usize,
     /// Lines of an older `labels.jsonl` imported when the store was made, and those skipped
@@ -132,6 +133,7 @@ impl LabelStore {
             dir: dir.to_path_buf(),
             annotator: annotator.to_string(),
             entries: Vec::new(),
+            rows: Vec::new(),
             last_seq: 0,
             labels_per_pair: 1,
             imported,
@@ -182,12 +184,7 @@ impl LabelStore {
     }
 
     fn absorb(&mut self, fresh: Vec<(i64, LogEntry)>) -> bool {
-        let changed = !fresh.is_empty();
-        for (seq, e) in fresh {
-            self.last_seq = self.last_seq.max(seq);
-            self.entries.push(e);
-        }
-        changed
+        absorb(&mut self.entries, &mut self.rows, &mut self.last_seq, fresh)
     }
 
     /// Sets how many people may label one pair, for every process on this store.
@@ -333,21 +330,23 @@ impl LabelStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
+        // What others committed is in the store whatever happens next: take it in first.
         let (fresh, per_pair) = read_since(&tx, self.last_seq, &db)?;
-        let mut seen = self.entries.clone();
-        seen.extend(fresh.iter().map(|(_, e)| e.clone()));
-        let new = decide(&seen, per_pair)?;
-        let mut added = Vec::new();
-        if let Some(entry) = new {
-            let seq = insert(&tx, &entry, None).map_err(err)?;
-            added.push((seq, with_seq(entry, seq)));
-        }
-        tx.commit().map_err(err)?;
+        absorb(&mut self.entries, &mut self.rows, &mut self.last_seq, fresh);
         self.labels_per_pair = per_pair;
-        let seq = added.first().map(|(s, _)| *s as u64);
-        self.absorb(fresh);
-        self.absorb(added);
-        Ok(seq)
+        let Some(entry) = decide(&self.entries, per_pair)? else {
+            tx.commit().map_err(err)?;
+            return Ok(None);
+        };
+        let seq = insert(&tx, &entry, None).map_err(err)?;
+        tx.commit().map_err(err)?;
+        absorb(
+            &mut self.entries,
+            &mut self.rows,
+            &mut self.last_seq,
+            vec![(seq, with_seq(entry, seq))],
+        );
+        Ok(Some(seq as u64))
     }
 
     /// Offers a pair to this annotator: true when nobody else holds it, and then it is held
@@ -427,7 +426,9 @@ impl LabelStore {
     }
 
     /// Writes `labels.jsonl` and `preferences.jsonl` from the store. Exports are made under
-    /// the write lock, so two processes never leave an older export over a newer one.
+    /// the write lock, so two processes never leave an older export over a newer one. The log
+    /// only grows, so only the entries not exported yet are appended (the store remembers how
+    /// far it got); it is written whole when missing. The preference file is folded anew.
     pub fn export(&mut self) -> Result<FoldStats, StoreError> {
         let db = self.dir.join(DB_FILE);
         let err = |source| StoreError::Db {
@@ -440,19 +441,68 @@ impl LabelStore {
             .map_err(err)?;
         let (fresh, per_pair) = read_since(&tx, self.last_seq, &db)?;
         self.labels_per_pair = per_pair;
-        for (seq, e) in fresh {
-            self.last_seq = self.last_seq.max(seq);
-            self.entries.push(e);
-        }
+        absorb(&mut self.entries, &mut self.rows, &mut self.last_seq, fresh);
         let io_err = |path: PathBuf| move |source| StoreError::Io { path, source };
         let log = self.dir.join(LOG_FILE);
-        write_log(&log, &self.entries).map_err(io_err(log))?;
+        let exported: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'exported_upto'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(err)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if exported == 0 || !log.is_file() {
+            write_log(&log, &self.entries).map_err(io_err(log))?;
+        } else {
+            let from = self.rows.partition_point(|r| *r <= exported);
+            append_log(&log, &self.entries[from..]).map_err(io_err(log))?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('exported_upto', ?1)",
+            params![self.last_seq.to_string()],
+        )
+        .map_err(err)?;
         let (prefs, stats) = fold_to_preferences(&self.entries);
         let out = self.dir.join(PREFERENCES_FILE);
         write_preferences(&out, &prefs).map_err(io_err(out))?;
         tx.commit().map_err(err)?;
         Ok(stats)
     }
+}
+
+/// Takes in entries read from the store (in sequence order).
+fn absorb(
+    entries: &mut Vec<LogEntry>,
+    rows: &mut Vec<i64>,
+    last_seq: &mut i64,
+    fresh: Vec<(i64, LogEntry)>,
+) -> bool {
+    let changed = !fresh.is_empty();
+    for (seq, e) in fresh {
+        *last_seq = (*last_seq).max(seq);
+        rows.push(seq);
+        entries.push(e);
+    }
+    changed
+}
+
+/// Appends entries to an exported log, synced.
+fn append_log(path: &Path, entries: &[LogEntry]) -> io::Result<()> {
+    use std::io::Write;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    for e in entries {
+        text.push_str(&serde_json::to_string(e).map_err(io::Error::other)?);
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_data()
 }
 
 /// The store's entries after `after`, each with its sequence number, and `labels_per_pair`.
@@ -680,6 +730,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut ann = LabelStore::open(tmp.path(), "ann").unwrap();
         let mut bob = LabelStore::open(tmp.path(), "bob").unwrap();
+        // Durable and concurrent: write-ahead log, every commit synced.
+        let mode: String = ann
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = ann
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
         assert!(ann.lease("p1").unwrap());
         assert!(ann.lease("p1").unwrap(), "renewing one's own lease");
         assert!(!bob.lease("p1").unwrap());
@@ -715,9 +775,21 @@ mod tests {
         // New decisions number after the imported ones; a second open imports nothing.
         assert_eq!(s.record(&pair(2), true, Decision::B, None).unwrap(), 8);
         s.export().unwrap();
-        let again = LabelStore::open(tmp.path(), "ann").unwrap();
+        let mut again = LabelStore::open(tmp.path(), "ann").unwrap();
         assert_eq!(again.imported(), (0, 0));
         assert_eq!(again.entries().len(), 2);
+        // Later exports append what is new to the exported log.
+        again.record(&pair(3), true, Decision::A, None).unwrap();
+        again.export().unwrap();
+        let exported = read_log(&log).unwrap();
+        assert_eq!(exported.len(), 3);
+        assert_eq!(
+            exported
+                .iter()
+                .filter_map(LogEntry::seq)
+                .collect::<Vec<_>>(),
+            [7, 8, 9]
+        );
     }
 
     #[test]
