@@ -447,4 +447,16 @@ fn rlft_label_labels_waiting_pairs_from_stdin() {
     // The third pair is still waiting for the workbench or the next `rlft label`.
     let waiting = rlft::engine::labels::pending_pairs(&runs, &log.done_for_me()).unwrap();
     assert_eq!(waiting.len(), 1);
+    // `--stats`: who labelled, agreement, and how the labels fold.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rlft"))
+        .args(["label", "--stats", "--annotator", "tester", "--runs"])
+        .arg(&runs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("annotators:") && text.contains("preferences by majority: 2 row(s)"),
+        "{text}"
+    );
 }
