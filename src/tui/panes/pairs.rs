@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::Instant;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -17,7 +18,7 @@ use ratatui::widgets::{Block, Paragraph, Wrap};
 
 use crate::engine::agreement::Report;
 use crate::engine::judge::{JudgeStats, Judgement, Verdict};
-use crate::engine::label_store::{LOG_FILE, LabelStore, PREFERENCES_FILE, StoreError};
+use crate::engine::label_store::{LEASE, LOG_FILE, LabelStore, PREFERENCES_FILE, StoreError};
 use crate::engine::labels::{
     Counters, Decision, FoldStats, LogEntry, PairItem, PairQueue, ProposedPair, counters,
     fold_to_preferences, pending_pairs, read_pairs_jsonl, standing_decisions,
@@ -42,8 +43,9 @@ pub struct PairsState {
     done: HashSet<String>,
     /// Pairs other annotators hold now (see [`LabelStore::lease`]).
     held: HashSet<String>,
-    /// The pair shown, held for this annotator.
+    /// The pair shown, held for this annotator, and when the hold was last taken or renewed.
     current_id: Option<String>,
+    held_since: Option<Instant>,
     /// The run selected in the workbench: its pairs are shown unless `all_runs`.
     selected_run: Option<String>,
     /// Show every run's pairs (`f`).
@@ -169,6 +171,7 @@ impl PairsState {
             done,
             held: HashSet::new(),
             current_id: None,
+            held_since: None,
             selected_run: None,
             all_runs: false,
             seed,
@@ -209,12 +212,18 @@ impl PairsState {
             self.recount();
         }
         let before = self.current_id.clone();
-        // Renew the hold on the pair shown (or give it up if it was finished elsewhere).
-        if let Some(id) = self.current_id.clone()
+        // Renew the hold on the pair shown halfway through it (a write, so not every look);
+        // if someone else took the pair meanwhile, give it up.
+        let due = self.held_since.is_none_or(|t| t.elapsed() >= LEASE / 2);
+        if due
+            && let Some(id) = self.current_id.clone()
             && let Ok(store) = &mut self.store
-            && !matches!(store.lease(&id), Ok(true))
         {
-            self.current_id = None;
+            if matches!(store.lease(&id), Ok(true)) {
+                self.held_since = Some(Instant::now());
+            } else {
+                self.current_id = None;
+            }
         }
         self.advance();
         changed || before != self.current_id
@@ -263,6 +272,7 @@ impl PairsState {
                 Ok(store) => match store.lease(&id) {
                     Ok(true) => {
                         self.current_id = Some(id);
+                        self.held_since = Some(Instant::now());
                         return;
                     }
                     Ok(false) => {
@@ -495,6 +505,7 @@ impl PairsState {
                 }
                 self.queue.push_front(entry.pair());
                 self.current_id = Some(entry.pair_id.clone());
+                self.held_since = Some(Instant::now());
                 self.scroll = 0;
                 self.message = Some((
                     true,
