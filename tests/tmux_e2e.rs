@@ -57,7 +57,15 @@ fn step_on(screen: &str) -> Option<usize> {
 }
 
 fn start(session: &str, dir: &Path) {
-    let cmd = format!("{} 2>>stderr.log", env!("CARGO_BIN_EXE_rlft"));
+    open(
+        session,
+        dir,
+        &format!("{} 2>>stderr.log", env!("CARGO_BIN_EXE_rlft")),
+    );
+}
+
+/// A 160x48 tmux session running `cmd` in `dir`.
+fn open(session: &str, dir: &Path, cmd: &str) {
     let started = Command::new("tmux")
         .args([
             "new-session",
@@ -71,7 +79,7 @@ fn start(session: &str, dir: &Path) {
             "-c",
         ])
         .arg(dir)
-        .arg(&cmd)
+        .arg(cmd)
         .status()
         .unwrap();
     assert!(started.success());
@@ -267,26 +275,11 @@ fn the_workbench_and_rlft_label_share_one_queue_in_tmux() {
         format!("rlft-ann-{}", std::process::id()),
         format!("rlft-bob-{}", std::process::id()),
     );
-    let open = |session: &str, cmd: String| {
-        let ok = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                session,
-                "-x",
-                "160",
-                "-y",
-                "48",
-                "-c",
-            ])
-            .arg(tmp.path())
-            .arg(cmd)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    open(&ann, format!("{bin} --annotator ann 2>>ann.log"));
+    open(
+        &ann,
+        tmp.path(),
+        &format!("{bin} --annotator ann 2>>ann.log"),
+    );
     tmux(&["send-keys", "-t", &ann, "4"]);
     let ann_screen = wait_for(&ann, "Ann's first pair", Duration::from_secs(30), |s| {
         s.contains("From:   r1")
@@ -294,7 +287,8 @@ fn the_workbench_and_rlft_label_share_one_queue_in_tmux() {
     // Bob starts after Ann holds her pair; `; sleep` keeps his terminal for reading.
     open(
         &bob,
-        format!("{bin} label --annotator bob 2>>bob.log; sleep 60"),
+        tmp.path(),
+        &format!("{bin} label --annotator bob 2>>bob.log; sleep 60"),
     );
     let bob_screen = wait_for(&bob, "Bob's first pair", Duration::from_secs(30), |s| {
         s.contains("labelling as bob") && s.contains("Prompt: ")

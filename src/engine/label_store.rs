@@ -64,16 +64,54 @@ pub fn default_annotator() -> String {
         .unwrap_or_else(|| "annotator".into())
 }
 
-/// One process's handle on a labels folder's store, as one annotator.
-pub struct LabelStore {
-    conn: Connection,
-    dir: PathBuf,
-    annotator: String,
+/// What this process has read of the store.
+#[derive(Default)]
+struct Seen {
     /// Every entry read so far, in sequence order, and each one's row number.
     entries: Vec<LogEntry>,
     rows: Vec<i64>,
     last_seq: i64,
     labels_per_pair: usize,
+}
+
+impl Seen {
+    /// Takes in entries read from the store (in sequence order).
+    fn absorb(&mut self, fresh: Vec<(i64, LogEntry)>) -> bool {
+        let changed = !fresh.is_empty();
+        for (seq, e) in fresh {
+            self.last_seq = self.last_seq.max(seq);
+            self.rows.push(seq);
+            self.entries.push(e);
+        }
+        changed
+    }
+}
+
+/// Takes the write lock and reads in what others committed before it (that is in the store
+/// whatever happens next). Returns the open transaction.
+fn begin<'c>(
+    conn: &'c mut Connection,
+    seen: &mut Seen,
+    db: &Path,
+) -> Result<Transaction<'c>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|source| StoreError::Db {
+            path: db.to_path_buf(),
+            source,
+        })?;
+    let (fresh, per_pair) = read_since(&tx, seen.last_seq, db)?;
+    seen.absorb(fresh);
+    seen.labels_per_pair = per_pair;
+    Ok(tx)
+}
+
+/// One process's handle on a labels folder's store, as one annotator.
+pub struct LabelStore {
+    conn: Connection,
+    dir: PathBuf,
+    annotator: String,
+    seen: Seen,
     /// Lines of an older `labels.jsonl` imported when the store was made, and those skipped
     /// because they did not parse (a write torn by a crash).
     imported: usize,
@@ -132,10 +170,10 @@ impl LabelStore {
             conn,
             dir: dir.to_path_buf(),
             annotator: annotator.to_string(),
-            entries: Vec::new(),
-            rows: Vec::new(),
-            last_seq: 0,
-            labels_per_pair: 1,
+            seen: Seen {
+                labels_per_pair: 1,
+                ..Seen::default()
+            },
             imported,
             skipped_lines,
         };
@@ -153,12 +191,12 @@ impl LabelStore {
 
     /// Every entry read so far (call [`LabelStore::refresh`] for other processes' new ones).
     pub fn entries(&self) -> &[LogEntry] {
-        &self.entries
+        &self.seen.entries
     }
 
     /// How many people may label one pair (agreement needs two or more).
     pub fn labels_per_pair(&self) -> usize {
-        self.labels_per_pair
+        self.seen.labels_per_pair
     }
 
     /// Entries imported from an older `labels.jsonl`, and its lines that did not parse.
@@ -178,13 +216,9 @@ impl LabelStore {
     /// Reads what other processes added since the last look. Returns whether anything did.
     pub fn refresh(&mut self) -> Result<bool, StoreError> {
         let db = self.dir.join(DB_FILE);
-        let (fresh, per_pair) = read_since(&self.conn, self.last_seq, &db)?;
-        self.labels_per_pair = per_pair;
-        Ok(self.absorb(fresh))
-    }
-
-    fn absorb(&mut self, fresh: Vec<(i64, LogEntry)>) -> bool {
-        absorb(&mut self.entries, &mut self.rows, &mut self.last_seq, fresh)
+        let (fresh, per_pair) = read_since(&self.conn, self.seen.last_seq, &db)?;
+        self.seen.labels_per_pair = per_pair;
+        Ok(self.seen.absorb(fresh))
     }
 
     /// Sets how many people may label one pair, for every process on this store.
@@ -196,7 +230,7 @@ impl LabelStore {
                 params![n.to_string()],
             )
             .map_err(self.db_err())?;
-        self.labels_per_pair = n;
+        self.seen.labels_per_pair = n;
         Ok(())
     }
 
@@ -326,26 +360,15 @@ impl LabelStore {
             path: db.clone(),
             source,
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        // What others committed is in the store whatever happens next: take it in first.
-        let (fresh, per_pair) = read_since(&tx, self.last_seq, &db)?;
-        absorb(&mut self.entries, &mut self.rows, &mut self.last_seq, fresh);
-        self.labels_per_pair = per_pair;
-        let Some(entry) = decide(&self.entries, per_pair)? else {
+        let tx = begin(&mut self.conn, &mut self.seen, &db)?;
+        let per_pair = self.seen.labels_per_pair;
+        let Some(entry) = decide(&self.seen.entries, per_pair)? else {
             tx.commit().map_err(err)?;
             return Ok(None);
         };
         let seq = insert(&tx, &entry, None).map_err(err)?;
         tx.commit().map_err(err)?;
-        absorb(
-            &mut self.entries,
-            &mut self.rows,
-            &mut self.last_seq,
-            vec![(seq, with_seq(entry, seq))],
-        );
+        self.seen.absorb(vec![(seq, with_seq(entry, seq))]);
         Ok(Some(seq as u64))
     }
 
@@ -409,7 +432,7 @@ impl LabelStore {
     pub fn done_for_me(&self) -> HashSet<String> {
         let mut count: std::collections::HashMap<&str, usize> = Default::default();
         let mut mine = HashSet::new();
-        for d in standing_decisions(&self.entries) {
+        for d in standing_decisions(&self.seen.entries) {
             if d.annotator == self.annotator {
                 mine.insert(d.pair_id.clone());
             } else {
@@ -419,7 +442,7 @@ impl LabelStore {
         mine.extend(
             count
                 .into_iter()
-                .filter(|(_, n)| *n >= self.labels_per_pair)
+                .filter(|(_, n)| *n >= self.seen.labels_per_pair)
                 .map(|(id, _)| id.to_string()),
         );
         mine
@@ -435,13 +458,7 @@ impl LabelStore {
             path: db.clone(),
             source,
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let (fresh, per_pair) = read_since(&tx, self.last_seq, &db)?;
-        self.labels_per_pair = per_pair;
-        absorb(&mut self.entries, &mut self.rows, &mut self.last_seq, fresh);
+        let tx = begin(&mut self.conn, &mut self.seen, &db)?;
         let io_err = |path: PathBuf| move |source| StoreError::Io { path, source };
         let log = self.dir.join(LOG_FILE);
         let exported: i64 = tx
@@ -455,38 +472,22 @@ impl LabelStore {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if exported == 0 || !log.is_file() {
-            write_log(&log, &self.entries).map_err(io_err(log))?;
+            write_log(&log, &self.seen.entries).map_err(io_err(log))?;
         } else {
-            let from = self.rows.partition_point(|r| *r <= exported);
-            append_log(&log, &self.entries[from..]).map_err(io_err(log))?;
+            let from = self.seen.rows.partition_point(|r| *r <= exported);
+            append_log(&log, &self.seen.entries[from..]).map_err(io_err(log))?;
         }
         tx.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('exported_upto', ?1)",
-            params![self.last_seq.to_string()],
+            params![self.seen.last_seq.to_string()],
         )
         .map_err(err)?;
-        let (prefs, stats) = fold_to_preferences(&self.entries);
+        let (prefs, stats) = fold_to_preferences(&self.seen.entries);
         let out = self.dir.join(PREFERENCES_FILE);
         write_preferences(&out, &prefs).map_err(io_err(out))?;
         tx.commit().map_err(err)?;
         Ok(stats)
     }
-}
-
-/// Takes in entries read from the store (in sequence order).
-fn absorb(
-    entries: &mut Vec<LogEntry>,
-    rows: &mut Vec<i64>,
-    last_seq: &mut i64,
-    fresh: Vec<(i64, LogEntry)>,
-) -> bool {
-    let changed = !fresh.is_empty();
-    for (seq, e) in fresh {
-        *last_seq = (*last_seq).max(seq);
-        rows.push(seq);
-        entries.push(e);
-    }
-    changed
 }
 
 /// Appends entries to an exported log, synced.
