@@ -297,3 +297,28 @@ fn a_stopped_run_reopens_as_stopped_and_resumes_from_the_workbench_like_resume()
     let state = rlft::engine::run::read_status(&stopped).unwrap();
     assert_eq!(state.status, RunStatus::Finished);
 }
+
+/// GRPO trains with each advantage estimator by name (RLOO, REINFORCE++ and its baseline
+/// variant beside GRPO's own), and the run's metrics stay finite.
+#[test]
+fn grpo_runs_with_each_advantage_estimator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("p.jsonl");
+    write_prompts(&data);
+    for estimator in ["rloo", "reinforce_pp", "reinforce_pp_baseline"] {
+        let cfg = grpo_config(&model, &data).replace(
+            "[grpo]\n",
+            &format!("[grpo]\nadvantage_estimator = \"{estimator}\"\n"),
+        );
+        let dir = tmp.path().join(estimator);
+        run(&cfg, &dir, Some(2), false);
+        let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(rows.len(), 2, "{estimator}");
+        assert!(
+            rows.iter()
+                .all(|r| r.values.values().all(|v| v.is_finite())),
+            "{estimator}: {rows:?}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::layerwise::{self, HeadExtras};
-use super::losses::{self, GrpoLossType, ScaleRewards};
+use super::losses::{self, AdvantageEstimator, GrpoLossType, ScaleRewards};
 use super::sequences::{HeadOutputs, SeqBatch, score};
 use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, scalar};
@@ -46,6 +46,9 @@ pub struct GrpoSection {
     /// Upper clip (DAPO's clip-higher); defaults to `epsilon`.
     pub epsilon_high: Option<f32>,
     pub loss_type: GrpoLossType,
+    /// How rewards become advantages: `grpo` (group-relative, scaled by `scale_rewards`),
+    /// `rloo`, `reinforce_pp`, `reinforce_pp_baseline` (verl's names).
+    pub advantage_estimator: AdvantageEstimator,
     pub scale_rewards: ScaleRewards,
     /// Optimisation passes over each rollout (mu).
     pub num_iterations: usize,
@@ -71,6 +74,7 @@ impl Default for GrpoSection {
             epsilon: 0.2,
             epsilon_high: None,
             loss_type: GrpoLossType::Dapo,
+            advantage_estimator: AdvantageEstimator::Grpo,
             scale_rewards: ScaleRewards::Group,
             num_iterations: 1,
             sft_coef: 0.0,
@@ -482,10 +486,16 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         )?;
         let gen_time = gen_started.elapsed().as_secs_f64();
         let rewards = compute_rewards(&mut sources, &prompts, &ro)?;
-        let (advantages, stats) =
-            losses::grpo_advantages(&rewards.total, g.num_generations, g.scale_rewards)?;
-
         let (prompt_rows, completion_rows) = ro.rows(&prompts);
+        let lengths: Vec<usize> = completion_rows.iter().map(|c| c.len()).collect();
+        let (advantages, stats) = losses::outcome_advantages(
+            g.advantage_estimator,
+            &rewards.total,
+            g.num_generations,
+            g.scale_rewards,
+            &lengths,
+        )?;
+
         let batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &train_device);
         num_tokens += prompt_rows.iter().map(|p| p.len()).sum::<usize>()
             + completion_rows.iter().map(|c| c.len()).sum::<usize>();

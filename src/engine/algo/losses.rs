@@ -491,6 +491,121 @@ pub fn grpo_advantages(
     Ok((advantages, stats))
 }
 
+/// Advantage estimators for outcome rewards (one reward per completion, completions in
+/// consecutive groups per prompt), by verl's `adv_estimator` names. Each is a small function
+/// below, checked alone against a reference written from verl's `core_algos.py`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageEstimator {
+    /// Group-relative, scaled by `scale_rewards` ([`grpo_advantages`]).
+    #[default]
+    Grpo,
+    /// REINFORCE leave-one-out: each completion's reward less the mean of the other
+    /// completions of its prompt ([`rloo_advantages`]).
+    Rloo,
+    /// REINFORCE++: rewards whitened over every completion token of the batch
+    /// ([`reinforce_pp_advantages`]).
+    ReinforcePp,
+    /// REINFORCE++ with a baseline: the group mean subtracted first, then the global
+    /// whitening.
+    ReinforcePpBaseline,
+}
+
+/// The advantage of each completion under `estimator`; `lengths` are the completions' token
+/// counts (REINFORCE++ whitens over tokens, so longer completions weigh more, as in verl).
+pub fn outcome_advantages(
+    estimator: AdvantageEstimator,
+    rewards: &[f32],
+    group_size: usize,
+    scale: ScaleRewards,
+    lengths: &[usize],
+) -> Result<(Vec<f32>, GroupStats), TrainError> {
+    match estimator {
+        AdvantageEstimator::Grpo => grpo_advantages(rewards, group_size, scale),
+        AdvantageEstimator::Rloo => {
+            let (_, stats) = grpo_advantages(rewards, group_size, ScaleRewards::Group)?;
+            Ok((rloo_advantages(rewards, group_size), stats))
+        }
+        AdvantageEstimator::ReinforcePp | AdvantageEstimator::ReinforcePpBaseline => {
+            let (_, stats) = grpo_advantages(rewards, group_size, ScaleRewards::Group)?;
+            if lengths.len() != rewards.len() {
+                return Err(TrainError::Invalid(format!(
+                    "reinforce_pp: {} rewards but {} completion lengths",
+                    rewards.len(),
+                    lengths.len()
+                )));
+            }
+            let baseline = estimator == AdvantageEstimator::ReinforcePpBaseline;
+            Ok((
+                reinforce_pp_advantages(rewards, group_size, lengths, baseline),
+                stats,
+            ))
+        }
+    }
+}
+
+/// RLOO (Ahmadian et al. 2024; verl `compute_rloo_outcome_advantage`): `A_i = r_i − mean of
+/// the other rewards of the group` = `(n·r_i − Σ r) / (n − 1)`. A group of one keeps its
+/// reward. Groups are checked by [`grpo_advantages`] first.
+pub fn rloo_advantages(rewards: &[f32], group_size: usize) -> Vec<f32> {
+    rewards
+        .chunks(group_size.max(1))
+        .flat_map(|group| {
+            let n = group.len() as f64;
+            let sum: f64 = group.iter().map(|&r| r as f64).sum();
+            group.iter().map(move |&r| {
+                if n > 1.0 {
+                    (r as f64 - (sum - r as f64) / (n - 1.0)) as f32
+                } else {
+                    r
+                }
+            })
+        })
+        .collect()
+}
+
+/// REINFORCE++ (Hu 2025; verl `compute_reinforce_plus_plus_outcome_advantage` and
+/// `..._baseline_outcome_advantage`) for outcome rewards with γ = 1: every token of a
+/// completion gets its reward (less its group's mean with `baseline`), and the values are
+/// whitened over all completion tokens of the batch, verl's `masked_whiten`: mean and
+/// Bessel-corrected variance over tokens, `(x − mean) / sqrt(var + 1e-8)`. Per completion this
+/// is one value, each weighted by its token count.
+pub fn reinforce_pp_advantages(
+    rewards: &[f32],
+    group_size: usize,
+    lengths: &[usize],
+    baseline: bool,
+) -> Vec<f32> {
+    let mut x: Vec<f64> = rewards.iter().map(|&r| r as f64).collect();
+    if baseline {
+        for group in x.chunks_mut(group_size.max(1)) {
+            let mean = group.iter().sum::<f64>() / group.len() as f64;
+            for v in group.iter_mut() {
+                *v -= mean;
+            }
+        }
+    }
+    let tokens: f64 = lengths.iter().map(|&l| l as f64).sum();
+    if tokens < 2.0 {
+        return vec![0.0; rewards.len()];
+    }
+    let mean = x
+        .iter()
+        .zip(lengths)
+        .map(|(v, &l)| v * l as f64)
+        .sum::<f64>()
+        / tokens;
+    let var = x
+        .iter()
+        .zip(lengths)
+        .map(|(v, &l)| (v - mean).powi(2) * l as f64)
+        .sum::<f64>()
+        / tokens
+        * (tokens / (tokens - 1.0));
+    let scale = 1.0 / (var + 1e-8).sqrt();
+    x.iter().map(|v| ((v - mean) * scale) as f32).collect()
+}
+
 /// `torch.std` (Bessel-corrected); 0 for fewer than two values.
 fn unbiased_std(xs: &[f64]) -> f64 {
     if xs.len() < 2 {
@@ -1095,6 +1210,109 @@ mod tests {
             serde_json::to_string(&ScaleRewards::None).unwrap(),
             "\"none\""
         );
+    }
+
+    /// RLOO against the leave-one-out mean computed directly.
+    #[test]
+    fn rloo_is_the_reward_less_the_others_mean() {
+        let rewards = [1.0f32, 0.0, 0.5, 0.0, 2.0, 2.0, -1.0, 3.0];
+        let got = rloo_advantages(&rewards, 4);
+        let mut want = Vec::new();
+        for g in rewards.chunks(4) {
+            for (i, r) in g.iter().enumerate() {
+                let others: Vec<f64> = g
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, x)| *x as f64)
+                    .collect();
+                want.push(*r as f64 - others.iter().sum::<f64>() / others.len() as f64);
+            }
+        }
+        close_all(
+            "rloo",
+            &got.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            &want,
+        );
+        // The advantages of a group sum to zero.
+        close("rloo sum", got[..4].iter().map(|&x| x as f64).sum(), 0.0);
+    }
+
+    /// REINFORCE++ (with and without the group baseline) against verl's token-level
+    /// `masked_whiten`, written out over explicit token rows with a mask.
+    #[test]
+    fn reinforce_pp_whitens_over_the_batch_tokens() {
+        let rewards = [1.0f32, 0.0, 0.0, 1.0, 0.5, 0.25];
+        let lengths = [3usize, 1, 4, 2, 5, 1];
+        let max_len = *lengths.iter().max().unwrap();
+        for baseline in [false, true] {
+            let got = reinforce_pp_advantages(&rewards, 3, &lengths, baseline);
+            // Token rows: each completion's score broadcast over its tokens, masked.
+            let mut scores: Vec<f64> = rewards.iter().map(|&r| r as f64).collect();
+            if baseline {
+                for g in scores.chunks_mut(3) {
+                    let m = g.iter().sum::<f64>() / 3.0;
+                    g.iter_mut().for_each(|v| *v -= m);
+                }
+            }
+            let values: Vec<Vec<f64>> = scores.iter().map(|s| vec![*s; max_len]).collect();
+            let mask: Vec<Vec<f64>> = lengths
+                .iter()
+                .map(|&l| (0..max_len).map(|t| f64::from(u8::from(t < l))).collect())
+                .collect();
+            let mean = ref_masked_mean(&values, &mask);
+            let centered: Vec<Vec<f64>> = values
+                .iter()
+                .map(|r| r.iter().map(|v| (v - mean).powi(2)).collect())
+                .collect();
+            let n: f64 = mask.iter().flatten().sum();
+            let var = ref_masked_mean(&centered, &mask) * n / (n - 1.0);
+            let want: Vec<f64> = scores
+                .iter()
+                .map(|s| (s - mean) / (var + 1e-8).sqrt())
+                .collect();
+            close_all(
+                &format!("reinforce_pp baseline={baseline}"),
+                &got.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                &want,
+            );
+        }
+    }
+
+    #[test]
+    fn the_estimators_are_chosen_by_name() {
+        let rewards = [1.0f32, 0.0, 1.0, 1.0];
+        let lengths = [2usize, 2, 2, 2];
+        let by = |e| outcome_advantages(e, &rewards, 2, ScaleRewards::Group, &lengths);
+        assert_eq!(
+            by(AdvantageEstimator::Rloo).unwrap().0,
+            rloo_advantages(&rewards, 2)
+        );
+        assert_eq!(
+            by(AdvantageEstimator::Grpo).unwrap(),
+            grpo_advantages(&rewards, 2, ScaleRewards::Group).unwrap()
+        );
+        // Same reward spread metrics whatever the estimator.
+        assert_eq!(
+            by(AdvantageEstimator::ReinforcePp).unwrap().1,
+            by(AdvantageEstimator::Grpo).unwrap().1
+        );
+        assert!(
+            outcome_advantages(
+                AdvantageEstimator::ReinforcePp,
+                &rewards,
+                2,
+                ScaleRewards::Group,
+                &[1]
+            )
+            .is_err()
+        );
+        let names: Vec<AdvantageEstimator> =
+            ["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+                .iter()
+                .map(|n| serde_json::from_value(serde_json::json!(n)).unwrap())
+                .collect();
+        assert_eq!(names.len(), 4);
     }
 
     #[test]
