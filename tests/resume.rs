@@ -299,18 +299,25 @@ fn a_stopped_run_reopens_as_stopped_and_resumes_from_the_workbench_like_resume()
 }
 
 /// GRPO trains with each advantage estimator by name (RLOO, REINFORCE++ and its baseline
-/// variant beside GRPO's own), and the run's metrics stay finite.
+/// variant beside GRPO's own) and each surrogate (GSPO's sequence-level ratio, CISPO), and the
+/// run's metrics stay finite.
 #[test]
-fn grpo_runs_with_each_advantage_estimator() {
+fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let data = tmp.path().join("p.jsonl");
     write_prompts(&data);
-    for estimator in ["rloo", "reinforce_pp", "reinforce_pp_baseline"] {
-        let cfg = grpo_config(&model, &data).replace(
-            "[grpo]\n",
-            &format!("[grpo]\nadvantage_estimator = \"{estimator}\"\n"),
-        );
+    for (estimator, setting) in [
+        ("rloo", "advantage_estimator = \"rloo\""),
+        ("reinforce_pp", "advantage_estimator = \"reinforce_pp\""),
+        (
+            "reinforce_pp_baseline",
+            "advantage_estimator = \"reinforce_pp_baseline\"",
+        ),
+        ("gspo", "importance_sampling_level = \"sequence\""),
+        ("cispo", "policy_loss = \"cispo\""),
+    ] {
+        let cfg = grpo_config(&model, &data).replace("[grpo]\n", &format!("[grpo]\n{setting}\n"));
         let dir = tmp.path().join(estimator);
         run(&cfg, &dir, Some(2), false);
         let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();

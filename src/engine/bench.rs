@@ -303,6 +303,7 @@ fn grpo_step(
                 GRPO_BENCH_BETA,
                 GrpoLossType::Dapo,
                 new_tokens,
+                losses::PolicyObjective::default(),
             )?;
             Ok::<_, TrainError>((out.loss, ()))
         })

@@ -12,7 +12,12 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::layerwise::{self, HeadExtras};
-use super::losses::{self, AdvantageEstimator, GrpoLossType, ScaleRewards};
+use super::losses::{
+    self, AdvantageEstimator, GrpoLossType, ImportanceSamplingLevel, PolicyLoss, ScaleRewards,
+};
+
+/// CISPO's default cap on the importance weight (TRL recommends 5 for `loss_type = "cispo"`).
+const CISPO_MAX: f64 = 5.0;
 use super::sequences::{HeadOutputs, SeqBatch, score};
 use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, scalar};
@@ -46,6 +51,11 @@ pub struct GrpoSection {
     /// Upper clip (DAPO's clip-higher); defaults to `epsilon`.
     pub epsilon_high: Option<f32>,
     pub loss_type: GrpoLossType,
+    /// `token` (GRPO) or `sequence` (GSPO: one clipped ratio per completion).
+    pub importance_sampling_level: ImportanceSamplingLevel,
+    /// `clip` (PPO's clipped ratio) or `cispo` (capped, stop-gradient weight; `epsilon_high` is
+    /// the cap, 5 by default).
+    pub policy_loss: PolicyLoss,
     /// How rewards become advantages: `grpo` (group-relative, scaled by `scale_rewards`),
     /// `rloo`, `reinforce_pp`, `reinforce_pp_baseline` (verl's names).
     pub advantage_estimator: AdvantageEstimator,
@@ -75,6 +85,8 @@ impl Default for GrpoSection {
             epsilon_high: None,
             loss_type: GrpoLossType::Dapo,
             advantage_estimator: AdvantageEstimator::Grpo,
+            importance_sampling_level: ImportanceSamplingLevel::Token,
+            policy_loss: PolicyLoss::Clip,
             scale_rewards: ScaleRewards::Group,
             num_iterations: 1,
             sft_coef: 0.0,
@@ -514,6 +526,12 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         );
         let demo = demo_batch(&prompts, g.sft_coef, pad, &train_device);
 
+        let objective = losses::PolicyObjective {
+            loss: g.policy_loss,
+            level: g.importance_sampling_level,
+            // CISPO caps the weight itself (TRL's recommendation: 5), not 1 + ε.
+            cispo_max: g.epsilon_high.map_or(CISPO_MAX, f64::from),
+        };
         let mut last = None;
         for _ in 0..g.num_iterations.max(1) {
             // The policy loss on the scored completions, and what it measured.
@@ -536,6 +554,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     g.beta,
                     g.loss_type,
                     g.max_completion_length,
+                    objective,
                 )?;
                 Ok((out.loss.clone(), (entropy, out)))
             };

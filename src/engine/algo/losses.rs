@@ -629,6 +629,38 @@ pub enum GrpoLossType {
     Dapo,
 }
 
+/// Where the importance ratio is taken, TRL `GRPOConfig.importance_sampling_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceSamplingLevel {
+    /// One ratio per token (GRPO, DAPO).
+    #[default]
+    Token,
+    /// One ratio per completion: the exponent of its mean token log-ratio (GSPO, Zheng et al.
+    /// 2025), clipped as one.
+    Sequence,
+}
+
+/// The policy-gradient surrogate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyLoss {
+    /// PPO's clipped ratio: `−min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A)`.
+    #[default]
+    Clip,
+    /// CISPO (MiniMax-M1; TRL `loss_type = "cispo"`): `−sg(min(ρ, ε_max))·A·log π`, the
+    /// importance weight capped and not differentiated, so every token keeps a gradient.
+    Cispo,
+}
+
+/// The surrogate and where its ratio is taken; `cispo_max` is CISPO's cap on the weight.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PolicyObjective {
+    pub loss: PolicyLoss,
+    pub level: ImportanceSamplingLevel,
+    pub cispo_max: f64,
+}
+
 /// Output of [`grpo_loss`].
 #[derive(Debug, Clone)]
 pub struct GrpoLossOut {
@@ -644,9 +676,10 @@ pub struct GrpoLossOut {
     pub kl_mean: Option<f64>,
 }
 
-/// TRL `GRPOTrainer._compute_loss` (token-level importance sampling): `ratio = exp(lp −
-/// old_lp)`, per token `−min(ratio·A, clamp(ratio, 1 − ε_low, 1 + ε_high)·A) + β·k3(lp,
-/// ref_lp)`, reduced by `loss_type`. `adv` is one advantage per sequence `[B]`; with one
+/// TRL `GRPOTrainer._compute_loss`: `ratio = exp(lp − old_lp)` per token (or, at
+/// `Sequence` level, `exp` of each completion's mean log-ratio, the same for all its tokens),
+/// per token `−min(ratio·A, clamp(ratio, 1 − ε_low, 1 + ε_high)·A)` (or CISPO's
+/// `−sg(min(ratio, cispo_max))·A·lp`) `+ β·k3(lp, ref_lp)`, reduced by `loss_type`. `adv` is one advantage per sequence `[B]`; with one
 /// update per rollout (μ = 1) pass `old_lp = lp.clone().detach()`. `epsilon_low` is TRL
 /// `epsilon` (0.2), `epsilon_high` TRL `epsilon_high` (defaults to `epsilon`; DAPO 0.28),
 /// `beta` the k3 coefficient (TRL default 0), `max_completion_length` the Dr. GRPO length.
@@ -668,6 +701,7 @@ pub fn grpo_loss(
     beta: f64,
     loss_type: GrpoLossType,
     max_completion_length: usize,
+    objective: PolicyObjective,
 ) -> Result<GrpoLossOut, TrainError> {
     let [b, t] = lp.dims();
     if beta != 0.0 && ref_lp.is_none() {
@@ -681,11 +715,26 @@ pub fn grpo_loss(
         ));
     }
     let adv = adv.reshape([b, 1]).expand([b, t]);
-    let ratio = (lp.clone() - old_lp).exp();
-    let clipped = ratio.clone().clamp(1.0 - epsilon_low, 1.0 + epsilon_high);
-    let mut per_token = (ratio.clone() * adv.clone())
-        .min_pair(clipped * adv.clone())
-        .neg();
+    let log_ratio = lp.clone() - old_lp;
+    let log_ratio = match objective.level {
+        ImportanceSamplingLevel::Token => log_ratio,
+        ImportanceSamplingLevel::Sequence => ((log_ratio * mask.clone()).sum_dim(1)
+            / mask.clone().sum_dim(1).clamp_min(1.0))
+        .expand([b, t]),
+    };
+    let ratio = log_ratio.exp();
+    let mut per_token = match objective.loss {
+        PolicyLoss::Clip => {
+            let clipped = ratio.clone().clamp(1.0 - epsilon_low, 1.0 + epsilon_high);
+            (ratio.clone() * adv.clone())
+                .min_pair(clipped * adv.clone())
+                .neg()
+        }
+        PolicyLoss::Cispo => {
+            let weight = ratio.clone().clamp_max(objective.cispo_max).detach();
+            (weight * adv.clone() * lp.clone()).neg()
+        }
+    };
     let mut kl_mean = None;
     if let Some(ref_lp) = ref_lp {
         let kl = kl_k3(lp, ref_lp);
@@ -703,13 +752,22 @@ pub fn grpo_loss(
 
     let ratio = ratio.detach();
     let adv = adv.detach();
-    let low = ratio
-        .clone()
-        .lower_elem(1.0 - epsilon_low)
-        .bool_and(adv.clone().lower_elem(0.0));
-    let high = ratio
-        .greater_elem(1.0 + epsilon_high)
-        .bool_and(adv.greater_elem(0.0));
+    let (low, high) = match objective.loss {
+        PolicyLoss::Clip => (
+            ratio
+                .clone()
+                .lower_elem(1.0 - epsilon_low)
+                .bool_and(adv.clone().lower_elem(0.0)),
+            ratio
+                .greater_elem(1.0 + epsilon_high)
+                .bool_and(adv.greater_elem(0.0)),
+        ),
+        // CISPO's only clip: weights capped at `cispo_max` (TRL `cispo_clip_ratio`).
+        PolicyLoss::Cispo => (
+            ratio.clone().lower_elem(f64::NEG_INFINITY),
+            ratio.greater_elem(objective.cispo_max),
+        ),
+    };
     let region = low.clone().bool_or(high.clone());
     let kl = kl_mean.clone().unwrap_or_else(|| mask.zeros_like().sum());
     // The metrics in one read.
@@ -1397,6 +1455,7 @@ mod tests {
             cfg.beta,
             cfg.loss_type,
             cfg.max_completion_length,
+            PolicyObjective::default(),
         )
     }
 
@@ -1635,6 +1694,89 @@ mod tests {
         }
         close_all("d loss / d lp", &got, &want);
         assert!(want.iter().filter(|&&g| g == 0.0).count() > 2);
+    }
+
+    /// GSPO (sequence-level ratio) and CISPO (capped, stop-gradient weight), token-mean
+    /// (`dapo`) aggregation: loss values and gradients against references written from TRL's
+    /// `_compute_loss`. GSPO's ratio is `exp(mean_t (lp − old))` per completion; CISPO's loss is
+    /// `−sg(min(ρ, cap))·A·lp`, whose gradient is `−sg(min(ρ, cap))·A / n`.
+    #[test]
+    fn gspo_and_cispo_match_trl_formulas() {
+        let d = Device::flex().autodiff();
+        let [lp, old, _, mask] = grpo_case();
+        let n: f64 = mask.iter().flatten().sum();
+        let seq_ratio: Vec<f64> = (0..lp.len())
+            .map(|i| {
+                let (s, k) = (0..lp[i].len()).fold((0.0, 0.0), |(s, k), t| {
+                    (s + (lp[i][t] - old[i][t]) * mask[i][t], k + mask[i][t])
+                });
+                (s / f64::max(k, 1.0)).exp()
+            })
+            .collect();
+        let cases = [
+            (PolicyLoss::Clip, ImportanceSamplingLevel::Sequence),
+            (PolicyLoss::Cispo, ImportanceSamplingLevel::Token),
+            (PolicyLoss::Cispo, ImportanceSamplingLevel::Sequence),
+        ];
+        for (loss, level) in cases {
+            let objective = PolicyObjective {
+                loss,
+                level,
+                cispo_max: 1.1,
+            };
+            let lp_t = t2(&lp, &d).require_grad();
+            let out = grpo_loss(
+                lp_t.clone(),
+                t2(&old, &d),
+                None,
+                t1(&GRPO_ADV, &d),
+                t2(&mask, &d),
+                0.2,
+                0.28,
+                0.0,
+                GrpoLossType::Dapo,
+                0,
+                objective,
+            )
+            .unwrap();
+            let (mut value, mut grad, mut capped) = (0.0, Vec::new(), 0.0);
+            for i in 0..lp.len() {
+                let a = GRPO_ADV[i];
+                for t in 0..lp[i].len() {
+                    let m = mask[i][t];
+                    let ratio = match level {
+                        ImportanceSamplingLevel::Token => (lp[i][t] - old[i][t]).exp(),
+                        ImportanceSamplingLevel::Sequence => seq_ratio[i],
+                    };
+                    match loss {
+                        PolicyLoss::Clip => {
+                            let clipped = ratio.clamp(0.8, 1.28);
+                            value += -f64::min(ratio * a, clipped * a) * m;
+                            // The row's loss counts once per token (len times) and its ratio
+                            // moves with each token's log-ratio by ratio/len: each token gets
+                            // −A·ratio/n while the unclipped term is the smaller, else 0.
+                            let active = ratio * a <= clipped * a;
+                            grad.push(if active { -a * ratio * m / n } else { 0.0 });
+                        }
+                        PolicyLoss::Cispo => {
+                            let w = ratio.min(1.1);
+                            value += -w * a * lp[i][t] * m;
+                            grad.push(-w * a / n * m);
+                            capped += f64::from(ratio > 1.1) * m;
+                        }
+                    }
+                }
+            }
+            let what = format!("{loss:?} {level:?}");
+            close(&what, scalar(out.loss.clone()), value / n);
+            let grads = out.loss.backward();
+            let got = host(lp_t.grad(&grads).expect("gradient for lp"));
+            close_all(&format!("{what} grad"), &got, &grad);
+            if loss == PolicyLoss::Cispo {
+                close(&format!("{what} capped"), out.clip_high_frac, capped / n);
+                close(&format!("{what} low"), out.clip_low_frac, 0.0);
+            }
+        }
     }
 
     #[test]
