@@ -316,6 +316,10 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
         ),
         ("gspo", "importance_sampling_level = \"sequence\""),
         ("cispo", "policy_loss = \"cispo\""),
+        (
+            "dapo",
+            "mask_truncated_completions = true\noverlong_buffer_len = 2",
+        ),
     ] {
         let cfg = grpo_config(&model, &data).replace("[grpo]\n", &format!("[grpo]\n{setting}\n"));
         let dir = tmp.path().join(estimator);
@@ -327,5 +331,13 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
                 .all(|r| r.values.values().all(|v| v.is_finite())),
             "{estimator}: {rows:?}"
         );
+        if estimator == "dapo" {
+            // The overlong punishment is logged as a reward source, never above 0.
+            assert!(
+                rows.iter()
+                    .all(|r| r.values["rewards/overlong/mean"] <= 0.0),
+                "{rows:?}"
+            );
+        }
     }
 }

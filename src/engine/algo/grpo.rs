@@ -56,6 +56,14 @@ pub struct GrpoSection {
     /// `clip` (PPO's clipped ratio) or `cispo` (capped, stop-gradient weight; `epsilon_high` is
     /// the cap, 5 by default).
     pub policy_loss: PolicyLoss,
+    /// Completions cut by `max_completion_length` (no end of sequence) take no part in the
+    /// loss (DAPO; TRL `mask_truncated_completions`).
+    pub mask_truncated_completions: bool,
+    /// DAPO's soft overlong punishment: over the last `overlong_buffer_len` tokens before
+    /// `max_completion_length` the reward falls linearly to `−overlong_penalty_factor` (0 = off;
+    /// verl's names). Logged as `rewards/overlong/mean`.
+    pub overlong_buffer_len: usize,
+    pub overlong_penalty_factor: f64,
     /// How rewards become advantages: `grpo` (group-relative, scaled by `scale_rewards`),
     /// `rloo`, `reinforce_pp`, `reinforce_pp_baseline` (verl's names).
     pub advantage_estimator: AdvantageEstimator,
@@ -86,6 +94,9 @@ impl Default for GrpoSection {
             loss_type: GrpoLossType::Dapo,
             advantage_estimator: AdvantageEstimator::Grpo,
             importance_sampling_level: ImportanceSamplingLevel::Token,
+            mask_truncated_completions: false,
+            overlong_buffer_len: 0,
+            overlong_penalty_factor: 1.0,
             policy_loss: PolicyLoss::Clip,
             scale_rewards: ScaleRewards::Group,
             num_iterations: 1,
@@ -497,9 +508,26 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &model_cfg,
         )?;
         let gen_time = gen_started.elapsed().as_secs_f64();
-        let rewards = compute_rewards(&mut sources, &prompts, &ro)?;
+        let mut rewards = compute_rewards(&mut sources, &prompts, &ro)?;
         let (prompt_rows, completion_rows) = ro.rows(&prompts);
         let lengths: Vec<usize> = completion_rows.iter().map(|c| c.len()).collect();
+        if g.overlong_buffer_len > 0 {
+            let penalty: Vec<f32> = lengths
+                .iter()
+                .map(|&l| {
+                    losses::overlong_penalty(
+                        l,
+                        g.max_completion_length,
+                        g.overlong_buffer_len,
+                        g.overlong_penalty_factor,
+                    )
+                })
+                .collect();
+            for (t, p) in rewards.total.iter_mut().zip(&penalty) {
+                *t += p;
+            }
+            rewards.per_source.insert("overlong".into(), penalty);
+        }
         let (advantages, stats) = losses::outcome_advantages(
             g.advantage_estimator,
             &rewards.total,
@@ -508,7 +536,22 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &lengths,
         )?;
 
-        let batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &train_device);
+        let mut batch = SeqBatch::new(&prompt_rows, &completion_rows, pad, &train_device);
+        if g.mask_truncated_completions {
+            // Rows cut by the length limit keep no token in the loss.
+            let keep: Vec<f32> = ro
+                .finish
+                .iter()
+                .map(|f| f32::from(u8::from(*f != FinishReason::Length)))
+                .collect();
+            let keep = Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(keep, [ro.finish.len()]),
+                &train_device,
+            )
+            .reshape([ro.finish.len(), 1])
+            .expand(batch.completion_mask.dims());
+            batch.completion_mask = batch.completion_mask * keep;
+        }
         num_tokens += prompt_rows.iter().map(|p| p.len()).sum::<usize>()
             + completion_rows.iter().map(|c| c.len()).sum::<usize>();
         let plain = train_device.clone().without_autodiff();

@@ -606,6 +606,21 @@ pub fn reinforce_pp_advantages(
     x.iter().map(|v| ((v - mean) * scale) as f32).collect()
 }
 
+/// DAPO's soft overlong punishment (Yu et al. 2025, eq. 13; verl `overlong_buffer`): 0 up
+/// to `max_len − buffer` tokens, then falling linearly to `−factor` at `max_len` (and
+/// staying there beyond). Added to a completion's reward; `buffer = 0` turns it off.
+pub fn overlong_penalty(len: usize, max_len: usize, buffer: usize, factor: f64) -> f32 {
+    if buffer == 0 {
+        return 0.0;
+    }
+    let start = max_len.saturating_sub(buffer);
+    if len <= start {
+        return 0.0;
+    }
+    let over = (len - start).min(buffer) as f64;
+    (-(over / buffer as f64) * factor) as f32
+}
+
 /// `torch.std` (Bessel-corrected); 0 for fewer than two values.
 fn unbiased_std(xs: &[f64]) -> f64 {
     if xs.len() < 2 {
@@ -1335,6 +1350,28 @@ mod tests {
                 &want,
             );
         }
+    }
+
+    /// DAPO's soft overlong punishment against its formula: R = 0 for |y| <= L_max − L_cache,
+    /// ((L_max − L_cache) − |y|) / L_cache inside the buffer, −1 beyond L_max (times the factor).
+    #[test]
+    fn overlong_penalty_follows_dapo() {
+        let (max, buf) = (20, 8);
+        for len in 0..30usize {
+            let want = if len <= max - buf {
+                0.0
+            } else if len <= max {
+                ((max - buf) as f64 - len as f64) / buf as f64
+            } else {
+                -1.0
+            };
+            close(
+                &format!("len {len}"),
+                overlong_penalty(len, max, buf, 0.5) as f64,
+                0.5 * want,
+            );
+        }
+        assert_eq!(overlong_penalty(40, 20, 0, 1.0), 0.0);
     }
 
     #[test]
