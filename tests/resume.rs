@@ -320,6 +320,7 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
             "dapo",
             "mask_truncated_completions = true\noverlong_buffer_len = 2",
         ),
+        ("top_entropy", "top_entropy_quantile = 0.2"),
     ] {
         let cfg = grpo_config(&model, &data).replace("[grpo]\n", &format!("[grpo]\n{setting}\n"));
         let dir = tmp.path().join(estimator);

@@ -304,6 +304,7 @@ fn grpo_step(
                 GrpoLossType::Dapo,
                 new_tokens,
                 losses::PolicyObjective::default(),
+                None,
             )?;
             Ok::<_, TrainError>((out.loss, ()))
         })

@@ -64,6 +64,8 @@ pub struct GrpoSection {
     /// verl's names). Logged as `rewards/overlong/mean`.
     pub overlong_buffer_len: usize,
     pub overlong_penalty_factor: f64,
+    /// Share of completion tokens, by highest entropy, that train (1 = all; the paper's 0.2).
+    pub top_entropy_quantile: f64,
     /// How rewards become advantages: `grpo` (group-relative, scaled by `scale_rewards`),
     /// `rloo`, `reinforce_pp`, `reinforce_pp_baseline` (verl's names).
     pub advantage_estimator: AdvantageEstimator,
@@ -95,6 +97,7 @@ impl Default for GrpoSection {
             advantage_estimator: AdvantageEstimator::Grpo,
             importance_sampling_level: ImportanceSamplingLevel::Token,
             mask_truncated_completions: false,
+            top_entropy_quantile: 1.0,
             overlong_buffer_len: 0,
             overlong_penalty_factor: 1.0,
             policy_loss: PolicyLoss::Clip,
@@ -586,6 +589,15 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 let old = old_lp
                     .clone()
                     .unwrap_or_else(|| scored.logprobs.clone().detach());
+                // Only the highest-entropy tokens train (`top_entropy_quantile` < 1).
+                let token_weight = (g.top_entropy_quantile < 1.0).then(|| {
+                    let dims = batch.completion_mask.dims();
+                    let ent =
+                        model::host_f32(scored.entropy.clone().expect("asked for the entropy"));
+                    let mask = model::host_f32(batch.completion_mask.clone());
+                    let keep = losses::high_entropy_mask(&ent, &mask, g.top_entropy_quantile);
+                    Tensor::<2>::from_data(TensorData::new(keep, dims), &train_device)
+                });
                 let out = losses::grpo_loss(
                     scored.logprobs,
                     old,
@@ -598,6 +610,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                     g.loss_type,
                     g.max_completion_length,
                     objective,
+                    token_weight,
                 )?;
                 Ok((out.loss.clone(), (entropy, out)))
             };

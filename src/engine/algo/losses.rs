@@ -621,6 +621,32 @@ pub fn overlong_penalty(len: usize, max_len: usize, buffer: usize, factor: f64) 
     (-(over / buffer as f64) * factor) as f32
 }
 
+/// "Beyond the 80/20 rule" (Wang et al. 2025; TRL `top_entropy_quantile`): 1 for the valid
+/// tokens whose entropy is at least the `1 − top` quantile of the valid tokens' entropies
+/// (`torch.quantile`, linear interpolation), 0 elsewhere, so only the top `top` share of
+/// tokens by entropy trains. `entropy` and `mask` are row-major `[B, T]`.
+pub fn high_entropy_mask(entropy: &[f32], mask: &[f32], top: f64) -> Vec<f32> {
+    let mut valid: Vec<f64> = entropy
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m > 0.0)
+        .map(|(e, _)| *e as f64)
+        .collect();
+    if valid.is_empty() {
+        return vec![0.0; entropy.len()];
+    }
+    valid.sort_by(f64::total_cmp);
+    let q = (1.0 - top).clamp(0.0, 1.0);
+    let pos = q * (valid.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let threshold = valid[lo] + (valid[hi] - valid[lo]) * (pos - lo as f64);
+    entropy
+        .iter()
+        .zip(mask)
+        .map(|(e, m)| f32::from(u8::from(*m > 0.0 && *e as f64 >= threshold)))
+        .collect()
+}
+
 /// `torch.std` (Bessel-corrected); 0 for fewer than two values.
 fn unbiased_std(xs: &[f64]) -> f64 {
     if xs.len() < 2 {
@@ -717,6 +743,7 @@ pub fn grpo_loss(
     loss_type: GrpoLossType,
     max_completion_length: usize,
     objective: PolicyObjective,
+    token_weight: Option<Tensor<2>>,
 ) -> Result<GrpoLossOut, TrainError> {
     let [b, t] = lp.dims();
     if beta != 0.0 && ref_lp.is_none() {
@@ -750,6 +777,10 @@ pub fn grpo_loss(
             (weight * adv.clone() * lp.clone()).neg()
         }
     };
+    // E.g. only the highest-entropy tokens (`top_entropy_quantile`); the KL term stays whole.
+    if let Some(w) = token_weight {
+        per_token = per_token * w;
+    }
     let mut kl_mean = None;
     if let Some(ref_lp) = ref_lp {
         let kl = kl_k3(lp, ref_lp);
@@ -1374,6 +1405,25 @@ mod tests {
         assert_eq!(overlong_penalty(40, 20, 0, 1.0), 0.0);
     }
 
+    /// The top-entropy mask against `torch.quantile` worked by hand: valid entropies
+    /// 0.1, 0.2, 0.4, 0.8, 1.6; the 0.6 quantile (top 40 %) sits at position 2.4 of the sorted
+    /// values, 0.4 + 0.4·(0.8 − 0.4) = 0.56, so 0.8 and 1.6 train; padding never does.
+    #[test]
+    fn high_entropy_mask_keeps_the_top_share_of_valid_tokens() {
+        let entropy = [0.4f32, 1.6, 9.0, 0.1, 0.8, 0.2];
+        let mask = [1.0f32, 1.0, 0.0, 1.0, 1.0, 1.0];
+        assert_eq!(
+            high_entropy_mask(&entropy, &mask, 0.4),
+            vec![0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        );
+        // Everything valid at top = 1; nothing without valid tokens.
+        assert_eq!(
+            high_entropy_mask(&entropy, &mask, 1.0),
+            vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+        );
+        assert_eq!(high_entropy_mask(&entropy, &[0.0; 6], 0.2), vec![0.0; 6]);
+    }
+
     #[test]
     fn the_estimators_are_chosen_by_name() {
         let rewards = [1.0f32, 0.0, 1.0, 1.0];
@@ -1493,6 +1543,7 @@ mod tests {
             cfg.loss_type,
             cfg.max_completion_length,
             PolicyObjective::default(),
+            None,
         )
     }
 
@@ -1774,6 +1825,7 @@ mod tests {
                 GrpoLossType::Dapo,
                 0,
                 objective,
+                None,
             )
             .unwrap();
             let (mut value, mut grad, mut capped) = (0.0, Vec::new(), 0.0);
