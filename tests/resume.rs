@@ -321,6 +321,10 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
             "mask_truncated_completions = true\noverlong_buffer_len = 2",
         ),
         ("top_entropy", "top_entropy_quantile = 0.2"),
+        (
+            "dynamic",
+            "dynamic_sampling = true\nmax_sampling_rounds = 2",
+        ),
     ] {
         let cfg = grpo_config(&model, &data).replace("[grpo]\n", &format!("[grpo]\n{setting}\n"));
         let dir = tmp.path().join(estimator);
@@ -332,6 +336,14 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
                 .all(|r| r.values.values().all(|v| v.is_finite())),
             "{estimator}: {rows:?}"
         );
+        if estimator == "dynamic" {
+            assert!(
+                rows.iter()
+                    .all(|r| r.values["sampling/prompts_drawn"] >= 4.0
+                        && r.values["sampling/rounds"] <= 2.0),
+                "{rows:?}"
+            );
+        }
         if estimator == "dapo" {
             // The overlong punishment is logged as a reward source, never above 0.
             assert!(

@@ -64,6 +64,11 @@ pub struct GrpoSection {
     /// verl's names). Logged as `rewards/overlong/mean`.
     pub overlong_buffer_len: usize,
     pub overlong_penalty_factor: f64,
+    /// DAPO's dynamic sampling: groups whose rewards are all equal are dropped and more
+    /// prompts sampled until the batch is full, for at most `max_sampling_rounds` rounds.
+    /// Logged as `sampling/prompts_drawn` and `sampling/rounds`.
+    pub dynamic_sampling: bool,
+    pub max_sampling_rounds: usize,
     /// Share of completion tokens, by highest entropy, that train (1 = all; the paper's 0.2).
     pub top_entropy_quantile: f64,
     /// How rewards become advantages: `grpo` (group-relative, scaled by `scale_rewards`),
@@ -98,6 +103,8 @@ impl Default for GrpoSection {
             importance_sampling_level: ImportanceSamplingLevel::Token,
             mask_truncated_completions: false,
             top_entropy_quantile: 1.0,
+            dynamic_sampling: false,
+            max_sampling_rounds: 3,
             overlong_buffer_len: 0,
             overlong_penalty_factor: 1.0,
             policy_loss: PolicyLoss::Clip,
@@ -214,6 +221,97 @@ impl Rollout {
             .map(|&i| prompts[i].ids.as_slice())
             .collect();
         (prompt_rows, self.tokens.iter().map(Vec::as_slice).collect())
+    }
+}
+
+/// What a step trains on: its prompts, their completions and rewards, and how many prompts
+/// were sampled to get them.
+pub struct Sampled<'a> {
+    pub prompts: Vec<&'a PromptItem>,
+    pub rollout: Rollout,
+    pub rewards: Rewards,
+    pub drawn: usize,
+    pub rounds: usize,
+}
+
+impl<'a> Sampled<'a> {
+    /// Adds one prompt's group of completions (rows `rows` of a round).
+    fn push_group(
+        &mut self,
+        prompt: &'a PromptItem,
+        ro: &Rollout,
+        rw: &Rewards,
+        rows: std::ops::Range<usize>,
+    ) {
+        let p = self.prompts.len();
+        self.prompts.push(prompt);
+        for i in rows {
+            self.rollout.prompt_index.push(p);
+            self.rollout.tokens.push(ro.tokens[i].clone());
+            self.rollout.texts.push(ro.texts[i].clone());
+            self.rollout.finish.push(ro.finish[i]);
+            self.rewards.total.push(rw.total[i]);
+            for (name, values) in &rw.per_source {
+                self.rewards
+                    .per_source
+                    .entry(name.clone())
+                    .or_default()
+                    .push(values[i]);
+            }
+        }
+    }
+}
+
+/// DAPO's dynamic sampling (Yu et al. 2025; verl `filter_groups`): a group whose rewards are
+/// all equal teaches nothing (its advantages are 0), so it is dropped and more prompts are
+/// drawn (`draw(n)`) and generated until `first.len()` groups with a reward spread are in hand,
+/// for at most `max_rounds` rounds; the last round fills what is missing whatever the spread.
+/// `max_rounds = 1` keeps the first round as it is. `generate(prompts, round)` samples and
+/// scores `group` completions per prompt.
+pub fn sample_groups<'a>(
+    first: Vec<&'a PromptItem>,
+    group: usize,
+    max_rounds: usize,
+    mut draw: impl FnMut(usize) -> Vec<&'a PromptItem>,
+    mut generate: impl FnMut(&[&'a PromptItem], usize) -> Result<(Rollout, Rewards), TrainError>,
+) -> Result<Sampled<'a>, TrainError> {
+    let want = first.len();
+    let mut out = Sampled {
+        prompts: Vec::with_capacity(want),
+        rollout: Rollout {
+            prompt_index: Vec::new(),
+            tokens: Vec::new(),
+            texts: Vec::new(),
+            finish: Vec::new(),
+        },
+        rewards: Rewards {
+            total: Vec::new(),
+            per_source: BTreeMap::new(),
+        },
+        drawn: 0,
+        rounds: 0,
+    };
+    let mut batch = first;
+    loop {
+        out.rounds += 1;
+        out.drawn += batch.len();
+        let (ro, rw) = generate(&batch, out.rounds - 1)?;
+        let last = out.rounds >= max_rounds.max(1);
+        for (k, prompt) in batch.iter().enumerate() {
+            if out.prompts.len() >= want {
+                break;
+            }
+            let rows = k * group..(k + 1) * group;
+            let r = &rw.total[rows.clone()];
+            let spread = r.iter().any(|x| (x - r[0]).abs() > 1e-6);
+            if spread || last {
+                out.push_group(prompt, &ro, &rw, rows);
+            }
+        }
+        if out.prompts.len() >= want || last {
+            return Ok(out);
+        }
+        batch = draw(want - out.prompts.len());
     }
 }
 
@@ -496,22 +594,48 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         }
         let started = Instant::now();
         let idx = sampler.next_batch(prompts_per_step);
-        let prompts: Vec<&PromptItem> = idx.iter().map(|&i| &train[i]).collect();
-        let step_params = SamplingParams {
-            seed: cfg.seed.wrapping_add(step as u64 * 7919),
-            ..params.clone()
-        };
+        let first: Vec<&PromptItem> = idx.iter().map(|&i| &train[i]).collect();
         let gen_started = Instant::now();
-        let ro = rollout(
-            &model::lora::for_generation(&policy),
-            &prompts,
+        let generator = model::lora::for_generation(&policy);
+        let max_rounds = if g.dynamic_sampling {
+            g.max_sampling_rounds.max(1)
+        } else {
+            1
+        };
+        let sampled = sample_groups(
+            first,
             g.num_generations,
-            &step_params,
-            &tokenizer,
-            &model_cfg,
+            max_rounds,
+            |n| sampler.next_batch(n).iter().map(|&i| &train[i]).collect(),
+            |batch, round| {
+                let step_params = SamplingParams {
+                    seed: cfg
+                        .seed
+                        .wrapping_add(step as u64 * 7919)
+                        .wrapping_add(round as u64 * 104_729),
+                    ..params.clone()
+                };
+                let ro = rollout(
+                    &generator,
+                    batch,
+                    g.num_generations,
+                    &step_params,
+                    &tokenizer,
+                    &model_cfg,
+                )?;
+                let rw = compute_rewards(&mut sources, batch, &ro)?;
+                Ok((ro, rw))
+            },
         )?;
+        drop(generator);
         let gen_time = gen_started.elapsed().as_secs_f64();
-        let mut rewards = compute_rewards(&mut sources, &prompts, &ro)?;
+        let Sampled {
+            prompts,
+            rollout: ro,
+            mut rewards,
+            drawn,
+            rounds,
+        } = sampled;
         let (prompt_rows, completion_rows) = ro.rows(&prompts);
         let lengths: Vec<usize> = completion_rows.iter().map(|c| c.len()).collect();
         if g.overlong_buffer_len > 0 {
@@ -685,6 +809,10 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             values.insert(format!("rewards/{name}/std"), std(v));
         }
         values.insert("frac_reward_zero_std".into(), stats.frac_zero_std);
+        if g.dynamic_sampling {
+            values.insert("sampling/prompts_drawn".into(), drawn as f64);
+            values.insert("sampling/rounds".into(), rounds as f64);
+        }
         if let Some(kl) = out.kl_mean {
             values.insert("kl".into(), kl);
         }
@@ -812,4 +940,73 @@ fn save(
         path: dir,
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: usize) -> PromptItem {
+        PromptItem {
+            text: format!("p{n}"),
+            ids: vec![n as u32],
+            answer: None,
+            demo: None,
+        }
+    }
+
+    /// A fake generator: prompt `pN` gets rewards all equal when N is even, spread when odd.
+    fn fake(batch: &[&PromptItem], _round: usize) -> Result<(Rollout, Rewards), TrainError> {
+        let mut ro = Rollout {
+            prompt_index: Vec::new(),
+            tokens: Vec::new(),
+            texts: Vec::new(),
+            finish: Vec::new(),
+        };
+        let mut total = Vec::new();
+        for (k, p) in batch.iter().enumerate() {
+            let n = p.ids[0] as usize;
+            for j in 0..2 {
+                ro.prompt_index.push(k);
+                ro.tokens.push(vec![j]);
+                ro.texts.push(format!("{n}/{j}"));
+                ro.finish.push(FinishReason::Eos);
+                total.push(if n % 2 == 1 { j as f32 } else { 1.0 });
+            }
+        }
+        let per_source = BTreeMap::from([("r".to_string(), total.clone())]);
+        Ok((ro, Rewards { total, per_source }))
+    }
+
+    #[test]
+    fn dynamic_sampling_keeps_groups_with_a_spread_and_draws_more() {
+        let items: Vec<PromptItem> = (0..20).map(item).collect();
+        let mut next = 4;
+        let first: Vec<&PromptItem> = items[0..4].iter().collect();
+        // Round 1: p0..p3, two with a spread (p1, p3); round 2 draws 2 more: p4, p5 -> p5.
+        // Round 3 (the last) draws 1 and keeps it whatever its spread: p6.
+        let s = sample_groups(
+            first,
+            2,
+            3,
+            |n| {
+                let out = items[next..next + n].iter().collect();
+                next += n;
+                out
+            },
+            fake,
+        )
+        .unwrap();
+        let kept: Vec<&str> = s.prompts.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(kept, ["p1", "p3", "p5", "p6"]);
+        assert_eq!((s.drawn, s.rounds), (7, 3));
+        assert_eq!(s.rollout.texts.len(), 8);
+        assert_eq!(s.rollout.prompt_index, [0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(s.rewards.per_source["r"], s.rewards.total);
+        // Off (one round): the first batch as it is.
+        let first: Vec<&PromptItem> = items[0..4].iter().collect();
+        let s = sample_groups(first, 2, 1, |_| Vec::new(), fake).unwrap();
+        assert_eq!(s.prompts.len(), 4);
+        assert_eq!((s.drawn, s.rounds), (4, 1));
+    }
 }
