@@ -325,8 +325,22 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
             "dynamic",
             "dynamic_sampling = true\nmax_sampling_rounds = 2",
         ),
+        ("eval", ""),
     ] {
-        let cfg = grpo_config(&model, &data).replace("[grpo]\n", &format!("[grpo]\n{setting}\n"));
+        let mut cfg =
+            grpo_config(&model, &data).replace("[grpo]\n", &format!("[grpo]\n{setting}\n"));
+        if estimator == "eval" {
+            // Held-out prompts, 2 sampled completions each, no evaluation before step 1.
+            cfg = cfg
+                .replace(
+                    "[train]\n",
+                    "[train]\neval_steps = 1\nnum_eval_generations = 2\neval_before_train = false\n",
+                )
+                .replace(
+                    &format!("train = \"{}\"", data.display()),
+                    &format!("train = \"{0}\"\neval = \"{0}\"", data.display()),
+                );
+        }
         let dir = tmp.path().join(estimator);
         run(&cfg, &dir, Some(2), false);
         let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
@@ -336,6 +350,18 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
                 .all(|r| r.values.values().all(|v| v.is_finite())),
             "{estimator}: {rows:?}"
         );
+        if estimator == "eval" {
+            assert!(
+                rows.iter().all(|r| r.step >= 1),
+                "no step-0 evaluation: {rows:?}"
+            );
+            assert!(
+                rows.iter()
+                    .all(|r| r.values.contains_key("eval/rewards/format/pass@2")
+                        && r.values.contains_key("eval/rewards/format/mean@2")),
+                "{rows:?}"
+            );
+        }
         if estimator == "dynamic" {
             assert!(
                 rows.iter()

@@ -148,6 +148,12 @@ pub struct TrainSection {
     pub assistant_only_loss: bool,
     /// Evaluate every N steps (0 = never).
     pub eval_steps: usize,
+    /// Evaluate once before the first step, so curves start from the model as loaded
+    /// (verl's `val_before_train`; RL methods).
+    pub eval_before_train: bool,
+    /// Completions per held-out prompt: 1 decodes greedily; more are sampled at the training
+    /// temperature and give `pass@k` and `mean@k` (RL methods).
+    pub num_eval_generations: usize,
     /// Save a checkpoint every N steps (0 = only at the end).
     pub save_steps: usize,
     /// Keep the newest N step checkpoints (older ones are deleted; `final` is always kept).
@@ -209,6 +215,8 @@ impl Default for TrainSection {
             completion_only_loss: true,
             assistant_only_loss: false,
             eval_steps: 0,
+            eval_before_train: true,
+            num_eval_generations: 1,
             save_steps: 0,
             save_total_limit: 2,
             gradient_checkpointing: false,

@@ -401,7 +401,9 @@ pub fn compute_rewards(
     Ok(Rewards { total, per_source })
 }
 
-/// Greedy decoding of held-out prompts; mean reward per source (exact match = accuracy).
+/// Held-out evaluation: `generations` completions per prompt (1: greedy decoding; more:
+/// sampled at the training temperature with a fixed seed), scored by the run's reward
+/// sources. Returns [`eval_metrics`].
 pub fn evaluate(
     policy: &CausalLm,
     prompts: &[PromptItem],
@@ -409,29 +411,62 @@ pub fn evaluate(
     params: &SamplingParams,
     tokenizer: &Tokenizer,
     config: &ModelConfig,
+    generations: usize,
 ) -> Result<BTreeMap<String, f64>, TrainError> {
-    let greedy = SamplingParams {
-        temperature: 0.0,
-        ..params.clone()
+    let k = generations.max(1);
+    let eval_params = if k == 1 {
+        SamplingParams {
+            temperature: 0.0,
+            ..params.clone()
+        }
+    } else {
+        params.clone()
     };
-    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-    let mut total = 0.0;
-    for chunk in prompts.chunks(EVAL_BATCH) {
+    let mut all = Rewards {
+        total: Vec::new(),
+        per_source: BTreeMap::new(),
+    };
+    for chunk in prompts.chunks((EVAL_BATCH / k).max(1)) {
         let refs: Vec<&PromptItem> = chunk.iter().collect();
-        let r = rollout(policy, &refs, 1, &greedy, tokenizer, config)?;
+        let r = rollout(policy, &refs, k, &eval_params, tokenizer, config)?;
         let rewards = compute_rewards(sources, &refs, &r)?;
-        total += rewards.total.iter().map(|&x| x as f64).sum::<f64>();
+        all.total.extend(rewards.total);
         for (name, values) in rewards.per_source {
-            *sums.entry(name).or_default() += values.iter().map(|&x| x as f64).sum::<f64>();
+            all.per_source.entry(name).or_default().extend(values);
         }
     }
-    let n = prompts.len().max(1) as f64;
-    let mut out: BTreeMap<String, f64> = sums
-        .into_iter()
-        .map(|(k, v)| (format!("eval/rewards/{k}/mean"), v / n))
-        .collect();
-    out.insert("eval/reward".into(), total / n);
-    Ok(out)
+    Ok(eval_metrics(&all, k))
+}
+
+/// Held-out metrics from `k` scored completions per prompt (rows grouped by prompt): each
+/// source's and the total's mean (`eval/rewards/<source>/mean`, `eval/reward`) and, with
+/// `k > 1`, `mean@k` and `pass@k`: the share of prompts with at least one completion that
+/// scores full marks (1) on that source, as for verifiable rewards such as exact match.
+pub fn eval_metrics(rewards: &Rewards, k: usize) -> BTreeMap<String, f64> {
+    let k = k.max(1);
+    let prompts = (rewards.total.len() / k).max(1) as f64;
+    let mut out = BTreeMap::new();
+    for (name, values) in &rewards.per_source {
+        let mean = values.iter().map(|&x| x as f64).sum::<f64>() / values.len().max(1) as f64;
+        out.insert(format!("eval/rewards/{name}/mean"), mean);
+        if k > 1 {
+            out.insert(format!("eval/rewards/{name}/mean@{k}"), mean);
+            let passed = values
+                .chunks(k)
+                .filter(|g| g.iter().any(|&x| x >= 1.0 - 1e-6))
+                .count();
+            out.insert(
+                format!("eval/rewards/{name}/pass@{k}"),
+                passed as f64 / prompts,
+            );
+        }
+    }
+    let total = rewards.total.iter().map(|&x| x as f64).sum::<f64>();
+    out.insert(
+        "eval/reward".into(),
+        total / rewards.total.len().max(1) as f64,
+    );
+    out
 }
 
 fn mean(v: &[f32]) -> f64 {
@@ -549,7 +584,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             crate::engine::config::setting_name(&g.loss_type)
         ),
     );
-    if !eval.is_empty() && !resume {
+    if !eval.is_empty() && !resume && cfg.train.eval_before_train {
         let metrics = evaluate(
             &model::lora::for_generation(&policy),
             &eval,
@@ -557,6 +592,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &params,
             &tokenizer,
             &model_cfg,
+            cfg.train.num_eval_generations,
         )?;
         ctx.metrics(0, metrics);
     }
@@ -838,6 +874,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 &params,
                 &tokenizer,
                 &model_cfg,
+                cfg.train.num_eval_generations,
             )?);
         }
         ctx.metrics(step, values);
@@ -1008,5 +1045,28 @@ mod tests {
         let s = sample_groups(first, 2, 1, |_| Vec::new(), fake).unwrap();
         assert_eq!(s.prompts.len(), 4);
         assert_eq!((s.drawn, s.rounds), (4, 1));
+    }
+
+    /// Three prompts, two completions each: exact match 1/0, 0/0, 1/1 gives mean 0.5 and
+    /// pass@2 = 2/3; a source that never reaches 1 passes nothing.
+    #[test]
+    fn eval_metrics_give_mean_and_pass_at_k() {
+        let em = vec![1.0, 0.0, 0.0, 0.0, 1.0, 1.0];
+        let fmt = vec![0.5; 6];
+        let rewards = Rewards {
+            total: em.iter().zip(&fmt).map(|(a, b)| a + 0.1 * b).collect(),
+            per_source: BTreeMap::from([
+                ("exact_match".to_string(), em),
+                ("format".to_string(), fmt),
+            ]),
+        };
+        let m = eval_metrics(&rewards, 2);
+        assert!((m["eval/rewards/exact_match/mean"] - 0.5).abs() < 1e-9);
+        assert!((m["eval/rewards/exact_match/mean@2"] - 0.5).abs() < 1e-9);
+        assert!((m["eval/rewards/exact_match/pass@2"] - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(m["eval/rewards/format/pass@2"], 0.0);
+        assert!((m["eval/reward"] - 0.55).abs() < 1e-6);
+        // One greedy completion per prompt: means only, as before.
+        assert!(!eval_metrics(&rewards, 1).keys().any(|k| k.contains('@')));
     }
 }

@@ -483,7 +483,11 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         stop_strings: o.stop.clone(),
         ..Default::default()
     };
-    if !eval.is_empty() && ctx.resume_from.is_none() && !truth.is_empty() {
+    if !eval.is_empty()
+        && ctx.resume_from.is_none()
+        && !truth.is_empty()
+        && cfg.train.eval_before_train
+    {
         let m = evaluate(
             &model::lora::for_generation(&policy),
             &eval,
@@ -491,6 +495,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &greedy_params,
             &tokenizer,
             &model_cfg,
+            cfg.train.num_eval_generations,
         )?;
         ctx.metrics(0, m);
     }
@@ -797,6 +802,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 &greedy_params,
                 &tokenizer,
                 &model_cfg,
+                cfg.train.num_eval_generations,
             )?);
         }
         ctx.metrics(step, values);

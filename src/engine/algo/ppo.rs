@@ -542,7 +542,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             }
         ),
     );
-    if !eval.is_empty() && !resume {
+    if !eval.is_empty() && !resume && cfg.train.eval_before_train {
         let metrics = grpo::evaluate(
             &model::lora::for_generation(&policy),
             &eval,
@@ -550,6 +550,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             &params,
             &tokenizer,
             &model_cfg,
+            cfg.train.num_eval_generations,
         )?;
         ctx.metrics(0, metrics);
     }
@@ -774,6 +775,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 &params,
                 &tokenizer,
                 &model_cfg,
+                cfg.train.num_eval_generations,
             )?);
         }
         if let Some(r) = &refresher {
