@@ -334,7 +334,8 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
             cfg = cfg
                 .replace(
                     "[train]\n",
-                    "[train]\neval_steps = 1\nnum_eval_generations = 2\neval_before_train = false\n",
+                    "[train]\neval_steps = 1\nnum_eval_generations = 2\neval_before_train = false\n\
+                     keep_best = \"eval/reward\"\n",
                 )
                 .replace(
                     &format!("train = \"{}\"", data.display()),
@@ -351,6 +352,18 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
             "{estimator}: {rows:?}"
         );
         if estimator == "eval" {
+            // The best checkpoint by eval/reward, with what made it best.
+            let best = dir.join("checkpoints/best");
+            assert!(best.join("model.safetensors").exists());
+            let note: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(best.join("best.json")).unwrap())
+                    .unwrap();
+            assert_eq!(note["metric"], "eval/reward");
+            let top = rows
+                .iter()
+                .map(|r| r.values["eval/reward"])
+                .fold(f64::MIN, f64::max);
+            assert_eq!(note["value"].as_f64().unwrap(), top);
             assert!(
                 rows.iter().all(|r| r.step >= 1),
                 "no step-0 evaluation: {rows:?}"

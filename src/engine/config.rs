@@ -154,6 +154,12 @@ pub struct TrainSection {
     /// Completions per held-out prompt: 1 decodes greedily; more are sampled at the training
     /// temperature and give `pass@k` and `mean@k` (RL methods).
     pub num_eval_generations: usize,
+    /// Keep the checkpoint with the best value of this metric in `checkpoints/best` (never
+    /// pruned), e.g. `"eval/rewards/exact_match/mean"` (HF's `metric_for_best_model`; GRPO).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_best: Option<String>,
+    /// Whether a larger `keep_best` value is better (HF's name).
+    pub greater_is_better: bool,
     /// Save a checkpoint every N steps (0 = only at the end).
     pub save_steps: usize,
     /// Keep the newest N step checkpoints (older ones are deleted; `final` is always kept).
@@ -217,6 +223,8 @@ impl Default for TrainSection {
             eval_steps: 0,
             eval_before_train: true,
             num_eval_generations: 1,
+            keep_best: None,
+            greater_is_better: true,
             save_steps: 0,
             save_total_limit: 2,
             gradient_checkpointing: false,

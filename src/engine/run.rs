@@ -126,6 +126,11 @@ impl RunDir {
             .join(format!("step-{step:06}"))
     }
 
+    /// The best checkpoint by `[train] keep_best`; step pruning leaves it alone.
+    pub fn best_dir(&self) -> PathBuf {
+        self.path.join("checkpoints").join("best")
+    }
+
     pub fn final_dir(&self) -> PathBuf {
         self.path.join("checkpoints").join("final")
     }
@@ -148,6 +153,9 @@ impl RunDir {
         Ok(())
     }
 }
+
+/// Beside the best checkpoint: which metric made it best.
+pub const BEST_FILE: &str = "best.json";
 
 /// The run folder's record of how the run stands.
 pub const STATUS_FILE: &str = "status.json";
@@ -207,6 +215,20 @@ pub struct RunContext {
     /// A pause that outlives a `Save` asked for while paused (the checkpoint is written at
     /// once, then the run waits again).
     paused: bool,
+    /// `[train] keep_best`: the metric and whether larger is better, the best value so far
+    /// (kept in `checkpoints/best/best.json` across a resume) and whether the newest metrics
+    /// beat it.
+    pub keep_best: Option<(String, bool)>,
+    best: Option<BestSoFar>,
+    best_improved: bool,
+}
+
+/// `checkpoints/best/best.json`: which metric, its value, at which step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestSoFar {
+    pub metric: String,
+    pub value: f64,
+    pub step: usize,
 }
 
 impl RunContext {
@@ -223,6 +245,9 @@ impl RunContext {
             pairs_per_step: 0,
             pair_builder: crate::engine::labels::PairBuilder::new(),
             paused: false,
+            keep_best: None,
+            best: None,
+            best_improved: false,
         }
     }
 
@@ -260,9 +285,62 @@ impl RunContext {
         });
     }
 
+    /// Follows `[train] keep_best`: the best value so far is read back from an earlier
+    /// `checkpoints/best/best.json` (a resumed run does not forget it).
+    pub fn keep_best(&mut self, metric: &str, greater_is_better: bool) {
+        self.keep_best = Some((metric.to_string(), greater_is_better));
+        self.best = std::fs::read_to_string(self.dir.best_dir().join(BEST_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<BestSoFar>(&t).ok())
+            .filter(|b| b.metric == metric);
+    }
+
+    /// Whether the newest metrics set a new best (then the caller saves `checkpoints/best`
+    /// and calls [`RunContext::note_best`]).
+    pub fn take_best_improved(&mut self) -> bool {
+        std::mem::take(&mut self.best_improved)
+    }
+
+    /// Records the best value beside the saved best checkpoint.
+    pub fn note_best(&self) {
+        if let Some(best) = &self.best {
+            let path = self.dir.best_dir().join(BEST_FILE);
+            let text = serde_json::to_string_pretty(best).unwrap_or_default();
+            if let Err(e) = fs::write(&path, text) {
+                self.log(LogLevel::Warn, format!("writing {}: {e}", path.display()));
+            } else {
+                self.log(
+                    LogLevel::Info,
+                    format!(
+                        "best {} so far: {} at step {} (checkpoints/best)",
+                        best.metric, best.value, best.step
+                    ),
+                );
+            }
+        }
+    }
+
     /// Appends to `metrics.jsonl` and reports the values.
     pub fn metrics(&mut self, step: usize, mut values: BTreeMap<String, f64>) {
         self.last_step = step;
+        if let Some((metric, greater)) = &self.keep_best
+            && step > 0
+            && let Some(&v) = values.get(metric)
+            && v.is_finite()
+        {
+            let better = self
+                .best
+                .as_ref()
+                .is_none_or(|b| if *greater { v > b.value } else { v < b.value });
+            if better {
+                self.best = Some(BestSoFar {
+                    metric: metric.clone(),
+                    value: v,
+                    step,
+                });
+                self.best_improved = true;
+            }
+        }
         // Under mixed precision: the loss scale and the steps skipped on overflow.
         for (name, value) in crate::engine::model::precision::metrics() {
             values.insert(name.into(), value);
@@ -445,6 +523,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(on_disk, pairs[0]);
+    }
+
+    #[test]
+    fn keep_best_follows_the_metric_either_way_and_survives_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create_unique(tmp.path(), "r").unwrap();
+        let (etx, _erx) = crossbeam_channel::unbounded();
+        let (_cmd, crx) = crossbeam_channel::unbounded();
+        let mut ctx = RunContext::new(dir, etx, crx);
+        ctx.keep_best("eval_loss", false);
+        let row = |v: f64| BTreeMap::from([("eval_loss".to_string(), v)]);
+        ctx.metrics(0, row(0.1)); // before training: not a checkpoint of this run
+        assert!(!ctx.take_best_improved());
+        ctx.metrics(1, row(2.0));
+        assert!(ctx.take_best_improved());
+        ctx.metrics(2, row(3.0));
+        assert!(!ctx.take_best_improved(), "lower is better");
+        ctx.metrics(3, BTreeMap::new());
+        assert!(!ctx.take_best_improved());
+        ctx.metrics(4, row(1.5));
+        assert!(ctx.take_best_improved());
+        std::fs::create_dir_all(ctx.dir.best_dir()).unwrap();
+        ctx.note_best();
+        // A resumed run reads the best back and is not fooled by a worse value.
+        let (etx, _erx) = crossbeam_channel::unbounded();
+        let (_cmd, crx) = crossbeam_channel::unbounded();
+        let mut again = RunContext::new(RunDir::open(&tmp.path().join("r")).unwrap(), etx, crx);
+        again.keep_best("eval_loss", false);
+        again.metrics(5, row(1.7));
+        assert!(!again.take_best_improved());
     }
 
     #[test]

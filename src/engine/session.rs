@@ -96,6 +96,9 @@ pub fn launch(
             let mut ctx = RunContext::new(dir, thread_events, rx);
             ctx.resume_from = resume_from;
             ctx.pairs_per_step = cfg.pairs_per_step();
+            if let Some(metric) = &cfg.train.keep_best {
+                ctx.keep_best(metric, cfg.train.greater_is_better);
+            }
             ctx.status(RunStatus::Starting);
             let record = |ctx: &RunContext, status: RunStatus, error: Option<String>| {
                 let state = RunState {
