@@ -960,7 +960,6 @@ fn demo_batch(prompts: &[&PromptItem], coef: f64, pad: u32, device: &Device) -> 
 
 /// Saves the policy under `checkpoints/` (with what a resume needs) and reports it.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn save(
     policy: &CausalLm,
     config: &ModelConfig,
