@@ -995,3 +995,37 @@ fn a_team_labels_one_queue_each_pair_offered_to_one_and_agreement_shown() {
         assert_eq!(prefs.lines().count(), 1, "{prefs}");
     }
 }
+
+/// Thumbs up or down on one sample in the Samples pane (`J`/`K` select, `+`/`-` rate): each
+/// goes to the label store as a rating (KTO's unpaired label) and shows beside the sample.
+#[test]
+fn samples_are_rated_thumbs_up_or_down_into_the_label_store() {
+    use rlft::engine::label_store::LabelStore;
+    use rlft::engine::labels::LogEntry;
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        d.start("grpo-arith", "grpo", 500);
+        d.train("grpo-arith", 1..=30, script::grpo_metrics, 10);
+        d.keys("3J+J-");
+        let screen = d.render();
+        assert!(screen.contains("[+]") && screen.contains("[-]"), "{screen}");
+        insta::assert_snapshot!(snap_name("samples_rated", size), screen);
+        let store = LabelStore::open(&ws.path().join("labels"), "checker").expect("store");
+        let ratings: Vec<(String, bool)> = store
+            .entries()
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::Rating(r) => Some((r.origin.clone(), r.label)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ratings,
+            vec![
+                ("grpo-arith@30#1".to_string(), true),
+                ("grpo-arith@30#2".to_string(), false)
+            ]
+        );
+    }
+}

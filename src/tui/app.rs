@@ -690,6 +690,10 @@ impl App {
                 let run = self.focused_run.and_then(|i| self.runs.get(i));
                 self.curves.handle(action, run)
             }
+            PaneId::Samples if matches!(action, Action::ThumbsUp | Action::ThumbsDown) => {
+                self.rate_selected(action == Action::ThumbsUp);
+                EventState::Consumed
+            }
             PaneId::Samples => {
                 let run = self.focused_run.and_then(|i| self.runs.get(i));
                 self.samples.handle(action, run)
@@ -803,6 +807,34 @@ impl App {
                 self.toast = Some(Toast { error: true, text });
             }
         }
+    }
+
+    /// Thumbs up or down on the selected sample, into the label store (KTO's unpaired labels).
+    fn rate_selected(&mut self, good: bool) {
+        let Some(run) = self.focused_run.and_then(|i| self.runs.get(i)) else {
+            return;
+        };
+        let Some((step, i, sample)) = self.samples.selected_sample(run) else {
+            self.toast = Some(Toast {
+                error: false,
+                text: "No sample to rate.".into(),
+            });
+            return;
+        };
+        let origin = crate::tui::panes::samples::sample_origin(&run.id, step, i);
+        let (run_id, sample) = (run.id.clone(), sample.clone());
+        let text = match self.pairs.rate(&run_id, &sample, &origin, good) {
+            Ok(()) => format!(
+                "Saved: sample #{} of step {step} {}.",
+                i + 1,
+                if good { "good" } else { "bad" }
+            ),
+            Err(e) => format!("Not saved: {e}"),
+        };
+        self.toast = Some(Toast {
+            error: text.starts_with("Not"),
+            text,
+        });
     }
 
     fn open_new_run(&mut self) {

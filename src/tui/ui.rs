@@ -150,6 +150,7 @@ fn render_pane(frame: &mut Frame, area: Rect, app: &App, pane: PaneId) {
                 state: &app.samples,
                 run,
                 focused,
+                ratings: app.pairs.ratings(),
             },
         ),
         PaneId::Pairs => pairs::render(

@@ -58,6 +58,8 @@ pub struct PairsState {
     rows: usize,
     fold: FoldStats,
     agreement: Report,
+    /// This annotator's newest thumbs per sample origin.
+    ratings: HashMap<String, bool>,
     /// The last outcome, e.g. "Saved: A better".
     pub message: Option<(bool, String)>,
     pub scroll: u16,
@@ -180,6 +182,7 @@ impl PairsState {
             rows: 0,
             fold: FoldStats::default(),
             agreement: Report::default(),
+            ratings: HashMap::new(),
             message: None,
             scroll: 0,
             max_scroll: Cell::new(0),
@@ -240,6 +243,14 @@ impl PairsState {
         self.fold = fold;
         self.agreement = Report::from_entries(entries);
         self.audit = Audit::from_entries(entries);
+        let me = store.annotator();
+        self.ratings = entries
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::Rating(r) if r.annotator == me => Some((r.origin.clone(), r.label)),
+                _ => None,
+            })
+            .collect();
         let done = &self.done;
         self.queue.retain(|p| !done.contains(&p.id));
     }
@@ -291,6 +302,28 @@ impl PairsState {
                 }
             }
         }
+    }
+
+    /// Records this annotator's thumbs up or down on one sample (synced before it returns),
+    /// then rewrites the exports.
+    pub fn rate(
+        &mut self,
+        run: &str,
+        sample: &crate::engine::events::SampleRecord,
+        origin: &str,
+        good: bool,
+    ) -> Result<(), String> {
+        let store = self.store.as_mut().map_err(|e| e.clone())?;
+        store
+            .rate(run, &sample.prompt, &sample.completion, origin, good)
+            .map_err(|e| e.to_string())?;
+        self.after_change();
+        Ok(())
+    }
+
+    /// This annotator's thumbs by sample origin.
+    pub fn ratings(&self) -> &HashMap<String, bool> {
+        &self.ratings
     }
 
     /// How labels fold and how annotators agree, for the header.

@@ -29,6 +29,8 @@ pub struct SamplesState {
     /// The chosen step; `None` follows the newest.
     pub step: Option<usize>,
     pub scroll: u16,
+    /// The sample `+` / `-` rate (index within the shown step).
+    pub selected: usize,
     /// The largest useful scroll, as measured by the last render.
     max_scroll: Cell<u16>,
 }
@@ -38,6 +40,18 @@ impl SamplesState {
     pub fn on_run_changed(&mut self) {
         self.step = None;
         self.scroll = 0;
+        self.selected = 0;
+    }
+
+    /// The selected sample of the shown step, with its step and index.
+    pub fn selected_sample<'a>(
+        &self,
+        run: &'a RunData,
+    ) -> Option<(usize, usize, &'a SampleRecord)> {
+        let step = self.shown_step(run)?;
+        let samples = run.samples.get(&step)?;
+        let i = self.selected.min(samples.len().checked_sub(1)?);
+        Some((step, i, &samples[i]))
     }
 
     /// The step on screen for `run`: the chosen one, or the newest.
@@ -76,6 +90,17 @@ impl SamplesState {
                     self.step = Some(cur);
                 }
                 self.scroll = 0;
+                self.selected = 0;
+            }
+            Action::NextSample | Action::PrevSample => {
+                let n = current
+                    .and_then(|(r, s)| r.samples.get(&s))
+                    .map_or(0, Vec::len);
+                self.selected = if action == Action::NextSample {
+                    (self.selected + 1).min(n.saturating_sub(1))
+                } else {
+                    self.selected.saturating_sub(1)
+                };
             }
             Action::Up => self.scroll = self.scroll.saturating_sub(1),
             Action::Down => self.scroll = (self.scroll + 1).min(self.max_scroll.get()),
@@ -92,6 +117,8 @@ pub struct SamplesView<'a> {
     pub state: &'a SamplesState,
     pub run: Option<&'a RunData>,
     pub focused: bool,
+    /// This annotator's thumbs (true = up) by sample origin (`run@step#i`).
+    pub ratings: &'a std::collections::HashMap<String, bool>,
 }
 
 /// The scrubber: the run's sampled steps as ticks on a track, the shown one as a dot.
@@ -127,8 +154,20 @@ fn reward(v: f64) -> String {
 
 /// One sample as lines: a header with rewards and advantage, then prompt and answer wrapped
 /// under their labels.
-fn sample_lines(i: usize, s: &SampleRecord, width: usize) -> Vec<Line<'static>> {
-    let mut head = vec![Span::styled(format!("#{} ", i + 1), theme::title())];
+fn sample_lines(
+    i: usize,
+    s: &SampleRecord,
+    width: usize,
+    selected: bool,
+    rating: Option<bool>,
+) -> Vec<Line<'static>> {
+    let marker = if selected { "▸" } else { " " };
+    let mut head = vec![Span::styled(format!("{marker}#{} ", i + 1), theme::title())];
+    match rating {
+        Some(true) => head.push(Span::styled("[+] ", theme::ok())),
+        Some(false) => head.push(Span::styled("[-] ", theme::error())),
+        None => {}
+    }
     let rewards: Vec<String> = s
         .rewards
         .iter()
@@ -167,6 +206,11 @@ fn sample_lines(i: usize, s: &SampleRecord, width: usize) -> Vec<Line<'static>> 
         }
     }
     lines
+}
+
+/// Where a sample came from, as ratings and pairs name it: `run@step#i`.
+pub fn sample_origin(run: &str, step: usize, i: usize) -> String {
+    format!("{run}@{step}#{i}")
 }
 
 /// Draws the Samples pane.
@@ -210,11 +254,20 @@ pub fn render(frame: &mut Frame, area: Rect, view: &SamplesView) {
         scrub,
     );
     let mut lines = Vec::new();
+    let selected = st.selected_sample(run).map(|(_, i, _)| i);
     for (i, s) in run.samples[&step].iter().enumerate() {
         if i > 0 {
             lines.push(Line::raw(""));
         }
-        lines.extend(sample_lines(i, s, body.width as usize));
+        let origin = sample_origin(&run.id, step, i);
+        let rating = view.ratings.get(&origin).copied();
+        lines.extend(sample_lines(
+            i,
+            s,
+            body.width as usize,
+            view.focused && selected == Some(i),
+            rating,
+        ));
     }
     let max = (lines.len() as u16).saturating_sub(body.height);
     st.max_scroll.set(max);
