@@ -238,3 +238,33 @@ fn a_nan_loss_fails_naming_the_step_and_saves_nothing() {
     );
     assert!(!dir.join("checkpoints/final").exists());
 }
+
+/// `keep_best = "eval_loss"` with `greater_is_better = false` keeps the model with the lowest
+/// held-out loss in `checkpoints/best`, and `best.json` says which value at which step.
+#[test]
+fn sft_keeps_the_checkpoint_with_the_lowest_eval_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let train = tmp.path().join("train.jsonl");
+    let eval = tmp.path().join("eval.jsonl");
+    write_data(&train, 64, 1);
+    write_data(&eval, 16, 2);
+    let mut cfg = config(&model, &train, &eval, 6);
+    cfg.train.eval_steps = 2;
+    cfg.train.keep_best = Some("eval_loss".into());
+    cfg.train.greater_is_better = false;
+    let (_, dir) = run_to_end(cfg, &tmp.path().join("runs"));
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    let (best_step, best) = rows
+        .iter()
+        .filter(|r| r.step > 0)
+        .filter_map(|r| Some((r.step, *r.values.get("eval_loss")?)))
+        .fold((0, f64::MAX), |a, b| if b.1 < a.1 { b } else { a });
+    let note: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("checkpoints/best/best.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(note["value"].as_f64().unwrap(), best);
+    assert_eq!(note["step"].as_u64().unwrap() as usize, best_step);
+    assert!(dir.join("checkpoints/best/model.safetensors").exists());
+}

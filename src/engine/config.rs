@@ -155,7 +155,7 @@ pub struct TrainSection {
     /// temperature and give `pass@k` and `mean@k` (RL methods).
     pub num_eval_generations: usize,
     /// Keep the checkpoint with the best value of this metric in `checkpoints/best` (never
-    /// pruned), e.g. `"eval/rewards/exact_match/mean"` (HF's `metric_for_best_model`; GRPO).
+    /// pruned), e.g. `"eval/rewards/exact_match/mean"` (HF's `metric_for_best_model`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_best: Option<String>,
     /// Whether a larger `keep_best` value is better (HF's name).

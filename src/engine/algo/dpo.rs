@@ -463,6 +463,14 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             values.extend(stats.metrics("eval_", with_nll));
         }
         ctx.metrics(step, values);
+        super::save_best_if_improved(
+            ctx,
+            step,
+            &policy,
+            &model_cfg,
+            &tokenizer,
+            &loaded.generation_config,
+        )?;
         if cfg.samples.every > 0 && step % cfg.samples.every == 0 && !cfg.samples.prompts.is_empty()
         {
             match super::lm::sample_prompts(&policy.valid(), &tokenizer, &model_cfg, cfg, step) {

@@ -878,21 +878,14 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             )?);
         }
         ctx.metrics(step, values);
-        if ctx.take_best_improved() {
-            // The model only: a resume continues from the step checkpoints.
-            let best = ctx.dir.best_dir();
-            save_to(
-                &policy,
-                &model_cfg,
-                &tokenizer,
-                &loaded.generation_config,
-                ctx,
-                step,
-                best,
-                None,
-            )?;
-            ctx.note_best();
-        }
+        super::save_best_if_improved(
+            ctx,
+            step,
+            &policy,
+            &model_cfg,
+            &tokenizer,
+            &loaded.generation_config,
+        )?;
         let samples = (0..ro.texts.len().min(SAMPLES_PER_STEP))
             .map(|i| SampleRecord {
                 step,
@@ -975,30 +968,6 @@ fn save(
     } else {
         ctx.dir.checkpoint_dir(step)
     };
-    save_to(
-        policy,
-        config,
-        tokenizer,
-        generation_config,
-        ctx,
-        step,
-        dir,
-        progress,
-    )
-}
-
-/// Writes the policy (and, with `progress`, what a resume needs) to `dir`.
-#[allow(clippy::too_many_arguments)]
-fn save_to(
-    policy: &CausalLm,
-    config: &ModelConfig,
-    tokenizer: &Tokenizer,
-    generation_config: &Option<serde_json::Value>,
-    ctx: &mut RunContext,
-    step: usize,
-    dir: std::path::PathBuf,
-    progress: Option<(&EpochSampler, &Optimizer, usize)>,
-) -> Result<(), TrainError> {
     hf::save_dir(
         &dir,
         config,

@@ -241,6 +241,14 @@ pub fn train_lm(
             values.insert("eval_mean_token_accuracy".into(), eval_acc);
         }
         ctx.metrics(step, values);
+        super::save_best_if_improved(
+            ctx,
+            step,
+            &model,
+            &setup.config,
+            &setup.tokenizer,
+            &setup.generation_config,
+        )?;
 
         if cfg.samples.every > 0 && step % cfg.samples.every == 0 && !cfg.samples.prompts.is_empty()
         {

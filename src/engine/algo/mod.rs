@@ -42,6 +42,37 @@ pub enum TrainError {
 }
 
 /// Loads the model a run trains (`[model] path`, with `[model] adapter` or fresh `[lora]`
+/// When the newest metrics set a new best by `[train] keep_best`, saves the model (no trainer
+/// state: resuming uses the step checkpoints) to `checkpoints/best`, which pruning leaves
+/// alone, notes the value in `best.json` and reports the checkpoint.
+pub fn save_best_if_improved(
+    ctx: &mut crate::engine::run::RunContext,
+    step: usize,
+    model: &crate::engine::model::CausalLm,
+    config: &crate::engine::model::ModelConfig,
+    tokenizer: &crate::engine::model::tokenizer::Tokenizer,
+    generation_config: &Option<serde_json::Value>,
+) -> Result<(), TrainError> {
+    if !ctx.take_best_improved() {
+        return Ok(());
+    }
+    let dir = ctx.dir.best_dir();
+    crate::engine::model::hf::save_dir(
+        &dir,
+        config,
+        model,
+        Some(tokenizer),
+        generation_config.as_ref(),
+    )?;
+    ctx.send(crate::engine::events::Event::Checkpoint {
+        run: ctx.id.clone(),
+        step,
+        path: dir,
+    });
+    ctx.note_best();
+    Ok(())
+}
+
 /// adapters) on `device`, and logs what trains.
 pub fn load_trained_model(
     cfg: &crate::engine::config::RunConfig,

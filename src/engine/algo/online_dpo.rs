@@ -806,6 +806,14 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             )?);
         }
         ctx.metrics(step, values);
+        super::save_best_if_improved(
+            ctx,
+            step,
+            &policy,
+            &model_cfg,
+            &tokenizer,
+            &loaded.generation_config,
+        )?;
         if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total {
             saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?;
             if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {

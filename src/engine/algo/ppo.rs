@@ -785,6 +785,14 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             values.extend(m);
         }
         ctx.metrics(step, values);
+        super::save_best_if_improved(
+            ctx,
+            step,
+            &policy,
+            &model_cfg,
+            &tokenizer,
+            &loaded.generation_config,
+        )?;
         let samples = (0..ro.texts.len().min(SAMPLES_PER_STEP))
             .map(|i| SampleRecord {
                 step,
