@@ -504,3 +504,80 @@ fn a_nan_loss_fails_rm_and_dpo_naming_the_step_and_saves_nothing() {
         assert!(!dir.join("checkpoints").read_dir().unwrap().any(|_| true));
     }
 }
+
+/// The preference pairs unpaired for KTO: each chosen completion a desirable row, each
+/// rejected one an undesirable row (TRL's `unpair_preference_dataset`).
+fn write_unpaired(pairs: &Path, out: &Path) {
+    let mut rows = Vec::new();
+    for line in std::fs::read_to_string(pairs).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (key, label) in [("chosen", true), ("rejected", false)] {
+            rows.push(
+                serde_json::json!({"prompt": v["prompt"], "completion": v[key], "label": label})
+                    .to_string(),
+            );
+        }
+    }
+    std::fs::write(out, rows.join("\n") + "\n").unwrap();
+}
+
+/// KTO on the separable set, unpaired: the policy starts at the reference (rewards 0, loss
+/// 1 − σ(0) = 0.5 at KL 0) and learns to favour desirable answers (margins rise).
+#[test]
+fn kto_learns_from_unpaired_labels() {
+    let s = setup(1, 7);
+    let unpaired = s.train.with_file_name("kto.jsonl");
+    write_unpaired(&s.train, &unpaired);
+    let steps = 30;
+    let cfg = config(
+        "kto",
+        &s.model,
+        &unpaired,
+        &s.eval,
+        steps,
+        "[kto]\nbeta = 0.1\n",
+    );
+    let (events, dir) = run_to_end(cfg, &s.root);
+    assert_finished(&events, steps);
+    assert_run_folder(&dir, steps);
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), steps);
+    assert_metrics(
+        &rows,
+        &[
+            "loss",
+            "kl",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+            "learning_rate",
+            "grad_norm",
+            "num_tokens",
+        ],
+    );
+    assert!(rows[0].values["rewards/margins"].abs() < 1e-4);
+    assert!((rows[0].values["loss"] - 0.5).abs() < 1e-4);
+    let (m0, m1) = first_last(&rows, "rewards/margins", 5);
+    assert!(m1 > m0 + 0.3, "margins {m0:.3} -> {m1:.3}");
+    // Preference rows are read unpaired, as they are.
+    let cfg = config("kto", &s.model, &s.train, &s.eval, 2, "");
+    let (events, _) = run_to_end(cfg, &s.root);
+    assert_finished(&events, 2);
+    // A row without a label names its file and line.
+    std::fs::write(&unpaired, "{\"prompt\": \"1+1=\", \"completion\": \"2\"}\n").unwrap();
+    let cfg = config("kto", &s.model, &unpaired, &s.eval, 2, "");
+    let (events, _) = run_to_end(cfg, &s.root);
+    let error = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .expect("the run fails");
+    assert!(
+        error.contains("kto.jsonl:1") && error.contains("label"),
+        "{error}"
+    );
+}

@@ -40,6 +40,8 @@ pub enum Method {
     /// DPO on pairs the policy writes as it trains, labelled live by an AI judge (RLAIF) or
     /// people (TRL's `OnlineDPOTrainer`).
     OnlineDpo,
+    /// KTO on unpaired answers marked desirable or not (TRL's `KTOTrainer`).
+    Kto,
 }
 
 impl Method {
@@ -52,6 +54,7 @@ impl Method {
             Method::Dpo => "dpo",
             Method::Ppo => "ppo",
             Method::OnlineDpo => "online_dpo",
+            Method::Kto => "kto",
         }
     }
 }
@@ -90,6 +93,9 @@ pub struct RunConfig {
     /// PPO settings (TRL's `PPOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ppo: Option<crate::engine::algo::ppo::PpoSection>,
+    /// KTO settings (TRL's `KTOConfig` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kto: Option<crate::engine::algo::kto::KtoSection>,
     /// Online DPO settings (TRL's `OnlineDPOConfig` names where TRL has them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online_dpo: Option<crate::engine::algo::online_dpo::OnlineDpoSection>,
@@ -430,7 +436,8 @@ impl RunConfig {
             | Method::Rm
             | Method::Dpo
             | Method::Ppo
-            | Method::OnlineDpo => {
+            | Method::OnlineDpo
+            | Method::Kto => {
                 if self.model.path.as_os_str().is_empty() {
                     return Err("[model] path is required (a model folder or .gguf file)".into());
                 }
@@ -469,6 +476,9 @@ impl RunConfig {
         }
         if let Some(dpo) = &self.dpo {
             dpo.validate()?;
+        }
+        if let Some(kto) = &self.kto {
+            kto.validate()?;
         }
         if let Some(r) = &self.rlhf {
             if self.method != Method::Ppo {

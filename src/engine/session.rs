@@ -139,6 +139,7 @@ pub fn launch(
                     Method::Ppo => algo::ppo::run(&cfg, &device, &mut ctx),
                     Method::Rm => algo::rm::run(&cfg, &device, &mut ctx),
                     Method::Dpo => algo::dpo::run(&cfg, &device, &mut ctx),
+                    Method::Kto => algo::kto::run(&cfg, &device, &mut ctx),
                     Method::OnlineDpo => algo::online_dpo::run(&cfg, &device, &mut ctx),
                 }
             }));

@@ -112,7 +112,7 @@ pub(super) struct RefPair {
 
 /// Sums of completion-token log-probabilities, `[2B]` (chosen rows then rejected rows), and the
 /// per-token log-probabilities for the RPO term.
-fn forward(
+pub(super) fn forward(
     model: &CausalLm,
     pairs: &[&PreferencePair],
     pad: u32,

@@ -833,6 +833,78 @@ pub fn grpo_loss(
 }
 
 // ---------------------------------------------------------------------------------------------
+// KTO
+
+/// Output of [`kto_loss`].
+#[derive(Debug, Clone)]
+pub struct KtoOut {
+    /// Mean of the weighted per-example losses (differentiable).
+    pub loss: Tensor<1>,
+    /// `β·(log π − log π_ref)` per example (detached), desirable and undesirable apart.
+    pub chosen_rewards: Vec<f64>,
+    pub rejected_rewards: Vec<f64>,
+}
+
+/// TRL `KTOTrainer.kto_loss` (Ethayarajh et al. 2024): with `r = log π(y|x) − log π_ref(y|x)`
+/// per example and `kl` the batch's detached KL estimate (clamped at 0), a desirable example
+/// costs `w_d·(1 − σ(β·(r − kl)))` and an undesirable one `w_u·(1 − σ(β·(kl − r)))`; the loss
+/// is their mean. `policy_logps`, `ref_logps`: summed completion log-probs `[B]`.
+pub fn kto_loss(
+    policy_logps: Tensor<1>,
+    ref_logps: Tensor<1>,
+    kl: f64,
+    desirable: &[bool],
+    beta: f64,
+    desirable_weight: f64,
+    undesirable_weight: f64,
+) -> KtoOut {
+    let device = policy_logps.device();
+    let [b] = policy_logps.dims();
+    let sign: Vec<f32> = desirable
+        .iter()
+        .map(|&d| if d { 1.0 } else { -1.0 })
+        .collect();
+    let weight: Vec<f32> = desirable
+        .iter()
+        .map(|&d| {
+            if d {
+                desirable_weight as f32
+            } else {
+                undesirable_weight as f32
+            }
+        })
+        .collect();
+    let sign = Tensor::<1>::from_data(TensorData::new(sign, [b]), &device);
+    let weight = Tensor::<1>::from_data(TensorData::new(weight, [b]), &device);
+    let logratio = policy_logps - ref_logps;
+    // Desirable: σ(β(r − kl)); undesirable: σ(β(kl − r)) = σ(−β(r − kl)).
+    let z = (logratio.clone() - kl) * sign * beta;
+    let losses = (burn::tensor::activation::sigmoid(z).neg() + 1.0) * weight;
+    let loss = losses.mean();
+    let rewards: Vec<f64> = host_f64(logratio.detach() * beta);
+    let (mut chosen_rewards, mut rejected_rewards) = (Vec::new(), Vec::new());
+    for (r, d) in rewards.into_iter().zip(desirable) {
+        if *d {
+            chosen_rewards.push(r);
+        } else {
+            rejected_rewards.push(r);
+        }
+    }
+    KtoOut {
+        loss,
+        chosen_rewards,
+        rejected_rewards,
+    }
+}
+
+fn host_f64(t: Tensor<1>) -> Vec<f64> {
+    crate::engine::model::host_f32(t)
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Auxiliary terms and metrics
 
 /// Demonstration NLL: masked token mean of `−lp` over demonstration tokens `[B, T]`, to add
@@ -1422,6 +1494,48 @@ mod tests {
             vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
         );
         assert_eq!(high_entropy_mask(&entropy, &[0.0; 6], 0.2), vec![0.0; 6]);
+    }
+
+    /// KTO's loss and rewards against TRL's formula, and its gradient: for a desirable example
+    /// d/dlogπ = −w_d·β·σ'(β(r − kl)) / B, for an undesirable one +w_u·β·σ'(β(kl − r)) / B.
+    #[test]
+    fn kto_loss_matches_trl() {
+        let d = Device::flex().autodiff();
+        let policy = [-3.0, -5.5, -2.0, -7.0];
+        let reference = [-3.4, -5.0, -2.5, -6.0];
+        let desirable = [true, false, true, false];
+        let (beta, kl, wd, wu) = (0.3, 0.15, 1.0, 1.5);
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let lp = t1(&policy, &d).require_grad();
+        let out = kto_loss(lp.clone(), t1(&reference, &d), kl, &desirable, beta, wd, wu);
+        let b = policy.len() as f64;
+        let (mut want, mut grad) = (0.0, Vec::new());
+        for i in 0..policy.len() {
+            let r = policy[i] - reference[i];
+            if desirable[i] {
+                let s = sig(beta * (r - kl));
+                want += wd * (1.0 - s);
+                grad.push(-wd * beta * s * (1.0 - s) / b);
+            } else {
+                let s = sig(beta * (kl - r));
+                want += wu * (1.0 - s);
+                grad.push(wu * beta * s * (1.0 - s) / b);
+            }
+        }
+        close("kto loss", scalar(out.loss.clone()), want / b);
+        close_all(
+            "chosen rewards",
+            &out.chosen_rewards,
+            &[beta * 0.4, beta * 0.5],
+        );
+        close_all(
+            "rejected rewards",
+            &out.rejected_rewards,
+            &[beta * -0.5, beta * -1.0],
+        );
+        let grads = out.loss.backward();
+        let got = host(lp.grad(&grads).expect("gradient"));
+        close_all("kto grad", &got, &grad);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod dpo;
 pub mod grpo;
+pub mod kto;
 pub mod layerwise;
 pub mod lm;
 pub mod losses;
