@@ -252,7 +252,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         // Reference sums for the examples and the mismatched pairs, then the policy's.
         let ref_sums = host_f32(super::dpo::forward(&reference, &refs, pad, &plain).0);
         let (sums, _, _) = super::dpo::forward(&policy, &refs, pad, &train_device);
-        let policy_kl = host_f32(sums.clone().slice([b..2 * b]).detach());
+        let policy_kl = host_f32(sums.clone().narrow(0, b, b).detach());
         let kl = (policy_kl
             .iter()
             .zip(&ref_sums[b..])
@@ -263,7 +263,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         let ref_own =
             Tensor::<1>::from_data(TensorData::new(ref_sums[..b].to_vec(), [b]), &train_device);
         let labels: Vec<bool> = rows.iter().map(|e| e.desirable).collect();
-        let policy_own = sums.slice([0..b]);
+        let policy_own = sums.narrow(0, 0, b);
         let own_logps = host_f32(policy_own.clone().detach());
         let out = losses::kto_loss(
             policy_own,

@@ -1531,7 +1531,7 @@ mod tests {
         close_all(
             "rejected rewards",
             &out.rejected_rewards,
-            &[beta * -0.5, beta * -1.0],
+            &[-0.5 * beta, -beta],
         );
         let grads = out.loss.backward();
         let got = host(lp.grad(&grads).expect("gradient"));
