@@ -463,14 +463,6 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             values.extend(stats.metrics("eval_", with_nll));
         }
         ctx.metrics(step, values);
-        super::save_best_if_improved(
-            ctx,
-            step,
-            &policy,
-            &model_cfg,
-            &tokenizer,
-            &loaded.generation_config,
-        )?;
         if cfg.samples.every > 0 && step % cfg.samples.every == 0 && !cfg.samples.prompts.is_empty()
         {
             match super::lm::sample_prompts(&policy.valid(), &tokenizer, &model_cfg, cfg, step) {
@@ -478,12 +470,13 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 Err(e) => ctx.log(LogLevel::Warn, format!("sampling failed: {e}")),
             }
         }
-        if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total {
-            saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?;
-            if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
-                ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
-            }
-        }
+        saver.after_step(
+            &policy,
+            ctx,
+            step,
+            train_cfg,
+            (&sampler, &optim, num_tokens),
+        )?;
     }
     saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
     Ok(RunStatus::Finished)

@@ -320,20 +320,13 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         values.insert("epoch".into(), (step * bs) as f64 / train.len() as f64);
         values.insert("step_time".into(), started.elapsed().as_secs_f64());
         ctx.metrics(step, values);
-        super::save_best_if_improved(
+        saver.after_step(
+            &policy,
             ctx,
             step,
-            &policy,
-            &model_cfg,
-            &tokenizer,
-            &loaded.generation_config,
+            train_cfg,
+            (&sampler, &optim, num_tokens),
         )?;
-        if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total {
-            saver.save(&policy, ctx, step, false, (&sampler, &optim, num_tokens))?;
-            if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
-                ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
-            }
-        }
     }
     saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
     Ok(RunStatus::Finished)

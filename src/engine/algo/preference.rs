@@ -284,6 +284,36 @@ impl Saver<'_> {
         }
     }
 
+    /// What follows a step's metrics: `checkpoints/best` when `keep_best` improved, and every
+    /// `save_steps` a resumable checkpoint (older ones pruned to `save_total_limit`).
+    pub fn after_step(
+        &self,
+        model: &CausalLm,
+        ctx: &mut RunContext,
+        step: usize,
+        train: &crate::engine::config::TrainSection,
+        progress: Progress<'_>,
+    ) -> Result<(), TrainError> {
+        super::save_best_if_improved(
+            ctx,
+            step,
+            model,
+            self.config,
+            self.tokenizer,
+            self.generation_config,
+        )?;
+        if train.save_steps > 0 && step.is_multiple_of(train.save_steps) && step < train.max_steps {
+            self.save(model, ctx, step, false, progress)?;
+            if let Err(e) = ctx.dir.prune_checkpoints(train.save_total_limit) {
+                ctx.log(
+                    crate::engine::events::LogLevel::Warn,
+                    format!("pruning old checkpoints: {e}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn save(
         &self,
         model: &CausalLm,
