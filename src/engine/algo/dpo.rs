@@ -9,13 +9,13 @@
 //! batch instead of two, and no second model is kept in memory; a resumed run only has to
 //! redo that one pass.
 
+pub use crate::engine::config::methods::DpoSection;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::layerwise::{self, HeadExtras};
 use super::losses::{self, DpoLoss};
@@ -33,34 +33,6 @@ use crate::engine::run::RunContext;
 
 /// Pairs scored together when caching reference log-probabilities and at eval.
 const SCORE_BATCH: usize = 32;
-
-/// `[dpo]`: TRL `DPOConfig` names and defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DpoSection {
-    /// Strength of the implicit KL constraint (TRL default 0.1).
-    pub beta: f64,
-    pub loss_type: DpoLoss,
-    /// Assumed probability that a label is flipped (cDPO / robust DPO); 0 = off.
-    pub label_smoothing: f64,
-    /// Weight of the NLL of the chosen completions (RPO, Pang et al. 2024); unset = off.
-    pub rpo_alpha: Option<f64>,
-    /// Prompts longer than this keep their last tokens; completions then get what is left
-    /// of `[train] max_length`.
-    pub max_prompt_length: usize,
-}
-
-impl Default for DpoSection {
-    fn default() -> Self {
-        Self {
-            beta: 0.1,
-            loss_type: DpoLoss::Sigmoid,
-            label_smoothing: 0.0,
-            rpo_alpha: None,
-            max_prompt_length: 128,
-        }
-    }
-}
 
 impl DpoSection {
     pub fn validate(&self) -> Result<(), String> {

@@ -3,18 +3,16 @@
 //! ratio objective, optional k3 KL to a frozen reference, and an optional demonstration
 //! (SFT) term on reference completions.
 
+pub use crate::engine::config::methods::GrpoSection;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::layerwise::{self, HeadExtras};
-use super::losses::{
-    self, AdvantageEstimator, GrpoLossType, ImportanceSamplingLevel, PolicyLoss, ScaleRewards,
-};
+use super::losses;
 
 /// CISPO's default cap on the importance weight (TRL recommends 5 for `loss_type = "cispo"`).
 const CISPO_MAX: f64 = 5.0;
@@ -35,88 +33,6 @@ use crate::engine::sample::{self, FinishReason, SamplingParams};
 const SAMPLES_PER_STEP: usize = 8;
 /// Eval prompts decoded together.
 const EVAL_BATCH: usize = 64;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpoSection {
-    /// Completions per prompt (G).
-    pub num_generations: usize,
-    pub max_completion_length: usize,
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    /// KL coefficient; 0 loads no reference model (TRL's default).
-    pub beta: f64,
-    pub epsilon: f32,
-    /// Upper clip (DAPO's clip-higher); defaults to `epsilon`.
-    pub epsilon_high: Option<f32>,
-    pub loss_type: GrpoLossType,
-    /// `token` (GRPO) or `sequence` (GSPO: one clipped ratio per completion).
-    pub importance_sampling_level: ImportanceSamplingLevel,
-    /// `clip` (PPO's clipped ratio) or `cispo` (capped, stop-gradient weight; `epsilon_high` is
-    /// the cap, 5 by default).
-    pub policy_loss: PolicyLoss,
-    /// Completions cut by `max_completion_length` (no end of sequence) take no part in the
-    /// loss (DAPO; TRL `mask_truncated_completions`).
-    pub mask_truncated_completions: bool,
-    /// DAPO's soft overlong punishment: over the last `overlong_buffer_len` tokens before
-    /// `max_completion_length` the reward falls linearly to `−overlong_penalty_factor` (0 = off;
-    /// verl's names). Logged as `rewards/overlong/mean`.
-    pub overlong_buffer_len: usize,
-    pub overlong_penalty_factor: f64,
-    /// DAPO's dynamic sampling: groups whose rewards are all equal are dropped and more
-    /// prompts sampled until the batch is full, for at most `max_sampling_rounds` rounds.
-    /// Logged as `sampling/prompts_drawn` and `sampling/rounds`.
-    pub dynamic_sampling: bool,
-    pub max_sampling_rounds: usize,
-    /// Share of completion tokens, by highest entropy, that train (1 = all; the paper's 0.2).
-    pub top_entropy_quantile: f64,
-    /// How rewards become advantages: `grpo` (group-relative, scaled by `scale_rewards`),
-    /// `rloo`, `reinforce_pp`, `reinforce_pp_baseline` (verl's names).
-    pub advantage_estimator: AdvantageEstimator,
-    pub scale_rewards: ScaleRewards,
-    /// Optimisation passes over each rollout (mu).
-    pub num_iterations: usize,
-    /// Weight of the NLL of reference completions, where the prompt set has them.
-    pub sft_coef: f64,
-    /// Generation stops at any of these (they are cut from the completion text).
-    pub stop: Vec<String>,
-    /// Wrap prompts in the model's chat template.
-    pub chat: bool,
-    /// Held-out prompts scored greedily at each eval (0 = all).
-    pub eval_max_items: usize,
-}
-
-impl Default for GrpoSection {
-    fn default() -> Self {
-        Self {
-            num_generations: 8,
-            max_completion_length: 32,
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            beta: 0.0,
-            epsilon: 0.2,
-            epsilon_high: None,
-            loss_type: GrpoLossType::Dapo,
-            advantage_estimator: AdvantageEstimator::Grpo,
-            importance_sampling_level: ImportanceSamplingLevel::Token,
-            mask_truncated_completions: false,
-            top_entropy_quantile: 1.0,
-            dynamic_sampling: false,
-            max_sampling_rounds: 3,
-            overlong_buffer_len: 0,
-            overlong_penalty_factor: 1.0,
-            policy_loss: PolicyLoss::Clip,
-            scale_rewards: ScaleRewards::Group,
-            num_iterations: 1,
-            sft_coef: 0.0,
-            stop: Vec::new(),
-            chat: false,
-            eval_max_items: 0,
-        }
-    }
-}
 
 /// A prompt with what the checkers and the demonstration term need.
 #[derive(Clone, Debug)]

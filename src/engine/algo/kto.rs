@@ -12,11 +12,10 @@
 //! undesirable_weight = 1.0
 //! ```
 
+pub use crate::engine::config::methods::KtoSection;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
-
-use serde::{Deserialize, Serialize};
 
 use super::losses;
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
@@ -30,30 +29,6 @@ use crate::engine::model::{self, Heads, host_f32};
 use crate::engine::optim::Optimizer;
 use crate::engine::run::RunContext;
 use burn::prelude::*;
-
-/// `[kto]`: TRL `KTOConfig` names.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KtoSection {
-    pub beta: f64,
-    /// Weights of the desirable and undesirable losses (TRL: keep
-    /// `desirable_weight · n_desirable / (undesirable_weight · n_undesirable)` in [1, 4/3]).
-    pub desirable_weight: f64,
-    pub undesirable_weight: f64,
-    /// Prompt tokens kept (from the end) when a row is too long.
-    pub max_prompt_length: usize,
-}
-
-impl Default for KtoSection {
-    fn default() -> Self {
-        Self {
-            beta: 0.1,
-            desirable_weight: 1.0,
-            undesirable_weight: 1.0,
-            max_prompt_length: 128,
-        }
-    }
-}
 
 impl KtoSection {
     pub fn validate(&self) -> Result<(), String> {

@@ -9,6 +9,10 @@
 //! `Tensor<1>`s that keep the autodiff graph of their inputs; metrics are host `f64`s computed
 //! from detached values.
 
+pub use crate::engine::config::methods::{
+    AdvantageEstimator, DpoLoss, GrpoLossType, ImportanceSamplingLevel, KlEstimator, PolicyLoss,
+    ScaleRewards,
+};
 use burn::prelude::*;
 use burn::tensor::activation::{log_sigmoid, log_softmax, relu};
 use serde::{Deserialize, Serialize};
@@ -17,20 +21,6 @@ use super::{TrainError, masked_mean, scalar};
 
 // ---------------------------------------------------------------------------------------------
 // KL estimators
-
-/// Per-token KL estimator of KL(π‖π_ref) from sampled tokens (Schulman, "Approximating KL
-/// divergence"); TRL `PPOConfig.kl_estimator` ("k1" | "k3"), GRPO always uses k3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KlEstimator {
-    /// `lp − ref_lp`: unbiased, can be negative per token (TRL PPO default).
-    #[default]
-    K1,
-    /// `½ (lp − ref_lp)²`: biased, low variance.
-    K2,
-    /// `exp(ref_lp − lp) − (ref_lp − lp) − 1`: unbiased and never negative.
-    K3,
-}
 
 impl KlEstimator {
     /// The estimator per token, same shape as the inputs.
@@ -327,22 +317,6 @@ pub fn bt_loss(
 // ---------------------------------------------------------------------------------------------
 // DPO
 
-/// DPO loss variant, TRL `DPOConfig.loss_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DpoLoss {
-    /// `−(1−ε) log σ(βh) − ε log σ(−βh)` (DPO; cDPO when ε > 0).
-    #[default]
-    Sigmoid,
-    /// `(h − 1/(2β))²` (IPO). TRL feeds it length-normalised log-probs: pass per-sequence
-    /// *average* token log-probs for this variant, sums for the others.
-    Ipo,
-    /// `max(0, 1 − βh)` (SLiC).
-    Hinge,
-    /// `(−(1−ε) log σ(βh) + ε log σ(−βh)) / (1 − 2ε)` (robust DPO, needs ε < ½).
-    Robust,
-}
-
 /// Output of [`dpo`], all `[N]`.
 #[derive(Debug, Clone)]
 pub struct DpoOut {
@@ -411,19 +385,6 @@ pub fn dpo(
 // ---------------------------------------------------------------------------------------------
 // GRPO
 
-/// How group-relative advantages are scaled, TRL `GRPOConfig.scale_rewards`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScaleRewards {
-    /// Divide by the group's standard deviation (GRPO paper; TRL default).
-    #[default]
-    Group,
-    /// Divide by the standard deviation over the whole batch (Lite-PPO).
-    Batch,
-    /// No scaling (Dr. GRPO).
-    None,
-}
-
 /// Reward-spread metrics from [`grpo_advantages`].
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct GroupStats {
@@ -489,26 +450,6 @@ pub fn grpo_advantages(
         frac_zero_std: zero_std as f64 / n,
     };
     Ok((advantages, stats))
-}
-
-/// Advantage estimators for outcome rewards (one reward per completion, completions in
-/// consecutive groups per prompt), by verl's `adv_estimator` names. Each is a small function
-/// below, checked alone against a reference written from verl's `core_algos.py`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdvantageEstimator {
-    /// Group-relative, scaled by `scale_rewards` ([`grpo_advantages`]).
-    #[default]
-    Grpo,
-    /// REINFORCE leave-one-out: each completion's reward less the mean of the other
-    /// completions of its prompt ([`rloo_advantages`]).
-    Rloo,
-    /// REINFORCE++: rewards whitened over every completion token of the batch
-    /// ([`reinforce_pp_advantages`]).
-    ReinforcePp,
-    /// REINFORCE++ with a baseline: the group mean subtracted first, then the global
-    /// whitening.
-    ReinforcePpBaseline,
 }
 
 /// The advantage of each completion under `estimator`; `lengths` are the completions' token
@@ -655,43 +596,6 @@ fn unbiased_std(xs: &[f64]) -> f64 {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
     (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-}
-
-/// How the GRPO per-token loss is reduced, TRL `GRPOConfig.loss_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GrpoLossType {
-    /// Mean over sequences of each sequence's token mean (DeepSeekMath GRPO).
-    Grpo,
-    /// Sum over all valid tokens / (B · max_completion_length) (Dr. GRPO).
-    DrGrpo,
-    /// Sum over all valid tokens / number of valid tokens (DAPO token-level; TRL default).
-    #[default]
-    Dapo,
-}
-
-/// Where the importance ratio is taken, TRL `GRPOConfig.importance_sampling_level`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImportanceSamplingLevel {
-    /// One ratio per token (GRPO, DAPO).
-    #[default]
-    Token,
-    /// One ratio per completion: the exponent of its mean token log-ratio (GSPO, Zheng et al.
-    /// 2025), clipped as one.
-    Sequence,
-}
-
-/// The policy-gradient surrogate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyLoss {
-    /// PPO's clipped ratio: `−min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A)`.
-    #[default]
-    Clip,
-    /// CISPO (MiniMax-M1; TRL `loss_type = "cispo"`): `−sg(min(ρ, ε_max))·A·log π`, the
-    /// importance weight capped and not differentiated, so every token keeps a gradient.
-    Cispo,
 }
 
 /// The surrogate and where its ratio is taken; `cispo_max` is CISPO's cap on the weight.

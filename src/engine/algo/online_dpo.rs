@@ -16,13 +16,12 @@
 //! `[[rewards]]` here are never trained on: they are the ground truth logged beside the
 //! judge's labels (`rewards/<name>/mean`), e.g. VADER sentiment for "more positive" judges.
 
+pub use crate::engine::config::methods::{Labeler, OnlineDpoSection};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::dpo::{DpoStats, RefPair, batch_grads, cache_reference};
 use super::grpo::{PromptItem, compute_rewards, evaluate, load_prompts, rollout};
@@ -50,67 +49,12 @@ use crate::engine::sample::{FinishReason, SamplingParams};
 /// a label feels picked up at once, rare enough to cost nothing.
 const LABEL_POLL: Duration = Duration::from_millis(200);
 
-/// Who labels the pairs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Labeler {
-    #[default]
-    Judge,
-    Human,
-    Both,
-}
-
 impl Labeler {
     fn uses_judge(self) -> bool {
         self != Labeler::Human
     }
     fn uses_people(self) -> bool {
         self != Labeler::Judge
-    }
-}
-
-/// `[online_dpo]`: TRL `OnlineDPOConfig` names where TRL has them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OnlineDpoSection {
-    pub beta: f64,
-    pub loss_type: DpoLoss,
-    /// Prompts per round; each gets two answers.
-    pub prompts_per_step: usize,
-    pub max_new_tokens: usize,
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    pub stop: Vec<String>,
-    /// Wrap prompts in the model's chat template.
-    pub chat: bool,
-    pub labeler: Labeler,
-    /// The label log people write (default: `labels/labels.jsonl` beside the run folder,
-    /// where the workbench keeps it).
-    pub labels: Option<PathBuf>,
-    /// Most pairs waiting for people at once; the run stops proposing more until some are
-    /// labelled.
-    pub queue_limit: usize,
-    pub max_prompt_length: usize,
-}
-
-impl Default for OnlineDpoSection {
-    fn default() -> Self {
-        Self {
-            beta: 0.1,
-            loss_type: DpoLoss::Sigmoid,
-            prompts_per_step: 8,
-            max_new_tokens: 24,
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            stop: Vec::new(),
-            chat: false,
-            labeler: Labeler::Judge,
-            labels: None,
-            queue_limit: 64,
-            max_prompt_length: 128,
-        }
     }
 }
 

@@ -18,8 +18,8 @@
 //! is always the last completion token, as verl and OpenRLHF do, so a row's reward does not
 //! depend on how long the other rows in its batch are.
 
+pub use crate::engine::config::methods::{AdaptiveKlSection, PpoSection};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -31,7 +31,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::grpo::{self, PromptItem, Rollout};
-use super::losses::{self, AdaptiveKl, FixedKl, KlController, KlEstimator};
+use super::losses::{self, AdaptiveKl, FixedKl, KlController};
 use super::sequences::{SeqBatch, score};
 use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, masked_mean, scalar};
@@ -49,98 +49,6 @@ const SAMPLES_PER_STEP: usize = 8;
 /// Rows per no-grad forward pass when scoring a rollout (TRL's
 /// `local_rollout_forward_batch_size` default).
 const ROLLOUT_FORWARD_BATCH: usize = 64;
-
-/// `[ppo]`: TRL `PPOConfig` names and defaults, except where noted.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PpoSection {
-    /// Longest completion in tokens (TRL `response_length`).
-    #[serde(alias = "max_completion_length")]
-    pub response_length: usize,
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    /// Generation stops at any of these (they are cut from the completion text).
-    pub stop: Vec<String>,
-    /// Wrap prompts in the model's chat template.
-    pub chat: bool,
-    /// Optimisation passes over each rollout.
-    pub num_ppo_epochs: usize,
-    /// Optimizer steps per pass over a rollout.
-    pub num_mini_batches: usize,
-    /// KL penalty coefficient β (the initial value when `adaptive_kl` is set).
-    pub kl_coef: f64,
-    /// `k1` (TRL default) or `k3`; `k2` also works.
-    pub kl_estimator: KlEstimator,
-    /// Ziegler et al.'s controller: moves β so the per-sequence KL approaches `target`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adaptive_kl: Option<AdaptiveKlSection>,
-    /// Policy ratio clip ε.
-    pub cliprange: f64,
-    /// Value clip around the rollout's values.
-    pub cliprange_value: f64,
-    pub vf_coef: f64,
-    pub gamma: f64,
-    pub lam: f64,
-    /// Whiten the per-token rewards (without shifting their mean) before GAE.
-    pub whiten_rewards: bool,
-    /// Subtracted from the score of completions that did not end with EOS or a stop string.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub missing_eos_penalty: Option<f32>,
-    /// Where the value model starts: a model folder, typically the reward model (TRL's
-    /// examples do this). Default: the policy's weights with a fresh scalar head.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_model: Option<PathBuf>,
-    /// Value model learning rate; default `[optim] learning_rate` (TRL uses one optimizer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_learning_rate: Option<f64>,
-    /// Held-out prompts decoded greedily at each eval (0 = all).
-    pub eval_max_items: usize,
-}
-
-impl Default for PpoSection {
-    fn default() -> Self {
-        Self {
-            response_length: 53,
-            temperature: 0.7,
-            top_k: 0,
-            top_p: 1.0,
-            stop: Vec::new(),
-            chat: false,
-            num_ppo_epochs: 4,
-            num_mini_batches: 1,
-            kl_coef: 0.05,
-            kl_estimator: KlEstimator::K1,
-            adaptive_kl: None,
-            cliprange: 0.2,
-            cliprange_value: 0.2,
-            vf_coef: 0.1,
-            gamma: 1.0,
-            lam: 0.95,
-            whiten_rewards: false,
-            missing_eos_penalty: None,
-            value_model: None,
-            value_learning_rate: None,
-            eval_max_items: 0,
-        }
-    }
-}
-
-/// `adaptive_kl = { target = 6.0, horizon = 10000 }` (TRL v0.11 `init_kl_coef`, `target`,
-/// `horizon`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdaptiveKlSection {
-    /// Target KL per sequence (sum over its tokens).
-    pub target: f64,
-    /// In samples: β moves by at most `±20% · batch / horizon` per step.
-    #[serde(default = "default_horizon")]
-    pub horizon: u64,
-}
-
-fn default_horizon() -> u64 {
-    10_000
-}
 
 impl PpoSection {
     fn validate(&self) -> Result<(), TrainError> {
@@ -980,7 +888,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(w.ppo.response_length, 8);
-        assert_eq!(w.ppo.kl_estimator, KlEstimator::K3);
+        assert_eq!(w.ppo.kl_estimator, losses::KlEstimator::K3);
         assert_eq!(
             w.ppo.adaptive_kl,
             Some(AdaptiveKlSection {

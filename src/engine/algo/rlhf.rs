@@ -17,6 +17,7 @@
 //! (not the previous version), so a version depends only on the labels, never on the order in
 //! which refreshes happened.
 
+pub use crate::engine::config::methods::RlhfSection;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,6 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::preference::{self, Overlong, PairOptions, PreferencePair};
 use super::rm::pair_loss;
@@ -35,33 +35,6 @@ use crate::engine::model::tokenizer::Tokenizer;
 use crate::engine::model::{self, CausalLm, Heads, hf};
 use crate::engine::optim::{LrSchedule, OptimConfig, Optimizer};
 use crate::engine::reward::{self, RewardConfig, RewardSource, WeightedSources};
-
-/// `[rlhf]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RlhfSection {
-    /// TRL preference JSONL people's labels are folded into.
-    pub labels: Option<PathBuf>,
-    pub retrain_every: usize,
-    pub rm_steps: usize,
-    pub rm_learning_rate: f64,
-    pub rm_batch_size: usize,
-    /// Longest `prompt + completion` in tokens; longer pairs are left out.
-    pub rm_max_length: usize,
-}
-
-impl Default for RlhfSection {
-    fn default() -> Self {
-        Self {
-            labels: None,
-            retrain_every: 16,
-            rm_steps: 40,
-            rm_learning_rate: 1e-4,
-            rm_batch_size: 16,
-            rm_max_length: 128,
-        }
-    }
-}
 
 impl RlhfSection {
     pub fn validate(&self) -> Result<(), String> {

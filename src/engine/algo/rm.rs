@@ -4,13 +4,13 @@
 //! A sequence's reward is the head's value at its last real token. The saved checkpoint keeps
 //! the head as `score.weight`, which PPO and reward sources load with `Heads::Score`.
 
+pub use crate::engine::config::methods::RmSection;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
 use super::sequences::last_token_scores;
@@ -26,15 +26,6 @@ use crate::engine::run::RunContext;
 
 /// Held-out pairs shown in the Samples pane at each eval, with their rewards.
 const SAMPLE_PAIRS: usize = 4;
-
-/// `[rm]`: TRL `RewardConfig` options that are not general training options.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RmSection {
-    /// Weight of `mean((r_chosen + r_rejected)²)`, which keeps rewards centred on 0
-    /// (Eisenstein et al. 2023); unset = off, as in TRL.
-    pub center_rewards_coefficient: Option<f64>,
-}
 
 impl RmSection {
     pub fn validate(&self) -> Result<(), String> {

@@ -1,6 +1,8 @@
 //! Run configs: one TOML file per run, with TRL's option names where TRL has them. Unknown keys
 //! are errors, so a typo never silently falls back to a default.
 
+pub mod methods;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -83,25 +85,25 @@ pub struct RunConfig {
     pub pairs: PairsSection,
     /// GRPO settings (TRL's `GRPOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpo: Option<crate::engine::algo::grpo::GrpoSection>,
+    pub grpo: Option<methods::GrpoSection>,
     /// Reward-model settings (TRL's `RewardConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rm: Option<crate::engine::algo::rm::RmSection>,
+    pub rm: Option<methods::RmSection>,
     /// DPO settings (TRL's `DPOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dpo: Option<crate::engine::algo::dpo::DpoSection>,
+    pub dpo: Option<methods::DpoSection>,
     /// PPO settings (TRL's `PPOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ppo: Option<crate::engine::algo::ppo::PpoSection>,
+    pub ppo: Option<methods::PpoSection>,
     /// KTO settings (TRL's `KTOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kto: Option<crate::engine::algo::kto::KtoSection>,
+    pub kto: Option<methods::KtoSection>,
     /// Online DPO settings (TRL's `OnlineDPOConfig` names where TRL has them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub online_dpo: Option<crate::engine::algo::online_dpo::OnlineDpoSection>,
+    pub online_dpo: Option<methods::OnlineDpoSection>,
     /// PPO only: retrain the reward model from live labels (RLHF).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rlhf: Option<crate::engine::algo::rlhf::RlhfSection>,
+    pub rlhf: Option<methods::RlhfSection>,
     /// The AI judge that labels pairs (RLAIF).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<crate::engine::judge::JudgeConfig>,
