@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rlft::engine::algo::grpo::GrpoSection;
+use rlft::engine::algo::losses::{AdvantageEstimator, ImportanceSamplingLevel};
 use rlft::engine::config::RunConfig;
 use rlft::engine::events::{Command, Event};
 use rlft::engine::run::read_metrics;
@@ -18,7 +20,38 @@ const METRIC: &str = "eval/rewards/exact_match/mean";
 #[test]
 #[ignore = "slow: ten minutes of GRPO on the base model"]
 fn grpo_raises_heldout_arithmetic_exact_match_by_30_points_in_10_minutes() {
-    grpo_for_ten_minutes("configs/grpo.toml", 0.30);
+    grpo_for_ten_minutes("configs/grpo.toml", 0.30, |_| {});
+}
+
+/// GSPO: the shipped GRPO config with sequence-level importance ratios
+/// (`importance_sampling_level = "sequence"`): at least 30 points in 10 minutes.
+#[test]
+#[ignore = "slow: ten minutes of GSPO on the base model"]
+fn gspo_raises_heldout_arithmetic_exact_match_by_30_points_in_10_minutes() {
+    grpo_for_ten_minutes("configs/grpo.toml", 0.30, |g| {
+        g.importance_sampling_level = ImportanceSamplingLevel::Sequence;
+    });
+}
+
+/// RLOO: the shipped GRPO config with the leave-one-out baseline
+/// (`advantage_estimator = "rloo"`): at least 30 points in 10 minutes.
+#[test]
+#[ignore = "slow: ten minutes of RLOO on the base model"]
+fn rloo_raises_heldout_arithmetic_exact_match_by_30_points_in_10_minutes() {
+    grpo_for_ten_minutes("configs/grpo.toml", 0.30, |g| {
+        g.advantage_estimator = AdvantageEstimator::Rloo;
+    });
+}
+
+/// DAPO's dynamic sampling on the shipped GRPO config: groups whose completions all earn the
+/// same reward are dropped and more prompts drawn (at most 3 rounds). Prints the mean
+/// `frac_reward_zero_std` (compare with the GRPO test's) and the prompts drawn.
+#[test]
+#[ignore = "slow: ten minutes of GRPO with dynamic sampling on the base model"]
+fn dynamic_sampling_grpo_raises_heldout_arithmetic_exact_match_in_10_minutes() {
+    grpo_for_ten_minutes("configs/grpo.toml", 0.30, |g| {
+        g.dynamic_sampling = true;
+    });
 }
 
 /// The same with LoRA (`configs/grpo_lora.toml`: rank 16 on every linear layer): at least 25
@@ -26,15 +59,16 @@ fn grpo_raises_heldout_arithmetic_exact_match_by_30_points_in_10_minutes() {
 #[test]
 #[ignore = "slow: ten minutes of LoRA GRPO on the base model"]
 fn lora_grpo_raises_heldout_arithmetic_exact_match_by_25_points_in_10_minutes() {
-    grpo_for_ten_minutes("configs/grpo_lora.toml", 0.25);
+    grpo_for_ten_minutes("configs/grpo_lora.toml", 0.25, |_| {});
 }
 
-fn grpo_for_ten_minutes(config: &str, min_gain: f64) {
+fn grpo_for_ten_minutes(config: &str, min_gain: f64, variant: impl FnOnce(&mut GrpoSection)) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join(config))
         .unwrap()
         .replace("\"assets/", &format!("\"{}/assets/", root.display()));
-    let cfg = RunConfig::from_toml(&text).unwrap();
+    let mut cfg = RunConfig::from_toml(&text).unwrap();
+    variant(cfg.grpo.as_mut().expect("a GRPO config"));
     let tmp = tempfile::tempdir().unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
     let opts = LaunchOptions {
@@ -58,6 +92,19 @@ fn grpo_for_ten_minutes(config: &str, min_gain: f64) {
     }
     handle.thread.join().unwrap();
     let rows = read_metrics(&tmp.path().join("grpo/metrics.jsonl")).unwrap();
+    let zero_std: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.values.get("frac_reward_zero_std").copied())
+        .collect();
+    let drawn: f64 = rows
+        .iter()
+        .filter_map(|r| r.values.get("sampling/prompts_drawn").copied())
+        .sum();
+    eprintln!(
+        "{} steps, mean frac_reward_zero_std {:.3}, prompts drawn {drawn}",
+        zero_std.len(),
+        zero_std.iter().sum::<f64>() / zero_std.len().max(1) as f64
+    );
     let curve: Vec<(usize, f64, f64)> = rows
         .iter()
         .filter_map(|r| r.values.get(METRIC).map(|v| (r.step, r.wall_time, *v)))

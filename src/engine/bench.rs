@@ -9,10 +9,10 @@ use burn::module::Module;
 use burn::prelude::*;
 use serde::Serialize;
 
-use crate::engine::algo::grpo::{PromptItem, Rollout, compute_rewards};
 use crate::engine::algo::layerwise::{self, HeadExtras};
 use crate::engine::algo::lm::{lm_grads, lm_loss};
 use crate::engine::algo::losses::{self, GrpoLossType, ScaleRewards};
+use crate::engine::algo::rollout::{PromptItem, Rollout, compute_rewards};
 use crate::engine::algo::sequences::{SeqBatch, score};
 use crate::engine::algo::{BatchTensors, TrainError, masked_mean, scalar};
 use crate::engine::data::{PaddedBatch, TokenizedExample, pad_batch};

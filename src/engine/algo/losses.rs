@@ -811,6 +811,18 @@ fn host_f64(t: Tensor<1>) -> Vec<f64> {
 // ---------------------------------------------------------------------------------------------
 // Auxiliary terms and metrics
 
+/// Entropy bonus on sampled tokens (subtract `coef · bonus` from the loss). Its value is the
+/// Monte Carlo estimate of the mean token entropy, the masked mean of `−lp`; its gradient is
+/// the score-function estimate `mean(−lp · ∇lp)`, which equals the entropy's gradient in
+/// expectation over on-policy samples (`∇H = −E[log p · ∇log p]`, as `E[∇log p] = 0`). Only
+/// the sampled tokens' log-probabilities are needed, so the bonus works with the layer-wise
+/// backward, which never differentiates through the full vocabulary's entropy.
+pub fn entropy_bonus(lp: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let neg = lp.clone().detach().neg();
+    let surrogate = neg.clone() + neg * (lp.clone() - lp.detach());
+    super::masked_mean(surrogate, mask)
+}
+
 /// Demonstration NLL: masked token mean of `−lp` over demonstration tokens `[B, T]`, to add
 /// as `sft_coef · demo_nll` to the GRPO loss (cf. PPO-ptx, CHORD). The same term is RPO's NLL
 /// on the chosen completions (TRL `DPOTrainer` `rpo_alpha` / `loss_type=["sigmoid", "sft"]`).

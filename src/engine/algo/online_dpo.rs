@@ -18,30 +18,33 @@
 
 pub use crate::engine::config::methods::{Labeler, OnlineDpoSection};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
 
 use burn::module::Module;
 use burn::prelude::*;
 
 use super::dpo::{DpoStats, RefPair, batch_grads, cache_reference};
-use super::grpo::{PromptItem, compute_rewards, evaluate, load_prompts, rollout};
 use super::losses::DpoLoss;
-use super::preference::{self, Overlong, PairOptions, PreferencePair, Saver};
+use super::onpolicy::{self, LoadedPolicy, OnPolicy, Policy, StepReport};
+use super::preference::{self, Overlong, PairOptions, PreferencePair};
+use super::rollout::{
+    self, Evaluator, PromptItem, Rewards, compute_rewards, load_prompts, rollout,
+};
 use super::sequences::{SeqBatch, score, sequence_logprob};
-use super::state;
 use super::{TrainError, TrainOutcome};
 use crate::engine::config::RunConfig;
-use crate::engine::data::EpochSampler;
-use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
+use crate::engine::events::{Event, LogLevel};
 use crate::engine::judge::{self, Judge, JudgeStats, Verdict};
 use crate::engine::label_store::LabelStore;
 use crate::engine::labels::{
     self, Decision, LogEntry, PairItem, ProposedPair, append_proposed, read_proposed,
 };
 use crate::engine::model::tokenizer::ChatMessage;
-use crate::engine::model::{self, CausalLm, Heads, host_f32};
-use crate::engine::optim::Optimizer;
-use crate::engine::reward;
+use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::model::{self, CausalLm, host_f32};
+use crate::engine::reward::{self, RewardSource};
 use crate::engine::run::RunContext;
 use crate::engine::sample::{FinishReason, SamplingParams};
 
@@ -257,509 +260,558 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     let o = cfg.online_dpo.clone().unwrap_or_default();
     o.validate(cfg.judge.is_some())
         .map_err(TrainError::Invalid)?;
-    let dpo = super::dpo::DpoSection {
-        beta: o.beta,
-        loss_type: o.loss_type,
-        max_prompt_length: o.max_prompt_length,
-        ..Default::default()
-    };
-    let train_cfg = &cfg.train;
     let train_device = cfg.train.train_device(device, true);
     let plain = device.clone().without_autodiff();
-    let loaded = super::load_trained_model(cfg, &train_device, Heads::Lm, ctx)?;
-    let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
-        TrainError::Invalid(format!(
-            "{}: online DPO needs a tokenizer",
-            cfg.model.path.display()
-        ))
-    })?;
-    let model_cfg = loaded.config.clone();
-    let prompts = load_prompts(&cfg.data.train, &tokenizer, o.chat, "")?;
+    let loaded = LoadedPolicy::load(cfg, &train_device, ctx, "online DPO")?;
+    let prompts = load_prompts(&cfg.data.train, &loaded.tokenizer, o.chat, "")?;
     let eval = match &cfg.data.eval {
-        Some(p) => load_prompts(p, &tokenizer, o.chat, "")?,
+        Some(p) => load_prompts(p, &loaded.tokenizer, o.chat, "")?,
         None => Vec::new(),
     };
-    let mut truth = reward::model::build_all_on(&cfg.rewards, &plain, cfg.frozen_dtype())
+    let truth = reward::model::build_all_on(&cfg.rewards, &plain, cfg.frozen_dtype())
         .map_err(|e| TrainError::Invalid(format!("[[rewards]]: {e}")))?;
-    let mut judge: Option<Box<dyn Judge>> = match (&cfg.judge, o.labeler.uses_judge()) {
+    let judge: Option<Box<dyn Judge>> = match (&cfg.judge, o.labeler.uses_judge()) {
         (Some(j), true) => Some(
             judge::build(j, &plain, cfg.frozen_dtype())
                 .map_err(|e| TrainError::Invalid(e.to_string()))?,
         ),
         _ => None,
     };
-    let principle = cfg
-        .judge
-        .as_ref()
-        .map(|j| j.principle().to_string())
-        .unwrap_or_default();
-    // The label store of the folder holding `labels.jsonl` (by default `labels/` beside the
-    // run folder, where the workbench keeps it).
-    let labels_dir = match &o.labels {
-        Some(log) => log
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .to_path_buf(),
-        None => ctx
-            .dir
-            .path
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("labels"),
-    };
-    let mut label_store = if o.labeler.uses_people() {
+    let label_store = if o.labeler.uses_people() {
         Some(
-            LabelStore::open(&labels_dir, &ctx.id)
+            LabelStore::open(&labels_dir(&o, ctx), &ctx.id)
                 .map_err(|e| TrainError::Invalid(format!("the label store: {e}")))?,
         )
     } else {
         None
     };
-    let pairs_file = ctx.dir.path.join(labels::RUN_PAIRS_FILE);
     let opts = PairOptions {
-        max_length: train_cfg.max_length.min(model_cfg.max_position_embeddings),
+        max_length: cfg
+            .train
+            .max_length
+            .min(loaded.config.max_position_embeddings),
         max_prompt_length: o.max_prompt_length,
         overlong: Overlong::Truncate,
     };
-    let pad = preference::pad_id(&tokenizer);
+    let pad = preference::pad_id(&loaded.tokenizer);
     // With LoRA: the base without its adapters, sharing the frozen weights.
     let reference = model::lora::without_adapters(loaded.model.valid());
-    let mut policy = loaded.model;
-    let mut optim = Optimizer::new(cfg.optim.clone());
-    let mut sampler = EpochSampler::new(prompts.len(), cfg.seed);
-    let mut num_tokens = 0usize;
-    let mut step = 0;
-    if let Some(r) = state::resume(
-        ctx,
-        &train_device,
-        Heads::Lm,
-        cfg.frozen_dtype(),
-        Optimizer::new(cfg.optim.clone()),
-        prompts.len(),
-        cfg.seed,
-    )? {
-        (policy, optim, sampler, step, num_tokens) =
-            (r.model, r.optim, r.sampler, r.step, r.num_tokens);
-    }
-    // Pairs proposed before a restart and not labelled yet are still waiting.
-    let mut waiting: HashMap<String, Waiting> = HashMap::new();
-    let mut used_decisions: HashSet<u64> = HashSet::new();
-    if o.labeler.uses_people() {
-        let entries = label_store
+    let mut policy = loaded.start(cfg, &train_device, ctx, prompts.len())?;
+    let mut method = OnlineDpo {
+        cfg,
+        dpo: super::dpo::DpoSection {
+            beta: o.beta,
+            loss_type: o.loss_type,
+            max_prompt_length: o.max_prompt_length,
+            ..Default::default()
+        },
+        evaluator: Evaluator {
+            prompts: eval,
+            params: SamplingParams {
+                max_new_tokens: o.max_new_tokens,
+                temperature: 0.0,
+                stop_strings: o.stop.clone(),
+                ..Default::default()
+            },
+            generations: cfg.train.num_eval_generations,
+        },
+        principle: cfg
+            .judge
             .as_ref()
-            .map(|s| s.entries().to_vec())
-            .unwrap_or_default();
-        // Decisions this run trained on before a restart are done; a pair decided while the
-        // run was stopped (or loading) waits like an undecided one and is taken at once.
-        used_decisions = trained_before(&entries, &ctx.id);
-        let done: HashSet<&str> = labels::standing_decisions(&entries)
-            .into_iter()
-            .filter(|d| used_decisions.contains(&d.seq))
-            .map(|d| d.pair_id.as_str())
-            .collect();
-        for p in read_proposed(&pairs_file).unwrap_or_default() {
-            if !done.contains(p.pair.id.as_str()) {
-                // Proposed before a restart: the sampled tokens are gone, so the texts are
-                // encoded again (without an EOS the policy may not have written).
-                let prompt = if o.chat {
-                    let text = tokenizer.apply_chat_template(
-                        &[ChatMessage {
-                            role: "user".into(),
-                            content: p.pair.prompt.clone(),
-                        }],
-                        true,
-                    )?;
-                    tokenizer.encode(&text, false)?
-                } else {
-                    tokenizer.encode(&p.pair.prompt, true)?
-                };
-                let tokens = Answers {
-                    prompt,
-                    a: tokenizer.encode(&p.pair.a, false)?,
-                    b: tokenizer.encode(&p.pair.b, false)?,
-                };
-                waiting.insert(
-                    p.pair.id.clone(),
-                    Waiting {
-                        tokens,
-                        item: p.pair,
-                    },
-                );
-            }
-        }
-    }
-    let saver = Saver {
-        config: &model_cfg,
-        tokenizer: &tokenizer,
-        generation_config: &loaded.generation_config,
+            .map(|j| j.principle().to_string())
+            .unwrap_or_default(),
+        prompts: Rc::new(prompts),
+        truth,
+        judge,
+        label_store,
+        pairs_file: ctx.dir.path.join(labels::RUN_PAIRS_FILE),
+        opts,
+        pad,
+        reference,
+        train_device,
+        plain,
+        waiting: HashMap::new(),
+        used_decisions: HashSet::new(),
+        ready: VecDeque::new(),
+        judge_stats: JudgeStats::default(),
+        labelled_by_judge: 0,
+        labelled_by_people: 0,
+        round_no: 0,
+        said_waiting: false,
+        pending_values: BTreeMap::new(),
+        o,
     };
-    let total = train_cfg.max_steps;
-    let bs = train_cfg.per_device_train_batch_size;
-    ctx.send(Event::Started {
-        run: ctx.id.clone(),
-        method: cfg.method.name().into(),
-        run_dir: ctx.dir.path.clone(),
-        total_steps: total,
-        model: Some(crate::engine::model::lora::summary(&policy)),
-    });
-    ctx.status(RunStatus::Running);
-    ctx.log(
-        LogLevel::Info,
+    method.restore_waiting(ctx, &policy.tokenizer)?;
+    onpolicy::drive(cfg, ctx, &mut policy, &mut method)
+}
+
+/// The label store of the folder holding `labels.jsonl` (by default `labels/` beside the run
+/// folder, where the workbench keeps it).
+fn labels_dir(o: &OnlineDpoSection, ctx: &RunContext) -> PathBuf {
+    match &o.labels {
+        Some(log) => log.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        None => ctx
+            .dir
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("labels"),
+    }
+}
+
+/// Online DPO as a configuration of the on-policy loop: a round of answer pairs, labels from
+/// the judge or people, and a DPO step on the labelled pairs as they arrive.
+struct OnlineDpo<'a> {
+    cfg: &'a RunConfig,
+    o: OnlineDpoSection,
+    dpo: super::dpo::DpoSection,
+    prompts: Rc<Vec<PromptItem>>,
+    evaluator: Evaluator,
+    /// Ground-truth rewards, logged and never trained on.
+    truth: Vec<(Box<dyn RewardSource>, f32)>,
+    judge: Option<Box<dyn Judge>>,
+    principle: String,
+    label_store: Option<LabelStore>,
+    pairs_file: PathBuf,
+    opts: PairOptions,
+    pad: u32,
+    reference: CausalLm,
+    train_device: Device,
+    plain: Device,
+    /// Pairs shown to people and not labelled yet, by pair id.
+    waiting: HashMap<String, Waiting>,
+    /// People's decisions already trained on.
+    used_decisions: HashSet<u64>,
+    /// Labelled pairs not trained on yet, oldest first.
+    ready: VecDeque<(RefPair, LabelSource)>,
+    judge_stats: JudgeStats,
+    labelled_by_judge: usize,
+    labelled_by_people: usize,
+    round_no: u64,
+    said_waiting: bool,
+    /// Metrics of the newest rollout, reported with the next optimisation step.
+    pending_values: BTreeMap<String, f64>,
+}
+
+impl OnPolicy for OnlineDpo<'_> {
+    fn describe(&self) -> String {
         format!(
             "online DPO: {} prompts, {} x 2 answers per round, labeled by {}{}, beta {}",
-            prompts.len(),
-            o.prompts_per_step,
-            match o.labeler {
+            self.prompts.len(),
+            self.o.prompts_per_step,
+            match self.o.labeler {
                 Labeler::Judge => "the AI judge",
                 Labeler::Human => "people (Pairs pane)",
                 Labeler::Both => "the AI judge, audited by people",
             },
-            judge
+            self.judge
                 .as_ref()
                 .map(|j| format!(" (judge `{}`)", j.name()))
                 .unwrap_or_default(),
-            o.beta
-        ),
-    );
-    let greedy_params = SamplingParams {
-        max_new_tokens: o.max_new_tokens,
-        temperature: 0.0,
-        stop_strings: o.stop.clone(),
-        ..Default::default()
-    };
-    if !eval.is_empty()
-        && ctx.resume_from.is_none()
-        && !truth.is_empty()
-        && cfg.train.eval_before_train
-    {
-        let m = evaluate(
-            &model::lora::for_generation(&policy),
-            &eval,
-            &mut truth,
-            &greedy_params,
-            &tokenizer,
-            &model_cfg,
-            cfg.train.num_eval_generations,
-        )?;
-        ctx.metrics(0, m);
+            self.o.beta
+        )
     }
 
-    let mut ready: VecDeque<(RefPair, LabelSource)> = VecDeque::new();
-    let mut judge_stats = JudgeStats::default();
-    let mut labelled_by_judge = 0usize;
-    let mut labelled_by_people = 0usize;
-    let mut round_no = 0u64;
-    let mut said_waiting = false;
-    // Metrics of the newest rollout, reported with the next optimisation step.
-    let mut pending_values: BTreeMap<String, f64> = BTreeMap::new();
-    while step < total {
-        if saver.obey(&policy, ctx, step, (&sampler, &optim, num_tokens))? {
-            return Ok(RunStatus::Stopped);
+    fn step(
+        &mut self,
+        policy: &mut Policy,
+        ctx: &mut RunContext,
+    ) -> Result<Option<StepReport>, TrainError> {
+        // 1. A new round of pairs, unless people are the only labellers and their queue is
+        //    full or enough labelled pairs are ready already.
+        let bs = self.cfg.train.per_device_train_batch_size;
+        let room_for_people = self.waiting.len() + self.o.prompts_per_step <= self.o.queue_limit;
+        if self.ready.len() < bs && (self.o.labeler.uses_judge() || room_for_people) {
+            self.propose_round(policy, ctx)?;
         }
-        let started = Instant::now();
-        // 1. A new round of pairs, unless people are the only labellers and their queue is full
-        //    or enough labelled pairs are ready already.
-        let room_for_people = waiting.len() + o.prompts_per_step <= o.queue_limit;
-        let want_round = ready.len() < bs && (o.labeler.uses_judge() || room_for_people);
-        if want_round {
-            round_no += 1;
-            let idx = sampler.next_batch(o.prompts_per_step);
-            let batch: Vec<&PromptItem> = idx.iter().map(|&i| &prompts[i]).collect();
-            let params = SamplingParams {
-                max_new_tokens: o.max_new_tokens,
-                temperature: o.temperature,
-                top_k: o.top_k,
-                top_p: o.top_p,
-                stop_strings: o.stop.clone(),
-                seed: cfg.seed.wrapping_mul(1_000_003).wrapping_add(round_no),
-            };
-            let valid = policy.valid();
-            let r = rollout(
-                &model::lora::for_generation(&policy),
-                &batch,
-                2,
-                &params,
-                &tokenizer,
-                &model_cfg,
-            )?;
-            let mut values = rollout_stats(
-                &valid,
-                &reference,
-                &batch,
-                &r.tokens,
-                &r.prompt_index,
-                pad,
-                o.temperature,
-                &plain,
-            )
-            .values;
-            let eos = r.finish.iter().filter(|f| **f == FinishReason::Eos).count();
-            values.insert(
-                "val/contain_eos_token".into(),
-                eos as f64 / r.finish.len().max(1) as f64,
-            );
-            let mut records: Vec<SampleRecord> = r
-                .texts
-                .iter()
-                .zip(&r.prompt_index)
-                .map(|(c, &i)| SampleRecord {
-                    step: step + 1,
-                    prompt: batch[i].text.clone(),
-                    completion: c.clone(),
-                    rewards: BTreeMap::new(),
-                    advantage: None,
-                })
-                .collect();
-            if !truth.is_empty() {
-                let rewards = compute_rewards(&mut truth, &batch, &r)?;
-                for (name, v) in &rewards.per_source {
-                    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
-                    values.insert(format!("rewards/{name}/mean"), mean);
-                    for (rec, x) in records.iter_mut().zip(v) {
-                        rec.rewards.insert(name.clone(), *x as f64);
-                    }
-                }
-                let mean_total = rewards.total.iter().map(|&x| x as f64).sum::<f64>()
-                    / rewards.total.len().max(1) as f64;
-                values.insert("objective/scores".into(), mean_total);
-            }
-            // Two answers per prompt, in order: rows 2i and 2i+1.
-            let mut candidates: Vec<(usize, String, String, Answers)> = Vec::new();
-            for (k, pi) in (0..batch.len()).enumerate() {
-                let (a, b) = (&r.texts[2 * k], &r.texts[2 * k + 1]);
-                if a != b && !a.trim().is_empty() && !b.trim().is_empty() {
-                    let tokens = Answers {
-                        prompt: batch[pi].ids.clone(),
-                        a: r.tokens[2 * k].clone(),
-                        b: r.tokens[2 * k + 1].clone(),
-                    };
-                    candidates.push((pi, a.clone(), b.clone(), tokens));
-                }
-            }
-            values.insert(
-                "labels/identical_frac".into(),
-                1.0 - candidates.len() as f64 / batch.len().max(1) as f64,
-            );
-            // 2. The judge, both orders.
-            let mut verdicts: Vec<Option<Result<judge::Judgement, String>>> =
-                vec![None; candidates.len()];
-            if let Some(j) = judge.as_mut() {
-                let triples: Vec<(&str, &str, &str)> = candidates
-                    .iter()
-                    .map(|(pi, a, b, _)| (batch[*pi].text.as_str(), a.as_str(), b.as_str()))
-                    .collect();
-                let results = judge::judge_pairs(j.as_mut(), &principle, &triples);
-                let mut failures = Vec::new();
-                for (slot, res) in verdicts.iter_mut().zip(results) {
-                    *slot = Some(match res {
-                        Ok(v) => {
-                            judge_stats.add(&v);
-                            Ok(v)
-                        }
-                        Err(e) => {
-                            judge_stats.failed += 1;
-                            failures.push(e.to_string());
-                            Err(e.to_string())
-                        }
-                    });
-                }
-                if let Some(first) = failures.first() {
-                    ctx.log(
-                        LogLevel::Warn,
-                        format!(
-                            "judge failed on {} of {} pairs (left unlabeled): {first}",
-                            failures.len(),
-                            candidates.len()
-                        ),
-                    );
-                }
-            }
-            let mut labelled = Vec::new();
-            let mut proposed = Vec::new();
-            for ((pi, a, b, tokens), verdict) in candidates.iter().zip(&verdicts) {
-                let item = PairItem::new(
-                    ctx.id.clone(),
-                    batch[*pi].text.clone(),
-                    a.clone(),
-                    b.clone(),
-                    format!("{}@{}#a", ctx.id, step + 1),
-                    format!("{}@{}#b", ctx.id, step + 1),
-                );
-                if let Some(Ok(v)) = verdict
-                    && o.labeler.uses_judge()
-                {
-                    match v.verdict {
-                        Verdict::A => labelled.push((tokens.labelled(&item, true), Vec::new())),
-                        Verdict::B => labelled.push((tokens.labelled(&item, false), Vec::new())),
-                        Verdict::Tie => {}
-                    }
-                }
-                if o.labeler.uses_people() && waiting.len() + proposed.len() < o.queue_limit {
-                    if waiting.contains_key(&item.id) {
-                        continue;
-                    }
-                    let (judge_v, judge_error) = match verdict {
-                        Some(Ok(v)) => (Some(*v), None),
-                        Some(Err(e)) => (None, Some(e.clone())),
-                        None => (None, None),
-                    };
-                    waiting.insert(
-                        item.id.clone(),
-                        Waiting {
-                            tokens: tokens.clone(),
-                            item: item.clone(),
-                        },
-                    );
-                    proposed.push(ProposedPair {
-                        pair: item,
-                        judge: judge_v,
-                        judge_error,
-                    });
-                }
-            }
-            if !proposed.is_empty() {
-                // On disk before anyone sees them, so a crash loses no queued pair.
-                append_proposed(&pairs_file, &proposed)
-                    .map_err(|e| TrainError::Invalid(format!("{}: {e}", pairs_file.display())))?;
-                ctx.send(Event::Pairs {
-                    run: ctx.id.clone(),
-                    step: step + 1,
-                    pairs: proposed,
-                });
-            }
-            labelled_by_judge += labelled.len();
-            ready.extend(to_training_pairs(labelled, &opts, &reference, pad, &plain));
-            ctx.samples(step + 1, records);
-            pending_values.extend(values);
-        }
-        // 3. People's new decisions.
-        if let Some(store) = label_store.as_mut()
-            && !waiting.is_empty()
-        {
-            if let Err(e) = store.refresh() {
-                ctx.log(LogLevel::Warn, format!("reading labels: {e}"));
-            }
-            let per_pair = store.labels_per_pair();
-            let mut labelled = Vec::new();
-            for (seqs, id, decision) in
-                new_decisions(store.entries(), &waiting, &used_decisions, per_pair)
-            {
-                used_decisions.extend(seqs.iter().copied());
-                let Some(w) = waiting.remove(&id) else {
-                    continue;
-                };
-                // The majority of the pair's labels; a tie or a split trains nothing.
-                let a_better = match decision {
-                    Some(Decision::A) => true,
-                    Some(Decision::B) => false,
-                    _ => continue,
-                };
-                let source = seqs.into_iter().map(|s| (s, id.clone())).collect();
-                labelled.push((w.tokens.labelled(&w.item, a_better), source));
-            }
-            labelled_by_people += labelled.len();
-            ready.extend(to_training_pairs(labelled, &opts, &reference, pad, &plain));
-        }
-        if ready.is_empty() {
-            if o.labeler == Labeler::Human {
-                if !said_waiting {
+        // 2. People's new decisions.
+        self.take_decisions(ctx);
+        if self.ready.is_empty() {
+            if self.o.labeler == Labeler::Human {
+                if !self.said_waiting {
                     ctx.log(
                         LogLevel::Info,
                         format!(
                             "waiting for labels: {} pair(s) queued in the Pairs pane",
-                            waiting.len()
+                            self.waiting.len()
                         ),
                     );
-                    said_waiting = true;
+                    self.said_waiting = true;
                 }
                 std::thread::sleep(LABEL_POLL);
             }
-            continue;
+            return Ok(None);
         }
-        said_waiting = false;
-        // 4. One DPO step on the oldest labelled pairs.
-        let take = ready.len().min(bs);
-        let (rows, sources): (Vec<RefPair>, Vec<LabelSource>) = ready.drain(..take).unzip();
-        let refs: Vec<&RefPair> = rows.iter().collect();
-        num_tokens += refs.iter().map(|r| r.pair.num_tokens()).sum::<usize>();
-        let mut stats = DpoStats::default();
-        let (grads, value) = batch_grads(
-            &policy,
-            &refs,
-            &dpo,
-            (pad, &train_device),
-            &mut stats,
-            1.0,
-            cfg.train.recompute(),
+        self.said_waiting = false;
+        // 3. One DPO step on the oldest labelled pairs.
+        self.update(policy, ctx).map(Some)
+    }
+
+    fn evaluate(&mut self, policy: &Policy) -> Result<BTreeMap<String, f64>, TrainError> {
+        self.evaluator.run(
+            policy.model(),
+            &mut self.truth,
+            &policy.tokenizer,
+            &policy.config,
+        )
+    }
+}
+
+impl OnlineDpo<'_> {
+    /// Pairs proposed before a restart and not labelled yet wait again; decisions this run
+    /// trained on before are done, and a pair decided while the run was stopped (or loading)
+    /// waits like an undecided one and is taken at once.
+    fn restore_waiting(
+        &mut self,
+        ctx: &RunContext,
+        tokenizer: &Tokenizer,
+    ) -> Result<(), TrainError> {
+        let Some(store) = &self.label_store else {
+            return Ok(());
+        };
+        let entries = store.entries().to_vec();
+        self.used_decisions = trained_before(&entries, &ctx.id);
+        let done: HashSet<&str> = labels::standing_decisions(&entries)
+            .into_iter()
+            .filter(|d| self.used_decisions.contains(&d.seq))
+            .map(|d| d.pair_id.as_str())
+            .collect();
+        for p in read_proposed(&self.pairs_file).unwrap_or_default() {
+            if done.contains(p.pair.id.as_str()) {
+                continue;
+            }
+            // Proposed before a restart: the sampled tokens are gone, so the texts are
+            // encoded again (without an EOS the policy may not have written).
+            let prompt = if self.o.chat {
+                let text = tokenizer.apply_chat_template(
+                    &[ChatMessage {
+                        role: "user".into(),
+                        content: p.pair.prompt.clone(),
+                    }],
+                    true,
+                )?;
+                tokenizer.encode(&text, false)?
+            } else {
+                tokenizer.encode(&p.pair.prompt, true)?
+            };
+            let tokens = Answers {
+                prompt,
+                a: tokenizer.encode(&p.pair.a, false)?,
+                b: tokenizer.encode(&p.pair.b, false)?,
+            };
+            self.waiting.insert(
+                p.pair.id.clone(),
+                Waiting {
+                    tokens,
+                    item: p.pair,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Generate and label: two answers per prompt, the judge's verdicts (both orders), the
+    /// pairs people will label queued in `pairs.jsonl` and sent to the workbench, and the
+    /// round's samples and metrics.
+    fn propose_round(
+        &mut self,
+        policy: &mut Policy,
+        ctx: &mut RunContext,
+    ) -> Result<(), TrainError> {
+        let o = &self.o;
+        let step = policy.step;
+        self.round_no += 1;
+        let idx = policy.sampler.next_batch(o.prompts_per_step);
+        let prompts = Rc::clone(&self.prompts);
+        let batch: Vec<&PromptItem> = idx.iter().map(|&i| &prompts[i]).collect();
+        let params = SamplingParams {
+            max_new_tokens: o.max_new_tokens,
+            temperature: o.temperature,
+            top_k: o.top_k,
+            top_p: o.top_p,
+            stop_strings: o.stop.clone(),
+            seed: self
+                .cfg
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(self.round_no),
+        };
+        let r = rollout(
+            &policy.for_generation(),
+            &batch,
+            2,
+            &params,
+            &policy.tokenizer,
+            &policy.config,
         )?;
-        if !value.is_finite() {
-            return Err(TrainError::NonFinite {
+        let mut values = rollout_stats(
+            &policy.model().valid(),
+            &self.reference,
+            &batch,
+            &r.tokens,
+            &r.prompt_index,
+            self.pad,
+            o.temperature,
+            &self.plain,
+        )
+        .values;
+        let eos = r.finish.iter().filter(|f| **f == FinishReason::Eos).count();
+        values.insert(
+            "val/contain_eos_token".into(),
+            eos as f64 / r.finish.len().max(1) as f64,
+        );
+        let mut records = rollout::sample_records(
+            step + 1,
+            &batch,
+            &r,
+            &Rewards {
+                total: Vec::new(),
+                per_source: BTreeMap::new(),
+            },
+            None,
+            usize::MAX,
+        );
+        if !self.truth.is_empty() {
+            let rewards = compute_rewards(&mut self.truth, &batch, &r)?;
+            for (name, v) in &rewards.per_source {
+                values.insert(format!("rewards/{name}/mean"), rollout::mean(v));
+                for (rec, x) in records.iter_mut().zip(v) {
+                    rec.rewards.insert(name.clone(), *x as f64);
+                }
+            }
+            values.insert("objective/scores".into(), rollout::mean(&rewards.total));
+        }
+        // Two answers per prompt, in order: rows 2i and 2i+1.
+        let mut candidates: Vec<(usize, String, String, Answers)> = Vec::new();
+        for (k, item) in batch.iter().enumerate() {
+            let (a, b) = (&r.texts[2 * k], &r.texts[2 * k + 1]);
+            if a != b && !a.trim().is_empty() && !b.trim().is_empty() {
+                let tokens = Answers {
+                    prompt: item.ids.clone(),
+                    a: r.tokens[2 * k].clone(),
+                    b: r.tokens[2 * k + 1].clone(),
+                };
+                candidates.push((k, a.clone(), b.clone(), tokens));
+            }
+        }
+        values.insert(
+            "labels/identical_frac".into(),
+            1.0 - candidates.len() as f64 / batch.len().max(1) as f64,
+        );
+        let verdicts = self.judge_candidates(ctx, &batch, &candidates);
+        let mut labelled = Vec::new();
+        let mut proposed = Vec::new();
+        for ((pi, a, b, tokens), verdict) in candidates.iter().zip(&verdicts) {
+            let item = PairItem::new(
+                ctx.id.clone(),
+                batch[*pi].text.clone(),
+                a.clone(),
+                b.clone(),
+                format!("{}@{}#a", ctx.id, step + 1),
+                format!("{}@{}#b", ctx.id, step + 1),
+            );
+            if let Some(Ok(v)) = verdict
+                && self.o.labeler.uses_judge()
+            {
+                match v.verdict {
+                    Verdict::A => labelled.push((tokens.labelled(&item, true), Vec::new())),
+                    Verdict::B => labelled.push((tokens.labelled(&item, false), Vec::new())),
+                    Verdict::Tie => {}
+                }
+            }
+            if self.o.labeler.uses_people()
+                && self.waiting.len() + proposed.len() < self.o.queue_limit
+            {
+                if self.waiting.contains_key(&item.id) {
+                    continue;
+                }
+                let (judge_v, judge_error) = match verdict {
+                    Some(Ok(v)) => (Some(*v), None),
+                    Some(Err(e)) => (None, Some(e.clone())),
+                    None => (None, None),
+                };
+                self.waiting.insert(
+                    item.id.clone(),
+                    Waiting {
+                        tokens: tokens.clone(),
+                        item: item.clone(),
+                    },
+                );
+                proposed.push(ProposedPair {
+                    pair: item,
+                    judge: judge_v,
+                    judge_error,
+                });
+            }
+        }
+        if !proposed.is_empty() {
+            // On disk before anyone sees them, so a crash loses no queued pair.
+            append_proposed(&self.pairs_file, &proposed)
+                .map_err(|e| TrainError::Invalid(format!("{}: {e}", self.pairs_file.display())))?;
+            ctx.send(Event::Pairs {
+                run: ctx.id.clone(),
                 step: step + 1,
-                value,
+                pairs: proposed,
             });
         }
-        let lr = cfg.optim.lr_at(step, total);
-        let (next, grad_norm) = optim.step(lr, policy, grads);
-        policy = next;
-        step += 1;
+        self.labelled_by_judge += labelled.len();
+        self.ready.extend(to_training_pairs(
+            labelled,
+            &self.opts,
+            &self.reference,
+            self.pad,
+            &self.plain,
+        ));
+        ctx.samples(step + 1, records);
+        self.pending_values.extend(values);
+        Ok(())
+    }
+
+    /// The judge's verdict on each candidate pair (both orders); a failure is a warning and
+    /// an unlabelled pair. `None` everywhere without a judge.
+    #[allow(clippy::type_complexity)]
+    fn judge_candidates(
+        &mut self,
+        ctx: &RunContext,
+        batch: &[&PromptItem],
+        candidates: &[(usize, String, String, Answers)],
+    ) -> Vec<Option<Result<judge::Judgement, String>>> {
+        let mut verdicts = vec![None; candidates.len()];
+        let Some(j) = self.judge.as_mut() else {
+            return verdicts;
+        };
+        let triples: Vec<(&str, &str, &str)> = candidates
+            .iter()
+            .map(|(pi, a, b, _)| (batch[*pi].text.as_str(), a.as_str(), b.as_str()))
+            .collect();
+        let results = judge::judge_pairs(j.as_mut(), &self.principle, &triples);
+        let mut failures = Vec::new();
+        for (slot, res) in verdicts.iter_mut().zip(results) {
+            *slot = Some(match res {
+                Ok(v) => {
+                    self.judge_stats.add(&v);
+                    Ok(v)
+                }
+                Err(e) => {
+                    self.judge_stats.failed += 1;
+                    failures.push(e.to_string());
+                    Err(e.to_string())
+                }
+            });
+        }
+        if let Some(first) = failures.first() {
+            ctx.log(
+                LogLevel::Warn,
+                format!(
+                    "judge failed on {} of {} pairs (left unlabeled): {first}",
+                    failures.len(),
+                    candidates.len()
+                ),
+            );
+        }
+        verdicts
+    }
+
+    /// People's new decisions on waiting pairs (each pair's majority once it has all its
+    /// labels), made ready to train on.
+    fn take_decisions(&mut self, ctx: &RunContext) {
+        let Some(store) = self.label_store.as_mut() else {
+            return;
+        };
+        if self.waiting.is_empty() {
+            return;
+        }
+        if let Err(e) = store.refresh() {
+            ctx.log(LogLevel::Warn, format!("reading labels: {e}"));
+        }
+        let per_pair = store.labels_per_pair();
+        let mut labelled = Vec::new();
+        for (seqs, id, decision) in new_decisions(
+            store.entries(),
+            &self.waiting,
+            &self.used_decisions,
+            per_pair,
+        ) {
+            self.used_decisions.extend(seqs.iter().copied());
+            let Some(w) = self.waiting.remove(&id) else {
+                continue;
+            };
+            // The majority of the pair's labels; a tie or a split trains nothing.
+            let a_better = match decision {
+                Some(Decision::A) => true,
+                Some(Decision::B) => false,
+                _ => continue,
+            };
+            let source = seqs.into_iter().map(|s| (s, id.clone())).collect();
+            labelled.push((w.tokens.labelled(&w.item, a_better), source));
+        }
+        self.labelled_by_people += labelled.len();
+        self.ready.extend(to_training_pairs(
+            labelled,
+            &self.opts,
+            &self.reference,
+            self.pad,
+            &self.plain,
+        ));
+    }
+
+    /// Update: one DPO step on the oldest labelled pairs; people's decisions it used are
+    /// noted in the label store.
+    fn update(&mut self, policy: &mut Policy, ctx: &RunContext) -> Result<StepReport, TrainError> {
+        let take = self
+            .ready
+            .len()
+            .min(self.cfg.train.per_device_train_batch_size);
+        let (rows, sources): (Vec<RefPair>, Vec<LabelSource>) = self.ready.drain(..take).unzip();
+        let refs: Vec<&RefPair> = rows.iter().collect();
+        policy.num_tokens += refs.iter().map(|r| r.pair.num_tokens()).sum::<usize>();
+        let mut stats = DpoStats::default();
+        let (grads, value) = batch_grads(
+            policy.model(),
+            &refs,
+            &self.dpo,
+            (self.pad, &self.train_device),
+            &mut stats,
+            1.0,
+            self.cfg.train.recompute(),
+        )?;
+        policy.check_finite(ctx, value)?;
+        let lr = policy.learning_rate(self.cfg);
+        let grad_norm = policy.apply(lr, grads);
         // The label log says which run trained on each person's decision, and at which step.
         let trained: Vec<(u64, String)> = sources.into_iter().flatten().collect();
-        if let Some(store) = label_store.as_mut()
+        if let Some(store) = self.label_store.as_mut()
             && !trained.is_empty()
             && let Err(e) = store
-                .note_trained(&ctx.id, step, &trained)
+                .note_trained(&ctx.id, policy.step + 1, &trained)
                 .and_then(|()| store.export().map(|_| ()))
         {
             ctx.log(LogLevel::Warn, format!("noting trained labels: {e}"));
         }
-
         let mut values = stats.metrics("", false);
-        values.extend(std::mem::take(&mut pending_values));
-        values.insert("beta".into(), o.beta);
-        values.insert("num_tokens".into(), num_tokens as f64);
+        values.extend(std::mem::take(&mut self.pending_values));
+        values.insert("beta".into(), self.o.beta);
         values.insert("learning_rate".into(), lr);
         values.insert("grad_norm".into(), grad_norm as f64);
         values.insert("labels/batch".into(), take as f64);
-        values.insert("labels/judge".into(), labelled_by_judge as f64);
-        values.insert("labels/human".into(), labelled_by_people as f64);
-        values.insert("labels/pending".into(), waiting.len() as f64);
-        values.insert("labels/ready".into(), ready.len() as f64);
-        if judge.is_some() {
-            if let Some(c) = judge_stats.consistency() {
+        values.insert("labels/judge".into(), self.labelled_by_judge as f64);
+        values.insert("labels/human".into(), self.labelled_by_people as f64);
+        values.insert("labels/pending".into(), self.waiting.len() as f64);
+        values.insert("labels/ready".into(), self.ready.len() as f64);
+        if self.judge.is_some() {
+            if let Some(c) = self.judge_stats.consistency() {
                 values.insert("judge/consistency".into(), c);
             }
-            if let Some(f) = judge_stats.first_position_rate() {
+            if let Some(f) = self.judge_stats.first_position_rate() {
                 values.insert("judge/first_position_rate".into(), f);
             }
-            values.insert("judge/failures".into(), judge_stats.failed as f64);
+            values.insert("judge/failures".into(), self.judge_stats.failed as f64);
         }
-        values.insert("step_time".into(), started.elapsed().as_secs_f64());
-        if train_cfg.eval_steps > 0
-            && step % train_cfg.eval_steps == 0
-            && !eval.is_empty()
-            && !truth.is_empty()
-        {
-            values.extend(evaluate(
-                &model::lora::for_generation(&policy),
-                &eval,
-                &mut truth,
-                &greedy_params,
-                &tokenizer,
-                &model_cfg,
-                cfg.train.num_eval_generations,
-            )?);
-        }
-        ctx.metrics(step, values);
-        saver.after_step(
-            &policy,
-            ctx,
-            step,
-            train_cfg,
-            (&sampler, &optim, num_tokens),
-        )?;
+        Ok(StepReport {
+            values,
+            samples: Vec::new(),
+        })
     }
-    saver.save(&policy, ctx, step, true, (&sampler, &optim, num_tokens))?;
-    Ok(RunStatus::Finished)
 }
 
 #[cfg(test)]

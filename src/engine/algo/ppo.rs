@@ -20,6 +20,7 @@
 
 pub use crate::engine::config::methods::{AdaptiveKlSection, PpoSection};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -30,18 +31,20 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::grpo::{self, PromptItem, Rollout};
 use super::losses::{self, AdaptiveKl, FixedKl, KlController};
+use super::onpolicy::{self, LoadedPolicy, OnPolicy, Policy, StepReport};
+use super::rollout::{
+    self, Evaluator, PromptItem, Rewards, Rollout, compute_rewards, load_prompts,
+};
 use super::sequences::{SeqBatch, score};
 use super::state::{self, TrainerState};
 use super::{TrainError, TrainOutcome, masked_mean, scalar};
 use crate::engine::config::RunConfig;
-use crate::engine::data::EpochSampler;
-use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
-use crate::engine::model::tokenizer::Tokenizer;
+use crate::engine::events::LogLevel;
 use crate::engine::model::{self, CausalLm, Heads, ModelConfig, hf, host_f32};
 use crate::engine::optim::Optimizer;
-use crate::engine::run::{Control, RunContext};
+use crate::engine::reward::RewardSource;
+use crate::engine::run::RunContext;
 use crate::engine::sample::{FinishReason, SamplingParams};
 
 /// Samples shown per step in the Samples pane.
@@ -288,34 +291,82 @@ struct TrainStats {
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
     let p = cfg.ppo.clone().unwrap_or_default();
     p.validate()?;
-    let train_cfg = &cfg.train;
-    let micro = train_cfg.per_device_train_batch_size;
-    let accumulation = train_cfg.gradient_accumulation_steps;
-    let mini = micro * accumulation;
-    let rollout_size = mini * p.num_mini_batches;
-
     let plain = device.clone().without_autodiff();
     let train_device = cfg.train.train_device(device, false);
-    let loaded = super::load_trained_model(cfg, &train_device, Heads::Lm, ctx)?;
-    let tokenizer = loaded.tokenizer.clone().ok_or_else(|| {
-        TrainError::Invalid(format!(
-            "{}: PPO needs a tokenizer",
-            cfg.model.path.display()
-        ))
-    })?;
-    let model_cfg = loaded.config.clone();
+    let loaded = LoadedPolicy::load(cfg, &train_device, ctx, "PPO")?;
+    let value_model = load_value_model(&p, cfg, &loaded, &train_device)?;
+    let (train, evaluator) = prompts(cfg, &p, &loaded)?;
+    let (sources, rm_slot) = super::rlhf::build_sources(&cfg.rewards, &plain, cfg.frozen_dtype())?;
+    if sources.is_empty() {
+        return Err(TrainError::Invalid(
+            "PPO needs at least one [[rewards]] source".into(),
+        ));
+    }
+    let refresher = refresher(cfg, ctx, rm_slot)?;
+    // With LoRA: the base without its adapters, sharing the frozen weights. A resumed run
+    // keeps the original model as its reference.
+    let reference = model::precision::store_frozen(
+        model::lora::without_adapters(loaded.model.valid()),
+        cfg.frozen_dtype(),
+    );
+    let pad = loaded.pad_id();
+    let mut policy = loaded.start(cfg, &train_device, ctx, train.len())?;
+    let micro = cfg.train.per_device_train_batch_size;
+    let mini = micro * cfg.train.gradient_accumulation_steps;
+    let mut method = Ppo {
+        cfg,
+        train: std::rc::Rc::new(train),
+        config: policy.config.clone(),
+        evaluator,
+        sources,
+        refresher,
+        reference,
+        value_model: Some(value_model),
+        value_optim: Optimizer::new(cfg.optim.clone()),
+        kl_ctl: p.kl_controller()?,
+        rollout_size: mini * p.num_mini_batches,
+        micro,
+        mini,
+        train_device,
+        plain,
+        pad,
+        p,
+    };
+    if let Some(ck) = policy.resumed_from.clone() {
+        method.resume(&ck)?;
+    }
+    onpolicy::drive(cfg, ctx, &mut policy, &mut method)
+}
+
+/// The value model (`[ppo] value_model`, else the policy's weights with a fresh scalar head),
+/// which must read the policy's tokens.
+fn load_value_model(
+    p: &PpoSection,
+    cfg: &RunConfig,
+    policy: &LoadedPolicy,
+    device: &Device,
+) -> Result<CausalLm, TrainError> {
     let value_path = p.value_model.clone().unwrap_or(cfg.model.path.clone());
-    let value_loaded = model::load(&value_path, &train_device, Heads::Score)?;
-    if value_loaded.config.vocab_size != model_cfg.vocab_size {
+    let value_loaded = model::load(&value_path, device, Heads::Score)?;
+    if value_loaded.config.vocab_size != policy.config.vocab_size {
         return Err(TrainError::Invalid(format!(
             "[ppo] value_model {}: vocabulary of {} tokens, but the policy has {}; the value \
              model reads the policy's tokens, so it must share its tokenizer",
             value_path.display(),
             value_loaded.config.vocab_size,
-            model_cfg.vocab_size
+            policy.config.vocab_size
         )));
     }
-    let train = grpo::load_prompts(&cfg.data.train, &tokenizer, p.chat, "")?;
+    Ok(value_loaded.model)
+}
+
+/// The training prompts (each with at least one token) and the held-out evaluation.
+fn prompts(
+    cfg: &RunConfig,
+    p: &PpoSection,
+    policy: &LoadedPolicy,
+) -> Result<(Vec<PromptItem>, Evaluator), TrainError> {
+    let train = load_prompts(&cfg.data.train, &policy.tokenizer, p.chat, "")?;
     if let Some(i) = train.iter().position(|x| x.ids.is_empty()) {
         return Err(TrainError::Invalid(format!(
             "{}: prompt {} is empty after tokenisation; PPO needs at least one prompt token",
@@ -324,21 +375,38 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         )));
     }
     let mut eval = match &cfg.data.eval {
-        Some(path) => grpo::load_prompts(path, &tokenizer, p.chat, "")?,
+        Some(path) => load_prompts(path, &policy.tokenizer, p.chat, "")?,
         None => Vec::new(),
     };
     if p.eval_max_items > 0 {
         eval.truncate(p.eval_max_items);
     }
-    let (mut sources, rm_slot) =
-        super::rlhf::build_sources(&cfg.rewards, &plain, cfg.frozen_dtype())?;
-    if sources.is_empty() {
-        return Err(TrainError::Invalid(
-            "PPO needs at least one [[rewards]] source".into(),
-        ));
+    let evaluator = Evaluator {
+        prompts: eval,
+        params: sampling(p, cfg.seed),
+        generations: cfg.train.num_eval_generations,
+    };
+    Ok((train, evaluator))
+}
+
+fn sampling(p: &PpoSection, seed: u64) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: p.response_length,
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        stop_strings: p.stop.clone(),
+        seed,
     }
-    // RLHF from live labels: the reward model is retrained as people label pairs.
-    let mut refresher = match (&cfg.rlhf, rm_slot) {
+}
+
+/// RLHF from live labels (`[rlhf]`): the reward model is retrained as people label pairs.
+fn refresher(
+    cfg: &RunConfig,
+    ctx: &RunContext,
+    rm_slot: Option<super::rlhf::RewardModelSlot>,
+) -> Result<Option<super::rlhf::Refresher>, TrainError> {
+    let refresher = match (&cfg.rlhf, rm_slot) {
         (Some(r), Some((base, slot))) => Some(super::rlhf::Refresher::new(
             r.clone(),
             &ctx.dir.path,
@@ -365,78 +433,43 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
             ),
         );
     }
+    Ok(refresher)
+}
 
-    // With LoRA: the base without its adapters, sharing the frozen weights.
-    let reference = model::precision::store_frozen(
-        model::lora::without_adapters(loaded.model.valid()),
-        cfg.frozen_dtype(),
-    );
-    let mut policy = loaded.model;
-    let mut value_model = value_loaded.model;
-    let mut optim = Optimizer::new(cfg.optim.clone());
-    let mut value_optim = Optimizer::new(cfg.optim.clone());
-    let value_lr_scale = p
-        .value_learning_rate
-        .map_or(1.0, |lr| lr / cfg.optim.learning_rate);
-    let mut kl_ctl = p.kl_controller()?;
-    let mut sampler = EpochSampler::new(train.len(), cfg.seed);
-    let mut step = 0;
-    let mut num_tokens = 0usize;
-    // Resuming: policy, value model, both optimizers, data position and KL coefficient
-    // continue from the checkpoint; the reference stays the original model.
-    let resume = match ctx.resume_from.clone() {
-        Some(ck) => {
-            let state = TrainerState::load(&ck)?;
-            let extra: ResumeExtra = serde_json::from_value(state.extra.clone())
-                .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.display())))?;
-            let weights = model::load(&ck, &train_device, Heads::Lm)?.model;
-            (policy, optim, sampler) = state.restore(&ck, weights, optim, train.len(), cfg.seed)?;
-            let value_weights = model::load(&ck.join(VALUE_DIR), &train_device, Heads::Score)?;
-            value_model = state::assign_param_ids(value_weights.model, &extra.value_param_ids)?;
-            value_optim = value_optim
-                .load(&ck.join(VALUE_OPTIMIZER_FILE))
-                .map_err(TrainError::Invalid)?;
-            kl_ctl = extra.kl_controller;
-            step = state.step;
-            num_tokens = state.num_tokens;
-            ctx.resume_at(step, state.wall_time);
-            ctx.log(
-                LogLevel::Info,
-                format!("resumed from {} at step {step}", ck.display()),
-            );
-            true
-        }
-        None => false,
-    };
-    let pad = tokenizer
-        .pad_id()
-        .or_else(|| tokenizer.eos_ids().first().copied())
-        .unwrap_or(0);
-    let params = SamplingParams {
-        max_new_tokens: p.response_length,
-        temperature: p.temperature,
-        top_k: p.top_k,
-        top_p: p.top_p,
-        stop_strings: p.stop.clone(),
-        seed: cfg.seed,
-    };
-    let total_steps = train_cfg.max_steps;
+/// PPO as a configuration of the on-policy loop: one completion per prompt, a value model,
+/// the KL to the reference in the per-token reward, GAE, and clipped policy and value losses
+/// over shuffled mini-batches.
+struct Ppo<'a> {
+    cfg: &'a RunConfig,
+    p: PpoSection,
+    train: std::rc::Rc<Vec<PromptItem>>,
+    /// The policy's architecture, which the value model shares.
+    config: ModelConfig,
+    evaluator: Evaluator,
+    sources: Vec<(Box<dyn RewardSource>, f32)>,
+    refresher: Option<super::rlhf::Refresher>,
+    reference: CausalLm,
+    /// Empty only while its optimizer holds it.
+    value_model: Option<CausalLm>,
+    value_optim: Optimizer,
+    kl_ctl: KlController,
+    rollout_size: usize,
+    micro: usize,
+    mini: usize,
+    train_device: Device,
+    plain: Device,
+    pad: u32,
+}
 
-    ctx.send(Event::Started {
-        run: ctx.id.clone(),
-        method: cfg.method.name().into(),
-        run_dir: ctx.dir.path.clone(),
-        total_steps,
-        model: Some(crate::engine::model::lora::summary(&policy)),
-    });
-    ctx.status(RunStatus::Running);
-    ctx.log(
-        LogLevel::Info,
+impl OnPolicy for Ppo<'_> {
+    fn describe(&self) -> String {
+        let p = &self.p;
         format!(
-            "PPO: {} prompts ({} held out), {rollout_size} completions per step in \
-             {} mini-batches x {} epochs; value model from {}; KL coef {} ({})",
-            train.len(),
-            eval.len(),
+            "PPO: {} prompts ({} held out), {} completions per step in {} mini-batches x {} \
+             epochs; value model from {}; KL coef {} ({})",
+            self.train.len(),
+            self.evaluator.prompts.len(),
+            self.rollout_size,
             p.num_mini_batches,
             p.num_ppo_epochs,
             match &p.value_model {
@@ -448,194 +481,273 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 Some(a) => format!("adaptive, target {} horizon {}", a.target, a.horizon),
                 None => "fixed".into(),
             }
-        ),
-    );
-    if !eval.is_empty() && !resume && cfg.train.eval_before_train {
-        let metrics = grpo::evaluate(
-            &model::lora::for_generation(&policy),
-            &eval,
-            &mut sources,
-            &params,
-            &tokenizer,
-            &model_cfg,
-            cfg.train.num_eval_generations,
-        )?;
-        ctx.metrics(0, metrics);
+        )
     }
 
-    let saver = Saver {
-        config: &model_cfg,
-        tokenizer: &tokenizer,
-        generation_config: &loaded.generation_config,
-    };
-    while step < total_steps {
-        match ctx.poll() {
-            Control::Stop => {
-                let progress = Progress {
-                    sampler: &sampler,
-                    optim: &optim,
-                    value_optim: &value_optim,
-                    num_tokens,
-                    kl: &kl_ctl,
-                };
-                saver.save(&policy, &value_model, ctx, step, true, progress)?;
-                return Ok(RunStatus::Stopped);
-            }
-            Control::Save => {
-                let progress = Progress {
-                    sampler: &sampler,
-                    optim: &optim,
-                    value_optim: &value_optim,
-                    num_tokens,
-                    kl: &kl_ctl,
-                };
-                saver.save(&policy, &value_model, ctx, step, false, progress)?;
-                // Asked while paused: the run waits again before its next step.
-                continue;
-            }
-            Control::Continue => {}
-        }
-        let started = Instant::now();
-        let idx = sampler.next_batch(rollout_size);
+    fn step(
+        &mut self,
+        policy: &mut Policy,
+        ctx: &mut RunContext,
+    ) -> Result<Option<StepReport>, TrainError> {
+        // Generate: one completion per prompt.
+        let idx = policy.sampler.next_batch(self.rollout_size);
+        // Shared, so the prompts stay borrowed while the method's other parts change.
+        let train = std::rc::Rc::clone(&self.train);
         let prompts: Vec<&PromptItem> = idx.iter().map(|&i| &train[i]).collect();
         let step_params = SamplingParams {
-            seed: cfg.seed.wrapping_add(step as u64 * 7919),
-            ..params.clone()
+            seed: self.cfg.seed.wrapping_add(policy.step as u64 * 7919),
+            ..sampling(&self.p, self.cfg.seed)
         };
         let gen_started = Instant::now();
-        let policy_now = policy.valid();
-        let ro = grpo::rollout(
-            &model::lora::for_generation(&policy),
+        let ro = rollout::rollout(
+            &policy.for_generation(),
             &prompts,
             1,
             &step_params,
-            &tokenizer,
-            &model_cfg,
+            &policy.tokenizer,
+            &policy.config,
         )?;
         let gen_time = gen_started.elapsed().as_secs_f64();
-        let mut refresh_metrics = None;
-        if let Some(r) = refresher.as_mut() {
-            match r.maybe_refresh(&plain) {
-                Ok(Some(m)) => {
-                    ctx.log(
-                        LogLevel::Info,
-                        format!(
-                            "reward model v{} trained on {} labels; scoring with it from step {}",
-                            r.version,
-                            m.get("reward_model/labels").copied().unwrap_or(0.0),
-                            step + 1
-                        ),
-                    );
-                    refresh_metrics = Some(m);
-                }
-                Ok(None) => {}
-                // A bad label file must not end a long PPO run: keep the current version.
-                Err(e) => ctx.log(LogLevel::Warn, format!("reward model refresh failed: {e}")),
-            }
-        }
-        let rewards = grpo::compute_rewards(&mut sources, &prompts, &ro)?;
-        let scores = penalised_scores(&rewards.total, &ro, p.missing_eos_penalty);
-
+        // Score: the reward model is refreshed first when new labels came in.
+        let refresh_metrics = self.refresh_reward_model(ctx, policy.step);
+        let rewards = compute_rewards(&mut self.sources, &prompts, &ro)?;
+        let scores = penalised_scores(&rewards.total, &ro, self.p.missing_eos_penalty);
         let (prompt_rows, completion_rows) = ro.rows(&prompts);
-        num_tokens += prompt_rows.iter().map(|r| r.len()).sum::<usize>()
+        policy.num_tokens += prompt_rows.iter().map(|r| r.len()).sum::<usize>()
             + completion_rows.iter().map(|r| r.len()).sum::<usize>();
-        let beta = kl_ctl.value();
+        // Advantages: KL-penalised per-token rewards, values, GAE.
+        let beta = self.kl_ctl.value();
         let (exp, stats) = experience(
-            &policy_now,
-            &reference,
-            &value_model.valid(),
+            &policy.model().valid(),
+            &self.reference,
+            &self.value_model().valid(),
             &prompt_rows,
             &completion_rows,
             &scores,
-            &p,
+            &self.p,
             beta,
-            pad,
-            &plain,
+            self.pad,
+            &self.plain,
         )?;
-        drop(policy_now);
+        // Update: policy and value model over shuffled mini-batches.
+        let lr = policy.learning_rate(self.cfg);
+        let ts = self.update(policy, ctx, &prompt_rows, &completion_rows, &exp, lr)?;
+        self.kl_ctl.update(stats.kl, self.rollout_size);
 
-        let lr = cfg.optim.lr_at(step, total_steps);
+        let mut values = self.metrics(&stats, &ts, beta, &ro, &rewards);
+        values.insert("learning_rate".into(), lr);
+        values.insert(
+            "episode".into(),
+            ((policy.step + 1) * self.rollout_size) as f64,
+        );
+        values.insert("timing/generation".into(), gen_time);
+        if let Some(r) = &self.refresher {
+            values.insert("reward_model/version".into(), r.version as f64);
+        }
+        values.extend(refresh_metrics);
+        let samples = rollout::sample_records(
+            policy.step + 1,
+            &prompts,
+            &ro,
+            &rewards,
+            None,
+            SAMPLES_PER_STEP,
+        );
+        Ok(Some(StepReport { values, samples }))
+    }
+
+    fn evaluate(&mut self, policy: &Policy) -> Result<BTreeMap<String, f64>, TrainError> {
+        self.evaluator.run(
+            policy.model(),
+            &mut self.sources,
+            &policy.tokenizer,
+            &policy.config,
+        )
+    }
+
+    /// The value model in `value/`, its optimizer, and the KL controller and value parameter
+    /// ids in the trainer state.
+    fn save_extra(&self, dir: &Path) -> Result<serde_json::Value, TrainError> {
+        let value_model = self.value_model();
+        hf::save_dir(&dir.join(VALUE_DIR), &self.config, value_model, None, None)?;
+        self.value_optim
+            .save(&dir.join(VALUE_OPTIMIZER_FILE))
+            .map_err(TrainError::Invalid)?;
+        let extra = ResumeExtra {
+            kl_controller: self.kl_ctl,
+            value_param_ids: state::param_ids(value_model),
+        };
+        serde_json::to_value(extra)
+            .map_err(|e| TrainError::Invalid(format!("serialising PPO state: {e}")))
+    }
+}
+
+impl Ppo<'_> {
+    fn value_model(&self) -> &CausalLm {
+        self.value_model
+            .as_ref()
+            .expect("the value model is back after every optimizer step")
+    }
+
+    /// The value model, its optimizer and the KL coefficient where checkpoint `ck` left them.
+    fn resume(&mut self, ck: &Path) -> Result<(), TrainError> {
+        let state = TrainerState::load(ck)?;
+        let extra: ResumeExtra = serde_json::from_value(state.extra.clone())
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", ck.display())))?;
+        let weights = model::load(&ck.join(VALUE_DIR), &self.train_device, Heads::Score)?;
+        self.value_model = Some(state::assign_param_ids(
+            weights.model,
+            &extra.value_param_ids,
+        )?);
+        self.value_optim = Optimizer::new(self.cfg.optim.clone())
+            .load(&ck.join(VALUE_OPTIMIZER_FILE))
+            .map_err(TrainError::Invalid)?;
+        self.kl_ctl = extra.kl_controller;
+        Ok(())
+    }
+
+    /// Retrains the reward model when enough new labels came in (`[rlhf]`); its metrics.
+    fn refresh_reward_model(&mut self, ctx: &RunContext, step: usize) -> BTreeMap<String, f64> {
+        let Some(r) = self.refresher.as_mut() else {
+            return BTreeMap::new();
+        };
+        match r.maybe_refresh(&self.plain) {
+            Ok(Some(m)) => {
+                ctx.log(
+                    LogLevel::Info,
+                    format!(
+                        "reward model v{} trained on {} labels; scoring with it from step {}",
+                        r.version,
+                        m.get("reward_model/labels").copied().unwrap_or(0.0),
+                        step + 1
+                    ),
+                );
+                m
+            }
+            Ok(None) => BTreeMap::new(),
+            // A bad label file must not end a long PPO run: keep the current version.
+            Err(e) => {
+                ctx.log(LogLevel::Warn, format!("reward model refresh failed: {e}"));
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// `num_ppo_epochs` passes over shuffled mini-batches; each mini-batch is one optimizer
+    /// step of the policy and one of the value model, accumulated over micro-batches.
+    fn update(
+        &mut self,
+        policy: &mut Policy,
+        ctx: &RunContext,
+        prompt_rows: &[&[u32]],
+        completion_rows: &[&[u32]],
+        exp: &Experience,
+        lr: f64,
+    ) -> Result<TrainStats, TrainError> {
+        let p = &self.p;
+        let accumulation = self.cfg.train.gradient_accumulation_steps;
+        let value_lr_scale = p
+            .value_learning_rate
+            .map_or(1.0, |v| v / self.cfg.optim.learning_rate);
         let mut ts = TrainStats::default();
-        let mut rng = StdRng::seed_from_u64(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
+        let seed = self.cfg.seed ^ (policy.step as u64).wrapping_mul(0x9E37_79B9);
+        let mut rng = StdRng::seed_from_u64(seed);
         for _ in 0..p.num_ppo_epochs {
             let mut order: Vec<usize> = (0..prompt_rows.len()).collect();
             order.shuffle(&mut rng);
-            for mini_rows in order.chunks(mini) {
+            for mini_rows in order.chunks(self.mini) {
                 let mut policy_acc = GradientsAccumulator::<CausalLm>::new();
                 let mut value_acc = GradientsAccumulator::<CausalLm>::new();
-                for rows in mini_rows.chunks(micro) {
+                for rows in mini_rows.chunks(self.micro) {
                     let ps: Vec<&[u32]> = rows.iter().map(|&i| prompt_rows[i]).collect();
                     let cs: Vec<&[u32]> = rows.iter().map(|&i| completion_rows[i]).collect();
-                    let spans = spans_of(&ps, &cs);
-                    let batch = SeqBatch::new(&ps, &cs, pad, &train_device);
-                    let width = batch.ids.dims()[1] - 1;
-                    let pick = |v: &[Vec<f32>]| {
-                        let r: Vec<&[f32]> = rows.iter().map(|&i| v[i].as_slice()).collect();
-                        place_spans(&r, &spans, width, &train_device)
-                    };
-                    let mask = batch.completion_mask.clone();
-
-                    let scored =
-                        super::sequences::score_with_entropy(&policy, &batch, p.temperature);
-                    ts.entropy.push(scalar(masked_mean(
-                        scored.entropy.clone().expect("asked for the entropy"),
-                        mask.clone(),
-                    )));
-                    let pg = losses::ppo_policy_loss(
-                        scored.logprobs,
-                        pick(&exp.old_logprobs),
-                        pick(&exp.advantages),
-                        mask.clone(),
-                        p.cliprange,
-                    );
-                    let values = value_scores(&value_model, &batch)?;
-                    let (vf_loss, vf_clipfrac) = losses::ppo_value_loss(
-                        values,
-                        pick(&exp.old_values),
-                        pick(&exp.returns),
-                        mask,
-                        p.cliprange_value,
-                    );
-                    let loss = pg.loss.clone() + vf_loss.clone() * p.vf_coef;
-                    let loss_value = scalar(loss.clone());
-                    if !loss_value.is_finite() {
-                        ctx.send(Event::Failed {
-                            run: ctx.id.clone(),
-                            step: Some(step + 1),
-                            error: format!("loss is {loss_value} at step {}", step + 1),
-                        });
-                        return Err(TrainError::NonFinite {
-                            step: step + 1,
-                            value: loss_value,
-                        });
-                    }
-                    ts.pg_loss.push(scalar(pg.loss.clone()));
-                    ts.vf_loss.push(scalar(vf_loss));
-                    ts.vf_clipfrac.push(vf_clipfrac);
-                    ts.approxkl.push(pg.approx_kl);
-                    ts.pg_clipfrac.push(pg.clipfrac);
-                    ts.ratio.push(pg.ratio_mean);
+                    let loss = self.micro_loss(policy, &ps, &cs, rows, exp, &mut ts)?;
+                    policy.check_finite(ctx, scalar(loss.clone()))?;
                     // Policy and value graphs are disjoint: one backward serves both.
                     let mut grads = super::layerwise::scaled(loss / accumulation as f32).backward();
-                    policy_acc
-                        .accumulate(&policy, GradientsParams::from_module(&mut grads, &policy));
+                    policy_acc.accumulate(
+                        policy.model(),
+                        GradientsParams::from_module(&mut grads, policy.model()),
+                    );
                     value_acc.accumulate(
-                        &value_model,
-                        GradientsParams::from_module(&mut grads, &value_model),
+                        self.value_model(),
+                        GradientsParams::from_module(&mut grads, self.value_model()),
                     );
                 }
-                let (next, norm) = optim.step(lr, policy, policy_acc.grads());
-                policy = next;
-                ts.grad_norm.push(norm as f64);
+                ts.grad_norm
+                    .push(policy.apply(lr, policy_acc.grads()) as f64);
+                let value_model = self
+                    .value_model
+                    .take()
+                    .expect("the value model is back after every optimizer step");
                 let (next, norm) =
-                    value_optim.step(lr * value_lr_scale, value_model, value_acc.grads());
-                value_model = next;
+                    self.value_optim
+                        .step(lr * value_lr_scale, value_model, value_acc.grads());
+                self.value_model = Some(next);
                 ts.value_grad_norm.push(norm as f64);
             }
         }
-        kl_ctl.update(stats.kl, rollout_size);
-        step += 1;
+        Ok(ts)
+    }
 
+    /// TRL's `pg_loss + vf_coef · vf_loss` on one micro-batch (`rows` of the rollout), with
+    /// its statistics noted in `ts`.
+    fn micro_loss(
+        &self,
+        policy: &Policy,
+        ps: &[&[u32]],
+        cs: &[&[u32]],
+        rows: &[usize],
+        exp: &Experience,
+        ts: &mut TrainStats,
+    ) -> Result<Tensor<1>, TrainError> {
+        let p = &self.p;
+        let spans = spans_of(ps, cs);
+        let batch = SeqBatch::new(ps, cs, self.pad, &self.train_device);
+        let width = batch.ids.dims()[1] - 1;
+        let pick = |v: &[Vec<f32>]| {
+            let r: Vec<&[f32]> = rows.iter().map(|&i| v[i].as_slice()).collect();
+            place_spans(&r, &spans, width, &self.train_device)
+        };
+        let mask = batch.completion_mask.clone();
+        let scored = super::sequences::score_with_entropy(policy.model(), &batch, p.temperature);
+        ts.entropy.push(scalar(masked_mean(
+            scored.entropy.clone().expect("asked for the entropy"),
+            mask.clone(),
+        )));
+        let pg = losses::ppo_policy_loss(
+            scored.logprobs,
+            pick(&exp.old_logprobs),
+            pick(&exp.advantages),
+            mask.clone(),
+            p.cliprange,
+        );
+        let values = value_scores(self.value_model(), &batch)?;
+        let (vf_loss, vf_clipfrac) = losses::ppo_value_loss(
+            values,
+            pick(&exp.old_values),
+            pick(&exp.returns),
+            mask,
+            p.cliprange_value,
+        );
+        ts.pg_loss.push(scalar(pg.loss.clone()));
+        ts.vf_loss.push(scalar(vf_loss.clone()));
+        ts.vf_clipfrac.push(vf_clipfrac);
+        ts.approxkl.push(pg.approx_kl);
+        ts.pg_clipfrac.push(pg.clipfrac);
+        ts.ratio.push(pg.ratio_mean);
+        Ok(pg.loss + vf_loss * p.vf_coef)
+    }
+
+    /// The step's metrics under TRL's `PPOTrainer` names.
+    fn metrics(
+        &self,
+        stats: &RolloutStats,
+        ts: &TrainStats,
+        beta: f64,
+        ro: &Rollout,
+        rewards: &Rewards,
+    ) -> BTreeMap<String, f64> {
         let mut values = BTreeMap::new();
         values.insert("objective/kl".into(), stats.kl);
         values.insert("objective/entropy".into(), stats.entropy);
@@ -661,83 +773,13 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
                 .filter(|f| **f == FinishReason::Eos)
                 .count() as f64,
         );
-        for (name, v) in &rewards.per_source {
-            let v: Vec<f64> = v.iter().map(|&x| x as f64).collect();
-            values.insert(format!("rewards/{name}/mean"), mean(&v));
-            values.insert(format!("rewards/{name}/std"), var(&v).sqrt());
-        }
+        rollout::reward_metrics(rewards, &mut values);
         let lengths: Vec<f64> = ro.tokens.iter().map(|t| t.len() as f64).collect();
         values.insert("completions/mean_length".into(), mean(&lengths));
         values.insert("grad_norm".into(), mean(&ts.grad_norm));
         values.insert("value/grad_norm".into(), mean(&ts.value_grad_norm));
-        values.insert("learning_rate".into(), lr);
-        values.insert("num_tokens".into(), num_tokens as f64);
-        values.insert("episode".into(), (step * rollout_size) as f64);
-        values.insert("step_time".into(), started.elapsed().as_secs_f64());
-        values.insert("timing/generation".into(), gen_time);
-        if train_cfg.eval_steps > 0 && step % train_cfg.eval_steps == 0 && !eval.is_empty() {
-            values.extend(grpo::evaluate(
-                &model::lora::for_generation(&policy),
-                &eval,
-                &mut sources,
-                &params,
-                &tokenizer,
-                &model_cfg,
-                cfg.train.num_eval_generations,
-            )?);
-        }
-        if let Some(r) = &refresher {
-            values.insert("reward_model/version".into(), r.version as f64);
-        }
-        if let Some(m) = refresh_metrics {
-            values.extend(m);
-        }
-        ctx.metrics(step, values);
-        super::save_best_if_improved(
-            ctx,
-            step,
-            &policy,
-            &model_cfg,
-            &tokenizer,
-            &loaded.generation_config,
-        )?;
-        let samples = (0..ro.texts.len().min(SAMPLES_PER_STEP))
-            .map(|i| SampleRecord {
-                step,
-                prompt: prompts[ro.prompt_index[i]].text.clone(),
-                completion: ro.texts[i].clone(),
-                rewards: rewards
-                    .per_source
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v[i] as f64))
-                    .collect(),
-                advantage: None,
-            })
-            .collect();
-        ctx.samples(step, samples);
-        if train_cfg.save_steps > 0 && step % train_cfg.save_steps == 0 && step < total_steps {
-            let progress = Progress {
-                sampler: &sampler,
-                optim: &optim,
-                value_optim: &value_optim,
-                num_tokens,
-                kl: &kl_ctl,
-            };
-            saver.save(&policy, &value_model, ctx, step, false, progress)?;
-            if let Err(e) = ctx.dir.prune_checkpoints(train_cfg.save_total_limit) {
-                ctx.log(LogLevel::Warn, format!("pruning old checkpoints: {e}"));
-            }
-        }
+        values
     }
-    let progress = Progress {
-        sampler: &sampler,
-        optim: &optim,
-        value_optim: &value_optim,
-        num_tokens,
-        kl: &kl_ctl,
-    };
-    saver.save(&policy, &value_model, ctx, step, true, progress)?;
-    Ok(RunStatus::Finished)
 }
 
 /// The weighted reward total, less `penalty` for completions cut off at the length limit
@@ -763,74 +805,6 @@ struct ResumeExtra {
     kl_controller: KlController,
     /// The value model's parameter ids, which key its optimizer's saved moments.
     value_param_ids: Vec<u64>,
-}
-
-/// What a checkpoint needs besides the weights for the run to continue exactly.
-struct Progress<'a> {
-    sampler: &'a EpochSampler,
-    optim: &'a Optimizer,
-    value_optim: &'a Optimizer,
-    num_tokens: usize,
-    kl: &'a KlController,
-}
-
-/// Writes checkpoints: the policy as a Hugging Face folder (what TRL saves), and for resuming
-/// the value model in `value/`, both optimizers and the trainer state.
-struct Saver<'a> {
-    config: &'a ModelConfig,
-    tokenizer: &'a Tokenizer,
-    generation_config: &'a Option<serde_json::Value>,
-}
-
-impl Saver<'_> {
-    fn save(
-        &self,
-        policy: &CausalLm,
-        value_model: &CausalLm,
-        ctx: &mut RunContext,
-        step: usize,
-        is_final: bool,
-        progress: Progress,
-    ) -> Result<(), TrainError> {
-        let dir = if is_final {
-            ctx.dir.final_dir()
-        } else {
-            ctx.dir.checkpoint_dir(step)
-        };
-        hf::save_dir(
-            &dir,
-            self.config,
-            policy,
-            Some(self.tokenizer),
-            self.generation_config.as_ref(),
-        )?;
-        hf::save_dir(&dir.join(VALUE_DIR), self.config, value_model, None, None)?;
-        progress
-            .value_optim
-            .save(&dir.join(VALUE_OPTIMIZER_FILE))
-            .map_err(TrainError::Invalid)?;
-        let mut state = TrainerState::capture(
-            step,
-            progress.sampler,
-            progress.num_tokens,
-            ctx.wall_time(),
-            policy,
-        );
-        let extra = ResumeExtra {
-            kl_controller: *progress.kl,
-            value_param_ids: state::param_ids(value_model),
-        };
-        state.extra = serde_json::to_value(extra)
-            .map_err(|e| TrainError::Invalid(format!("serialising PPO state: {e}")))?;
-        // Written last: the state file is what marks the checkpoint resumable.
-        state.save(&dir, progress.optim)?;
-        ctx.send(Event::Checkpoint {
-            run: ctx.id.clone(),
-            step,
-            path: dir,
-        });
-        Ok(())
-    }
 }
 
 #[cfg(test)]

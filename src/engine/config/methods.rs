@@ -141,6 +141,10 @@ pub struct GrpoSection {
     pub max_sampling_rounds: usize,
     /// Share of completion tokens, by highest entropy, that train (1 = all; the paper's 0.2).
     pub top_entropy_quantile: f64,
+    /// Weight of the entropy bonus subtracted from the loss (verl's `entropy_coeff`; 0 = off):
+    /// keeps the policy exploring. Its gradient is the sampled-token estimate (see
+    /// `losses::entropy_bonus`).
+    pub entropy_coef: f64,
     /// How rewards become advantages: `grpo` (group-relative, scaled by `scale_rewards`),
     /// `rloo`, `reinforce_pp`, `reinforce_pp_baseline` (verl's names).
     pub advantage_estimator: AdvantageEstimator,
@@ -173,6 +177,7 @@ impl Default for GrpoSection {
             importance_sampling_level: ImportanceSamplingLevel::Token,
             mask_truncated_completions: false,
             top_entropy_quantile: 1.0,
+            entropy_coef: 0.0,
             dynamic_sampling: false,
             max_sampling_rounds: 3,
             overlong_buffer_len: 0,
