@@ -321,6 +321,7 @@ fn grpo_runs_with_each_advantage_estimator_and_policy_loss() {
             "mask_truncated_completions = true\noverlong_buffer_len = 2",
         ),
         ("top_entropy", "top_entropy_quantile = 0.2"),
+        ("entropy_bonus", "entropy_coef = 0.01"),
         (
             "dynamic",
             "dynamic_sampling = true\nmax_sampling_rounds = 2",

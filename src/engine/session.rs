@@ -140,6 +140,7 @@ pub fn launch(
                     Method::Rm => algo::rm::run(&cfg, &device, &mut ctx),
                     Method::Dpo => algo::dpo::run(&cfg, &device, &mut ctx),
                     Method::Kto => algo::kto::run(&cfg, &device, &mut ctx),
+                    Method::Distill => algo::distill::run(&cfg, &device, &mut ctx),
                     Method::OnlineDpo => algo::online_dpo::run(&cfg, &device, &mut ctx),
                 }
             }));

@@ -811,6 +811,19 @@ fn host_f64(t: Tensor<1>) -> Vec<f64> {
 // ---------------------------------------------------------------------------------------------
 // Auxiliary terms and metrics
 
+/// On-policy distillation's loss, TRL's `generalized_jsd_loss` at `beta = 1` (GKD with
+/// `lmbda = 1`): the reverse KL `KL(student ‖ teacher) = Σ_v p_s(v) (log p_s(v) − log p_t(v))`
+/// at each position, from full-vocabulary log-probabilities `[B, T, V]`, averaged over the
+/// positions where `mask` (`[B, T]`) is 1. Mode-seeking: the student is pushed off tokens the
+/// teacher finds unlikely rather than spread over everything the teacher allows.
+pub fn reverse_kl(student_lp: Tensor<3>, teacher_lp: Tensor<3>, mask: Tensor<2>) -> Tensor<1> {
+    let p = student_lp.clone().exp();
+    let per_token = (p * (student_lp - teacher_lp))
+        .sum_dim(2)
+        .squeeze_dim::<2>(2);
+    super::masked_mean(per_token, mask)
+}
+
 /// Entropy bonus on sampled tokens (subtract `coef · bonus` from the loss). Its value is the
 /// Monte Carlo estimate of the mean token entropy, the masked mean of `−lp`; its gradient is
 /// the score-function estimate `mean(−lp · ∇lp)`, which equals the entropy's gradient in
@@ -1452,6 +1465,88 @@ mod tests {
         let grads = out.loss.backward();
         let got = host(lp.grad(&grads).expect("gradient"));
         close_all("kto grad", &got, &grad);
+    }
+
+    /// Reverse KL from logits, in f64: per position `Σ_v p_s (log p_s − log p_t)`, its masked
+    /// mean, and the gradient with respect to the student's logits,
+    /// `p_s,v · ((log p_s,v − log p_t,v) − KL) / N` at each counted position (0 elsewhere).
+    #[test]
+    fn reverse_kl_matches_gkd_at_beta_1() {
+        let d = Device::flex().autodiff();
+        let student = [
+            [[0.2, -1.0, 0.5], [1.5, 0.0, -0.3]],
+            [[-0.7, 0.4, 0.9], [0.0, 0.0, 2.0]],
+        ];
+        let teacher = [
+            [[0.0, -0.5, 1.0], [0.3, 0.3, -1.0]],
+            [[1.0, -2.0, 0.1], [0.5, -0.5, 0.0]],
+        ];
+        let mask = [[1.0, 1.0], [0.0, 1.0]];
+        let log_softmax64 = |z: &[f64; 3]| {
+            let m = z.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            z.map(|x| x - lse)
+        };
+        let n: f64 = mask.iter().flatten().sum();
+        let (mut want, mut grad) = (0.0, Vec::new());
+        for b in 0..2 {
+            for t in 0..2 {
+                let (ls, lt) = (log_softmax64(&student[b][t]), log_softmax64(&teacher[b][t]));
+                let kl: f64 = (0..3).map(|v| ls[v].exp() * (ls[v] - lt[v])).sum();
+                want += mask[b][t] * kl;
+                for v in 0..3 {
+                    grad.push(mask[b][t] * ls[v].exp() * ((ls[v] - lt[v]) - kl) / n);
+                }
+            }
+        }
+        let t3 = |x: &[[[f64; 3]; 2]; 2]| {
+            let data: Vec<f32> = x.iter().flatten().flatten().map(|&v| v as f32).collect();
+            Tensor::<3>::from_data(TensorData::new(data, [2, 2, 3]), &d)
+        };
+        let logits = t3(&student).require_grad();
+        let student_lp = log_softmax(logits.clone(), 2);
+        let teacher_lp = log_softmax(t3(&teacher), 2);
+        let mask_t = t2(&mask.map(|r| r.to_vec()), &d);
+        let loss = reverse_kl(student_lp, teacher_lp, mask_t);
+        close("reverse kl", scalar(loss.clone()), want / n);
+        let grads = loss.backward();
+        close_all(
+            "reverse kl grad",
+            &host(logits.grad(&grads).expect("gradient")),
+            &grad,
+        );
+    }
+
+    /// The entropy bonus's value is the masked mean of `−lp`, its gradient `−lp / N` at each
+    /// counted token (the score-function estimate of the entropy's gradient).
+    #[test]
+    fn entropy_bonus_is_the_sampled_estimate() {
+        let d = Device::flex().autodiff();
+        let lp = [vec![-0.5, -2.0, -1.0], vec![-3.0, -0.1, -0.7]];
+        let mask = [vec![1.0, 1.0, 0.0], vec![1.0, 0.0, 1.0]];
+        let n = 4.0;
+        let x = t2(&lp, &d).require_grad();
+        let bonus = entropy_bonus(x.clone(), t2(&mask, &d));
+        let want: f64 = lp
+            .iter()
+            .flatten()
+            .zip(mask.iter().flatten())
+            .map(|(l, m)| -l * m)
+            .sum::<f64>()
+            / n;
+        close("entropy bonus", scalar(bonus.clone()), want);
+        let grads = bonus.backward();
+        let expect: Vec<f64> = lp
+            .iter()
+            .flatten()
+            .zip(mask.iter().flatten())
+            .map(|(l, m)| -l * m / n)
+            .collect();
+        close_all(
+            "entropy bonus grad",
+            &host(x.grad(&grads).expect("gradient")),
+            &expect,
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Training methods, one file each, and the pieces they share: token log-probabilities,
 //! masked means and batches as tensors.
 
+pub mod distill;
 pub mod dpo;
 pub mod grpo;
 pub mod kto;

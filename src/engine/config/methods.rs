@@ -427,3 +427,43 @@ impl Default for RlhfSection {
         }
     }
 }
+
+/// `[distill]`: on-policy distillation (TRL's `GKDTrainer` with `lmbda = 1`, `beta = 1`;
+/// prime-rl's `opd`): the student samples completions, the teacher scores every token of
+/// them, and the student learns the per-token reverse KL to the teacher.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillSection {
+    /// The teacher: any model rlft loads (a model folder or `.gguf` file) with the student's
+    /// tokenizer.
+    pub teacher: PathBuf,
+    /// Completions sampled per prompt.
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    /// Sampling temperature, also applied to both models' logits in the loss (TRL's GKD).
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    /// Generation stops at any of these (they are cut from the completion text).
+    pub stop: Vec<String>,
+    /// Wrap prompts in the model's chat template.
+    pub chat: bool,
+    /// Held-out prompts scored greedily at each eval by the run's `[[rewards]]` (0 = all).
+    pub eval_max_items: usize,
+}
+
+impl Default for DistillSection {
+    fn default() -> Self {
+        Self {
+            teacher: PathBuf::new(),
+            num_generations: 1,
+            max_completion_length: 32,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            stop: Vec::new(),
+            chat: false,
+            eval_max_items: 0,
+        }
+    }
+}

@@ -44,6 +44,9 @@ pub enum Method {
     OnlineDpo,
     /// KTO on unpaired answers marked desirable or not (TRL's `KTOTrainer`).
     Kto,
+    /// On-policy distillation: the student samples, a teacher scores the tokens, the loss is
+    /// the per-token reverse KL (TRL's `GKDTrainer` with `lmbda = 1`, `beta = 1`).
+    Distill,
 }
 
 impl Method {
@@ -57,6 +60,7 @@ impl Method {
             Method::Ppo => "ppo",
             Method::OnlineDpo => "online_dpo",
             Method::Kto => "kto",
+            Method::Distill => "distill",
         }
     }
 }
@@ -98,6 +102,9 @@ pub struct RunConfig {
     /// KTO settings (TRL's `KTOConfig` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kto: Option<methods::KtoSection>,
+    /// On-policy distillation settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<methods::DistillSection>,
     /// Online DPO settings (TRL's `OnlineDPOConfig` names where TRL has them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online_dpo: Option<methods::OnlineDpoSection>,
@@ -386,6 +393,9 @@ impl RunConfig {
         if let Some(a) = &self.model.adapter {
             named.push(("[model] adapter", a));
         }
+        if let Some(d) = &self.distill {
+            named.push(("[distill] teacher", &d.teacher));
+        }
         for (what, path) in named {
             if !path.as_os_str().is_empty() && !path.exists() {
                 return Err(format!(
@@ -439,7 +449,8 @@ impl RunConfig {
             | Method::Dpo
             | Method::Ppo
             | Method::OnlineDpo
-            | Method::Kto => {
+            | Method::Kto
+            | Method::Distill => {
                 if self.model.path.as_os_str().is_empty() {
                     return Err("[model] path is required (a model folder or .gguf file)".into());
                 }
@@ -481,6 +492,34 @@ impl RunConfig {
         }
         if let Some(kto) = &self.kto {
             kto.validate()?;
+        }
+        if self.method == Method::Distill {
+            let d = self.distill.as_ref().ok_or(
+                "method \"distill\" needs a [distill] section with teacher = \"<model folder or \
+                 .gguf>\"",
+            )?;
+            if d.teacher.as_os_str().is_empty() {
+                return Err(
+                    "[distill] teacher is required (a model folder or .gguf file with \
+                            the student's tokenizer)"
+                        .into(),
+                );
+            }
+            if d.num_generations == 0 || d.max_completion_length == 0 {
+                return Err(
+                    "[distill] num_generations and max_completion_length must be positive".into(),
+                );
+            }
+            if !t
+                .per_device_train_batch_size
+                .is_multiple_of(d.num_generations)
+            {
+                return Err(format!(
+                    "[train] per_device_train_batch_size ({}) must be a multiple of [distill] \
+                     num_generations ({})",
+                    t.per_device_train_batch_size, d.num_generations
+                ));
+            }
         }
         if let Some(r) = &self.rlhf {
             if self.method != Method::Ppo {

@@ -62,6 +62,12 @@ pub fn default_metrics(method: &str) -> [&'static [&'static str]; SLOTS] {
             &["grad_norm"],
         ],
         "rm" | "reward" => [&["accuracy"], &["margin"], &["loss"], &["grad_norm"]],
+        "distill" => [
+            &["loss"],
+            &["eval/rewards/exact_match/mean", "eval/reward"],
+            &["reward"],
+            &["grad_norm"],
+        ],
         "kto" => [
             &["rewards/margins"],
             &["kl"],
