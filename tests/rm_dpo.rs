@@ -9,6 +9,8 @@ use burn::prelude::*;
 use rlft::engine::algo::pretrain::{CHATML_TEMPLATE, SPECIAL_TOKENS, arithmetic_lines};
 use rlft::engine::config::RunConfig;
 use rlft::engine::events::{Event, RunStatus};
+use rlft::engine::label_store::LabelStore;
+use rlft::engine::labels::LogEntry;
 use rlft::engine::model::tokenizer::Tokenizer;
 use rlft::engine::model::{CausalLm, Heads, ModelConfig, WeightReader, decoder, hf};
 use rlft::engine::run::{MetricsRow, read_metrics};
@@ -557,6 +559,16 @@ fn kto_learns_from_unpaired_labels() {
             "num_tokens",
         ],
     );
+    // Held-out preference pairs ranked by KTO's implicit reward, as DPO reports them.
+    let last = &rows.last().unwrap().values;
+    for key in [
+        "eval_rewards/accuracies",
+        "eval_rewards/margins",
+        "eval_rewards/chosen",
+    ] {
+        assert!(last.contains_key(key), "{key}: {last:?}");
+    }
+    assert!(last["eval_rewards/margins"] > 0.0, "{last:?}");
     assert!(rows[0].values["rewards/margins"].abs() < 1e-4);
     assert!((rows[0].values["loss"] - 0.5).abs() < 1e-4);
     let (m0, m1) = first_last(&rows, "rewards/margins", 5);
@@ -579,5 +591,80 @@ fn kto_learns_from_unpaired_labels() {
     assert!(
         error.contains("kto.jsonl:1") && error.contains("label"),
         "{error}"
+    );
+}
+
+/// KTO from people: with `[kto] ratings = "run"` the run samples answers for the Samples pane,
+/// and thumbs up / down on them (the label store, as the pane writes them) are trained on at
+/// the next step, once each; the store notes which step used each rating.
+#[test]
+fn kto_trains_on_ratings_of_its_samples_while_it_runs() {
+    let s = setup(1, 7);
+    let unpaired = s.train.with_file_name("kto.jsonl");
+    write_unpaired(&s.train, &unpaired);
+    let steps = 40;
+    let cfg = config(
+        "kto",
+        &s.model,
+        &unpaired,
+        &s.eval,
+        steps,
+        "[kto]
+ratings = \"run\"
+samples_per_step = 2
+max_new_tokens = 4
+",
+    );
+    // A rating of another run's sample is not this run's to train on.
+    let labels = s.root.join("labels");
+    let mut store = LabelStore::open(&labels, "ann").unwrap();
+    store.rate("other", "1+1=", "2", "other@1#0", true).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opts = LaunchOptions {
+        runs_root: s.root.clone(),
+        ..Default::default()
+    };
+    let handle = session::launch(cfg, &opts, tx).unwrap();
+    let run = handle.id.clone();
+    let mut rated = Vec::new();
+    // Rate the first two samples the run shows, as the Samples pane would.
+    for event in rx.iter() {
+        match event {
+            Event::Samples { step, samples, .. } if rated.len() < 2 => {
+                for (i, sample) in samples.iter().enumerate().take(2 - rated.len()) {
+                    let origin = format!("{run}@{step}#{i}");
+                    let good = rated.is_empty();
+                    rated.push(
+                        store
+                            .rate(&run, &sample.prompt, &sample.completion, &origin, good)
+                            .unwrap(),
+                    );
+                }
+            }
+            Event::Finished { .. } | Event::Failed { .. } => break,
+            _ => {}
+        }
+    }
+    handle.thread.join().unwrap();
+    let rows = read_metrics(&handle.dir.join("metrics.jsonl")).unwrap();
+    let trained = rows.last().unwrap().values["labels/ratings"];
+    assert_eq!(trained, 2.0, "both ratings trained on, the other run's not");
+    let batches: f64 = rows.iter().map(|r| r.values["labels/ratings_batch"]).sum();
+    assert_eq!(batches, 2.0, "each rating trained on once");
+    store.refresh().unwrap();
+    let noted: Vec<u64> = store
+        .entries()
+        .iter()
+        .filter_map(|e| match e {
+            LogEntry::Trained {
+                run: r, decision, ..
+            } if *r == run => Some(*decision),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(noted.len(), 2);
+    assert!(
+        rated.iter().all(|seq| noted.contains(seq)),
+        "{rated:?} {noted:?}"
     );
 }

@@ -188,6 +188,12 @@ pub trait OnPolicy {
     /// Held-out metrics of the policy as it is now; empty when the run has no eval set.
     fn evaluate(&mut self, policy: &Policy) -> Result<BTreeMap<String, f64>, TrainError>;
 
+    /// Whether `[train] eval_before_train` applies (RL methods; preference methods evaluate
+    /// from their first `eval_steps` on, as DPO does).
+    fn evaluates_before_training(&self) -> bool {
+        true
+    }
+
     /// Writes what a resume needs besides the policy and its optimizer into the checkpoint
     /// folder `dir` (a value model, ...) and returns the trainer state's `extra`.
     fn save_extra(&self, _dir: &Path) -> Result<serde_json::Value, TrainError> {
@@ -212,7 +218,10 @@ pub fn drive(
     });
     ctx.status(RunStatus::Running);
     ctx.log(LogLevel::Info, method.describe());
-    if policy.resumed_from.is_none() && train.eval_before_train {
+    if policy.resumed_from.is_none()
+        && train.eval_before_train
+        && method.evaluates_before_training()
+    {
         let metrics = method.evaluate(policy)?;
         if !metrics.is_empty() {
             ctx.metrics(0, metrics);

@@ -333,6 +333,26 @@ pub struct KtoSection {
     pub undesirable_weight: f64,
     /// Prompt tokens kept (from the end) when a row is too long.
     pub max_prompt_length: usize,
+    /// Thumbs up / down from the workbench's Samples pane, trained on while the run goes on:
+    /// `none`, `run` (ratings of this run's own samples) or `all` (every rating in the labels
+    /// folder, whichever run wrote the sample).
+    pub ratings: RatingScope,
+    /// Completions the run samples each step for people to rate (with `ratings`).
+    pub samples_per_step: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    /// Generation stops at any of these.
+    pub stop: Vec<String>,
+}
+
+/// Which Samples-pane ratings a KTO run trains on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RatingScope {
+    #[default]
+    None,
+    Run,
+    All,
 }
 
 impl Default for KtoSection {
@@ -342,6 +362,11 @@ impl Default for KtoSection {
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
             max_prompt_length: 128,
+            ratings: RatingScope::None,
+            samples_per_step: 4,
+            max_new_tokens: 16,
+            temperature: 1.0,
+            stop: Vec::new(),
         }
     }
 }
