@@ -843,6 +843,8 @@ fn headless_line(event: &Event) -> Option<String> {
         Event::Checkpoint { step, path, .. } => {
             Some(format!("checkpoint at step {step}: {}", path.display()))
         }
+        // The run's log line already says it.
+        Event::Best { .. } => None,
         Event::Finished { step, status, .. } => Some(format!(
             "{} at step {step}",
             rlft::engine::config::setting_name(status)

@@ -1029,3 +1029,44 @@ fn samples_are_rated_thumbs_up_or_down_into_the_label_store() {
         );
     }
 }
+
+/// `[train] keep_best`: the Runs pane names the selected run's best checkpoint, live (from the
+/// engine's event) and when the run folder is opened again (from `checkpoints/best/best.json`).
+#[test]
+fn the_runs_pane_marks_the_best_checkpoint() {
+    for size in [SMALL, LARGE] {
+        let ws = Workspace::new();
+        let mut d = ws.driver(size);
+        d.start("grpo-arith", "grpo", 600);
+        d.train("grpo-arith", 1..=40, script::grpo_metrics, 0);
+        d.send(Event::Best {
+            run: "grpo-arith".into(),
+            best: rlft::engine::events::BestCheckpoint {
+                metric: "eval/rewards/exact_match/mean".into(),
+                value: 0.915,
+                step: 30,
+            },
+        });
+        let screen = d.render();
+        assert!(
+            screen.contains("★ best: step 30, eval/exact_match/mean 0.9150"),
+            "{screen}"
+        );
+        insta::assert_snapshot!(snap_name("runs_best_checkpoint", size), screen);
+    }
+    // A saved run folder: read back from best.json.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("grpo-arith");
+    std::fs::create_dir_all(dir.join("checkpoints/best")).unwrap();
+    std::fs::write(dir.join("config.toml"), "method = \"grpo\"\n").unwrap();
+    std::fs::write(
+        dir.join("checkpoints/best/best.json"),
+        r#"{"metric": "eval/reward", "value": 0.5, "step": 12}"#,
+    )
+    .unwrap();
+    let loaded = store::load_run(&dir).unwrap();
+    assert_eq!(
+        loaded.best.map(|b| (b.metric, b.step)),
+        Some(("eval/reward".into(), 12))
+    );
+}

@@ -106,6 +106,20 @@ pub enum Event {
         step: Option<usize>,
         error: String,
     },
+    /// A new best checkpoint by `[train] keep_best` (saved in `checkpoints/best`).
+    Best {
+        run: RunId,
+        best: BestCheckpoint,
+    },
+}
+
+/// The best checkpoint by `[train] keep_best`: which metric, its value, at which step
+/// (`checkpoints/best/best.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestCheckpoint {
+    pub metric: String,
+    pub value: f64,
+    pub step: usize,
 }
 
 impl Event {
@@ -119,7 +133,8 @@ impl Event {
             | Event::Status { run, .. }
             | Event::Checkpoint { run, .. }
             | Event::Finished { run, .. }
-            | Event::Failed { run, .. } => run,
+            | Event::Failed { run, .. }
+            | Event::Best { run, .. } => run,
         }
     }
 }

@@ -223,12 +223,13 @@ pub struct RunContext {
     best_improved: bool,
 }
 
-/// `checkpoints/best/best.json`: which metric, its value, at which step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BestSoFar {
-    pub metric: String,
-    pub value: f64,
-    pub step: usize,
+/// `checkpoints/best/best.json`.
+pub use crate::engine::events::BestCheckpoint as BestSoFar;
+
+/// The best checkpoint a run folder holds (`checkpoints/best/best.json`), if any.
+pub fn read_best(run_dir: &Path) -> Option<BestSoFar> {
+    let text = fs::read_to_string(run_dir.join("checkpoints/best").join(BEST_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 impl RunContext {
@@ -316,6 +317,10 @@ impl RunContext {
                         best.metric, best.value, best.step
                     ),
                 );
+                self.send(Event::Best {
+                    run: self.id.clone(),
+                    best: best.clone(),
+                });
             }
         }
     }

@@ -454,6 +454,7 @@ impl App {
                 }
                 self.quit_progress(&id);
             }
+            Event::Best { best, .. } => run.best = Some(best),
             Event::Checkpoint { step, path, .. } => {
                 let shown = short_path(&path, run.dir.as_deref());
                 run.last_checkpoint = Some((step, shown.clone()));

@@ -51,6 +51,8 @@ pub struct RunData {
     pub last_checkpoint: Option<(usize, String)>,
     /// Trainable and total parameters, and the adapters when the run trains LoRA.
     pub model: Option<crate::engine::events::ModelSummary>,
+    /// The best checkpoint by `[train] keep_best`, once there is one.
+    pub best: Option<crate::engine::events::BestCheckpoint>,
     series_cap: usize,
 }
 
@@ -76,6 +78,7 @@ impl RunData {
             error: None,
             last_checkpoint: None,
             model: None,
+            best: None,
             series_cap: cap,
         }
     }
@@ -198,6 +201,7 @@ pub struct LoadedRun {
     pub last_checkpoint: Option<(usize, String)>,
     /// Why the run failed, from its `status.json`.
     pub error: Option<String>,
+    pub best: Option<crate::engine::events::BestCheckpoint>,
 }
 
 impl LoadedRun {
@@ -208,6 +212,7 @@ impl LoadedRun {
         run.total_steps = self.total_steps;
         run.last_checkpoint = self.last_checkpoint;
         run.error = self.error;
+        run.best = self.best;
         for row in &self.metrics {
             run.push_metrics(row.step, row.wall_time, &row.values);
         }
@@ -296,6 +301,7 @@ pub fn load_run(dir: &Path) -> anyhow::Result<LoadedRun> {
         samples,
         last_checkpoint,
         error,
+        best: crate::engine::run::read_best(dir),
     })
 }
 

@@ -180,12 +180,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     };
     let ratings = match k.ratings {
         RatingScope::None => None,
-        scope => Some(Ratings::open(
-            ctx,
-            scope,
-            loaded.tokenizer.clone(),
-            opts,
-        )?),
+        scope => Some(Ratings::open(ctx, scope, loaded.tokenizer.clone(), opts)?),
     };
     let pad = preference::pad_id(&loaded.tokenizer);
     // With LoRA: the base without its adapters, sharing the frozen weights.

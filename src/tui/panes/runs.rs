@@ -49,6 +49,17 @@ pub fn sharing_note(live: usize, device: DeviceChoice, cpu_cores: usize) -> Opti
     })
 }
 
+/// The selected run's best checkpoint (`checkpoints/best`), as the pane's bottom line says
+/// it; TRL's `rewards/` segment is left out of the metric so the line fits the narrow pane.
+fn best_note(best: &crate::engine::events::BestCheckpoint) -> String {
+    format!(
+        " ★ best: step {}, {} {} ",
+        best.step,
+        best.metric.replace("rewards/", ""),
+        num(best.value)
+    )
+}
+
 /// A metric name shortened for the `last` column.
 fn short_metric(name: &str) -> String {
     let tail = name.rsplit('/').next().unwrap_or(name);
@@ -85,6 +96,13 @@ pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
             (area.width as usize).saturating_sub(2),
         );
         block = block.title_bottom(Line::styled(text, theme::error()));
+    } else if let Some(r) = view.selected.and_then(|i| view.runs.get(i))
+        && let Some(best) = &r.best
+    {
+        block = block.title_bottom(Line::styled(
+            truncate(&best_note(best), (area.width as usize).saturating_sub(2)),
+            theme::ok(),
+        ));
     }
     let inner = block.inner(area);
     frame.render_widget(block, area);
