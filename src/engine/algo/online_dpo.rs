@@ -560,27 +560,38 @@ impl OnlineDpo<'_> {
             "val/contain_eos_token".into(),
             eos as f64 / r.finish.len().max(1) as f64,
         );
-        let mut records = rollout::sample_records(
-            step + 1,
-            &batch,
-            &r,
-            &Rewards {
+        let rewards = if self.truth.is_empty() {
+            Rewards {
                 total: Vec::new(),
                 per_source: BTreeMap::new(),
-            },
-            None,
-            usize::MAX,
-        );
-        if !self.truth.is_empty() {
-            let rewards = compute_rewards(&mut self.truth, &batch, &r)?;
-            for (name, v) in &rewards.per_source {
-                values.insert(format!("rewards/{name}/mean"), rollout::mean(v));
-                for (rec, x) in records.iter_mut().zip(v) {
-                    rec.rewards.insert(name.clone(), *x as f64);
-                }
             }
+        } else {
+            compute_rewards(&mut self.truth, &batch, &r)?
+        };
+        for (name, v) in &rewards.per_source {
+            values.insert(format!("rewards/{name}/mean"), rollout::mean(v));
+        }
+        if !rewards.total.is_empty() {
             values.insert("objective/scores".into(), rollout::mean(&rewards.total));
         }
+        let records = rollout::sample_records(step + 1, &batch, &r, &rewards, None, usize::MAX);
+        self.queue_pairs(ctx, step + 1, &batch, &r, &mut values)?;
+        ctx.samples(step + 1, records);
+        self.pending_values.extend(values);
+        Ok(())
+    }
+
+    /// Label: the round's answer pairs (two different, non-empty answers to a prompt), the
+    /// judge's verdicts trained on at once, and the pairs for people queued in `pairs.jsonl`
+    /// and sent to the workbench.
+    fn queue_pairs(
+        &mut self,
+        ctx: &mut RunContext,
+        step: usize,
+        batch: &[&PromptItem],
+        r: &rollout::Rollout,
+        values: &mut BTreeMap<String, f64>,
+    ) -> Result<(), TrainError> {
         // Two answers per prompt, in order: rows 2i and 2i+1.
         let mut candidates: Vec<(usize, String, String, Answers)> = Vec::new();
         for (k, item) in batch.iter().enumerate() {
@@ -598,7 +609,7 @@ impl OnlineDpo<'_> {
             "labels/identical_frac".into(),
             1.0 - candidates.len() as f64 / batch.len().max(1) as f64,
         );
-        let verdicts = self.judge_candidates(ctx, &batch, &candidates);
+        let verdicts = self.judge_candidates(ctx, batch, &candidates);
         let mut labelled = Vec::new();
         let mut proposed = Vec::new();
         for ((pi, a, b, tokens), verdict) in candidates.iter().zip(&verdicts) {
@@ -607,8 +618,8 @@ impl OnlineDpo<'_> {
                 batch[*pi].text.clone(),
                 a.clone(),
                 b.clone(),
-                format!("{}@{}#a", ctx.id, step + 1),
-                format!("{}@{}#b", ctx.id, step + 1),
+                format!("{}@{}#a", ctx.id, step),
+                format!("{}@{}#b", ctx.id, step),
             );
             if let Some(Ok(v)) = verdict
                 && self.o.labeler.uses_judge()
@@ -650,7 +661,7 @@ impl OnlineDpo<'_> {
                 .map_err(|e| TrainError::Invalid(format!("{}: {e}", self.pairs_file.display())))?;
             ctx.send(Event::Pairs {
                 run: ctx.id.clone(),
-                step: step + 1,
+                step,
                 pairs: proposed,
             });
         }
@@ -662,8 +673,6 @@ impl OnlineDpo<'_> {
             self.pad,
             &self.plain,
         ));
-        ctx.samples(step + 1, records);
-        self.pending_values.extend(values);
         Ok(())
     }
 
