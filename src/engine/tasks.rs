@@ -10,6 +10,10 @@
 //! | `reverse`    | `reverse: stone=`             | `enots`                  | string equality   |
 //! | `countdown`  | `countdown: 3 7 25 -> 46=`    | `25+(3*7)` (one way)     | any valid solution|
 //!
+//! Reasoning completions (a chat model working step by step) are checked as
+//! [`AnswerKind::Numeric`]: the final answer is read from the whole completion (`#### 42`, see
+//! [`extract_final_answer`]).
+//!
 //! Shipped splits live in `assets/tasks/` (`<task>_eval.jsonl`, `<task>_train.jsonl`, TRL's
 //! prompt-only format `{"prompt", "answer"}`) and are written by [`write_split`] with
 //! [`EVAL_SEED`] and [`TRAIN_SEED`]. The eval prompts are distinct and never appear in the
@@ -27,6 +31,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::engine::data::{self, DataError, Example, Prompt};
+
+mod numeric;
+
+pub use numeric::{ends_with_final_answer, extract_final_answer, numbers_equal};
 
 /// Seed of the shipped eval splits. Far from the small seeds (0, 1, 42) runs and hand-made
 /// splits tend to use, so a quick `generate(n, 0)` does not reproduce the eval stream.
@@ -84,6 +92,11 @@ pub enum AnswerKind {
     Countdown,
     /// Any non-empty line; compared exactly after trimming.
     Text,
+    /// A number anywhere in a reasoning completion: the final answer is read from the whole
+    /// text (`#### 42`, else the last `\boxed{42}`, else the last number; see
+    /// [`extract_final_answer`]) and compared exactly as a number (`42.0` and `$42` match
+    /// `42`). Never guessed by `Auto`: set it with `check = "numeric"`.
+    Numeric,
 }
 
 impl AnswerKind {
@@ -106,26 +119,34 @@ impl AnswerKind {
             AnswerKind::Integer => 8,
             AnswerKind::Word => 16,
             AnswerKind::Countdown => 40,
+            // Numeric limits the final answer's text only, not the reasoning before it.
+            AnswerKind::Numeric => 24,
             AnswerKind::Auto | AnswerKind::Text => 64,
         }
     }
 
-    /// Whether `line` (an answer line, already trimmed) has the shape of an answer.
+    /// Whether `line` (an answer line, already trimmed) has the shape of an answer. For
+    /// `Numeric`, `line` is the whole completion and some final answer must be readable.
     pub fn is_well_formed(self, line: &str) -> bool {
         match self {
             AnswerKind::Integer => is_integer(line),
             AnswerKind::Word => is_word(line),
             AnswerKind::Countdown => parse_expression(line).is_ok(),
+            AnswerKind::Numeric => numeric::final_answer(line).is_some(),
             AnswerKind::Auto | AnswerKind::Text => !line.is_empty(),
         }
     }
 
-    /// Whether the completion's answer line answers `prompt` correctly. `Auto` resolves
-    /// against `answer` first.
+    /// Whether the completion's answer line (for `Numeric`, its final answer) answers
+    /// `prompt` correctly. `Auto` resolves against `answer` first.
     pub fn is_correct(self, prompt: &str, completion: &str, answer: &str) -> bool {
         let line = answer_line(completion);
         let expected = answer.trim();
         match self.resolve(Some(answer)) {
+            AnswerKind::Numeric => match numeric::parse_number(expected) {
+                Some(want) => numeric::final_answer(completion) == Some(want),
+                None => false,
+            },
             AnswerKind::Integer => match (line.parse::<i64>(), expected.parse::<i64>()) {
                 (Ok(got), Ok(want)) => got == want,
                 _ => line == expected,
@@ -912,6 +933,34 @@ mod tests {
         let tiny = Reverse::new(vec!["ab".into(), "cd".into()]).expect("valid");
         let got = generate_excluding(&tiny, 5, 0, &HashSet::new(), true);
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn numeric_answer_kind() {
+        use AnswerKind::*;
+        assert_eq!(
+            Auto.resolve(Some("42")),
+            Integer,
+            "auto never guesses numeric"
+        );
+        assert_eq!(Numeric.resolve(Some("42")), Numeric);
+        let c = "Ava has 3 + 4 = 7 pens.\nShe gives away 2, so 7 - 2 = 5.\n#### 5";
+        assert!(Numeric.is_correct("", c, "5"));
+        assert!(Numeric.is_correct("", c, " 5.0 "));
+        assert!(!Numeric.is_correct("", c, "7"));
+        assert!(
+            !Integer.is_correct("", c, "5"),
+            "integer reads the first line"
+        );
+        assert!(Numeric.is_correct("", "The answer is $1,234.00.", "1234"));
+        assert!(!Numeric.is_correct("", "no idea", "5"));
+        assert!(Numeric.is_well_formed(c));
+        assert!(Numeric.is_well_formed("about 5 apples"));
+        assert!(!Numeric.is_well_formed("no idea"));
+        assert_eq!(
+            serde_json::to_string(&Numeric).expect("serialises"),
+            "\"numeric\""
+        );
     }
 
     /// What `assets/tasks/` holds: task, eval items, train items.

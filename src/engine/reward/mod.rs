@@ -9,11 +9,12 @@
 //! [[rewards]]
 //! type = "exact_match"        # alias "accuracy"; 1 if the answer line is correct
 //! weight = 1.0                # default 1.0; every source also takes an optional `name`
-//! check = "auto"              # auto | integer | word | countdown | text (default auto)
+//! check = "auto"              # auto | integer | word | countdown | text | numeric
+//!                             # (default auto; numeric reads `#### 42` from reasoning)
 //!
 //! [[rewards]]
-//! type = "format"             # 1 if the answer line is well formed and short
-//! weight = 0.1
+//! type = "format"             # 1 if the answer line is well formed and short; with
+//! weight = 0.1                # check = "numeric", if the text ends with `#### <number>`
 //! max_chars = 8               # optional; default from the task or the answer kind
 //!
 //! [[rewards]]
