@@ -1,14 +1,19 @@
 //! Verifiable tasks for on-line RL (GRPO, RLOO): seeded prompt generators whose answers a
 //! program can check, so rewards need no model and held-out accuracy is exact.
 //!
-//! Prompts are plain text for a base model (no chat template) and the answer is the first line
-//! of the completion; the trainer stops generating at a newline or EOS.
+//! Prompts of the first three are plain text for a base model (no chat template) and the
+//! answer is the first line of the completion; the trainer stops generating at a newline or
+//! EOS. `word_problems` is for chat models that reason first: its answer is read from the
+//! whole completion (`#### 42`, see [`extract_final_answer`]).
 //!
-//! | task         | prompt                        | answer column            | checked as        |
-//! |--------------|-------------------------------|--------------------------|-------------------|
-//! | `arithmetic` | `12+35=`                      | `47`                     | integer equality  |
-//! | `reverse`    | `reverse: stone=`             | `enots`                  | string equality   |
-//! | `countdown`  | `countdown: 3 7 25 -> 46=`    | `25+(3*7)` (one way)     | any valid solution|
+//! | task            | prompt                      | answer column        | checked as         |
+//! |-----------------|-----------------------------|----------------------|--------------------|
+//! | `arithmetic`    | `12+35=`                    | `47`                 | integer equality   |
+//! | `reverse`       | `reverse: stone=`           | `enots`              | string equality    |
+//! | `countdown`     | `countdown: 3 7 25 -> 46=`  | `25+(3*7)` (one way) | any valid solution |
+//! | `word_problems` | `Ava buys 3 pens for $2 ...`| `14`                 | final number equal |
+//!
+//! (`word_problems` prompts end with a line asking for the answer as `#### <number>`.)
 //!
 //! Shipped splits live in `assets/tasks/` (`<task>_eval.jsonl`, `<task>_train.jsonl`, TRL's
 //! prompt-only format `{"prompt", "answer"}`) and are written by [`write_split`] with
@@ -27,6 +32,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::engine::data::{self, DataError, Example, Prompt};
+
+mod numeric;
+mod word_problems;
+
+pub use numeric::{ends_with_final_answer, extract_final_answer, numbers_equal};
+pub use word_problems::INSTRUCTION as WORD_PROBLEM_INSTRUCTION;
 
 /// Seed of the shipped eval splits. Far from the small seeds (0, 1, 42) runs and hand-made
 /// splits tend to use, so a quick `generate(n, 0)` does not reproduce the eval stream.
@@ -84,6 +95,11 @@ pub enum AnswerKind {
     Countdown,
     /// Any non-empty line; compared exactly after trimming.
     Text,
+    /// A number anywhere in a reasoning completion: the final answer is read from the whole
+    /// text (`#### 42`, else the last `\boxed{42}`, else the last number; see
+    /// [`extract_final_answer`]) and compared exactly as a number (`42.0` and `$42` match
+    /// `42`). Never guessed by `Auto`: set it with `check = "numeric"`.
+    Numeric,
 }
 
 impl AnswerKind {
@@ -106,26 +122,34 @@ impl AnswerKind {
             AnswerKind::Integer => 8,
             AnswerKind::Word => 16,
             AnswerKind::Countdown => 40,
+            // Numeric limits the final answer's text only, not the reasoning before it.
+            AnswerKind::Numeric => 24,
             AnswerKind::Auto | AnswerKind::Text => 64,
         }
     }
 
-    /// Whether `line` (an answer line, already trimmed) has the shape of an answer.
+    /// Whether `line` (an answer line, already trimmed) has the shape of an answer. For
+    /// `Numeric`, `line` is the whole completion and some final answer must be readable.
     pub fn is_well_formed(self, line: &str) -> bool {
         match self {
             AnswerKind::Integer => is_integer(line),
             AnswerKind::Word => is_word(line),
             AnswerKind::Countdown => parse_expression(line).is_ok(),
+            AnswerKind::Numeric => numeric::final_answer(line).is_some(),
             AnswerKind::Auto | AnswerKind::Text => !line.is_empty(),
         }
     }
 
-    /// Whether the completion's answer line answers `prompt` correctly. `Auto` resolves
-    /// against `answer` first.
+    /// Whether the completion's answer line (for `Numeric`, its final answer) answers
+    /// `prompt` correctly. `Auto` resolves against `answer` first.
     pub fn is_correct(self, prompt: &str, completion: &str, answer: &str) -> bool {
         let line = answer_line(completion);
         let expected = answer.trim();
         match self.resolve(Some(answer)) {
+            AnswerKind::Numeric => match numeric::parse_number(expected) {
+                Some(want) => numeric::final_answer(completion) == Some(want),
+                None => false,
+            },
             AnswerKind::Integer => match (line.parse::<i64>(), expected.parse::<i64>()) {
                 (Ok(got), Ok(want)) => got == want,
                 _ => line == expected,
@@ -390,6 +414,52 @@ impl Task for Countdown {
     }
 }
 
+/// GSM8K-like word problems from rlft's own templates (shopping and change, sharing equally,
+/// rates, ages, savings...; see `tasks/word_problems.rs`): 2 to 4 operations each, every
+/// division exact, the answer a non-negative integer. The prompt is the problem, a newline
+/// and [`WORD_PROBLEM_INSTRUCTION`]; answers are checked as [`AnswerKind::Numeric`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WordProblems {
+    /// Only templates whose solution takes at most this many operations (2 to 4).
+    pub max_ops: usize,
+}
+
+impl Default for WordProblems {
+    fn default() -> Self {
+        Self { max_ops: 4 }
+    }
+}
+
+impl Task for WordProblems {
+    fn name(&self) -> &str {
+        "word_problems"
+    }
+
+    fn generate(&self, n: usize, seed: u64) -> Vec<TaskItem> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let templates: Vec<&word_problems::Template> = word_problems::TEMPLATES
+            .iter()
+            .filter(|t| t.ops <= self.max_ops)
+            .collect();
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let Some(template) = templates.choose(&mut rng) else {
+                break;
+            };
+            let (problem, answer) = (template.make)(&mut rng);
+            items.push(TaskItem {
+                prompt: format!("{problem}\n{}", word_problems::INSTRUCTION),
+                answer: answer.to_string(),
+            });
+        }
+        items
+    }
+
+    fn answer_kind(&self) -> AnswerKind {
+        AnswerKind::Numeric
+    }
+}
+
 /// The numbers and target of a `countdown: 3 7 25 -> 46=` prompt.
 pub fn parse_countdown_prompt(prompt: &str) -> Option<(Vec<i64>, i64)> {
     let rest = prompt.trim().strip_prefix("countdown:")?;
@@ -563,6 +633,7 @@ pub enum TaskConfig {
     Arithmetic(ArithmeticConfig),
     Reverse(ReverseConfig),
     Countdown(CountdownConfig),
+    WordProblems(WordProblemsConfig),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -606,6 +677,21 @@ impl Default for CountdownConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WordProblemsConfig {
+    /// Most operations a problem's solution takes, 2 to 4 (lower is easier).
+    pub max_ops: usize,
+}
+
+impl Default for WordProblemsConfig {
+    fn default() -> Self {
+        Self {
+            max_ops: WordProblems::default().max_ops,
+        }
+    }
+}
+
 impl TaskConfig {
     pub fn build(&self) -> Result<Box<dyn Task>, TaskError> {
         Ok(match self {
@@ -632,6 +718,18 @@ impl TaskConfig {
                     max_number: c.max_number,
                     max_target: c.max_target,
                 })
+            }
+            TaskConfig::WordProblems(c) => {
+                if !(2..=4).contains(&c.max_ops) {
+                    return Err(TaskError::Config {
+                        task: "word_problems",
+                        message: format!(
+                            "max_ops must be 2, 3 or 4 (operations per problem); got {}",
+                            c.max_ops
+                        ),
+                    });
+                }
+                Box::new(WordProblems { max_ops: c.max_ops })
             }
         })
     }
@@ -896,6 +994,7 @@ mod tests {
         for task in [
             Box::new(Arithmetic::default()) as Box<dyn Task>,
             Box::new(Reverse::builtin()),
+            Box::new(WordProblems::default()),
         ] {
             let (eval, train) = held_out_split(task.as_ref(), 200, 500);
             assert_eq!((eval.len(), train.len()), (200, 500));
@@ -914,13 +1013,98 @@ mod tests {
         assert_eq!(got.len(), 2);
     }
 
+    #[test]
+    fn word_problems_are_seeded_prefix_stable_and_exact() {
+        let task = WordProblems::default();
+        let items = task.generate(2000, 5);
+        assert_eq!(items, task.generate(2000, 5));
+        assert_eq!(items[..100], task.generate(100, 5)[..]);
+        assert_ne!(items[..100], task.generate(100, 6)[..]);
+        let distinct: HashSet<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
+        assert!(distinct.len() > 1980, "{} distinct", distinct.len());
+        for item in &items {
+            let (problem, instruction) = item.prompt.split_once('\n').expect("two lines");
+            assert_eq!(instruction, WORD_PROBLEM_INSTRUCTION);
+            assert!(problem.ends_with('?'), "{problem}");
+            assert!(
+                !problem.contains("  ") && !problem.contains(" 1 "),
+                "{problem}"
+            );
+            let answer: u64 = item.answer.parse().expect("a non-negative integer");
+            assert!(answer < 10_000, "{problem} {answer}");
+            // The answer in the requested shape scores; the last number of the problem
+            // (what a model that copies it would say) mostly does not.
+            let good = format!("Some steps.\n#### {answer}");
+            assert!(AnswerKind::Numeric.is_correct(&item.prompt, &good, &item.answer));
+            assert!(ends_with_final_answer(&good, None));
+        }
+        // max_ops keeps the short ones.
+        let easy = WordProblems { max_ops: 2 }.generate(300, 5);
+        let ops2 = word_problems::TEMPLATES
+            .iter()
+            .filter(|t| t.ops <= 2)
+            .count();
+        assert!(ops2 >= 4);
+        let hard = task.generate(300, 5);
+        let mean_len = |v: &[TaskItem]| v.iter().map(|i| i.prompt.len()).sum::<usize>() / v.len();
+        assert!(mean_len(&easy) < mean_len(&hard));
+        assert_eq!(task.answer_kind(), AnswerKind::Numeric);
+        assert!(WordProblems { max_ops: 1 }.generate(5, 0).is_empty());
+    }
+
+    #[test]
+    fn every_word_problem_template_keeps_its_promises() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for (index, template) in word_problems::TEMPLATES.iter().enumerate() {
+            assert!((2..=4).contains(&template.ops), "template {index}");
+            let mut answers = HashSet::new();
+            for _ in 0..500 {
+                let (text, answer) = (template.make)(&mut rng);
+                assert!(text.ends_with('?'), "template {index}: {text}");
+                assert!(!text.contains('{'), "template {index}: {text}");
+                answers.insert(answer);
+            }
+            assert!(answers.len() > 5, "template {index} varies its answer");
+        }
+        assert!((12..=20).contains(&word_problems::TEMPLATES.len()));
+    }
+
+    #[test]
+    fn numeric_answer_kind() {
+        use AnswerKind::*;
+        assert_eq!(
+            Auto.resolve(Some("42")),
+            Integer,
+            "auto never guesses numeric"
+        );
+        assert_eq!(Numeric.resolve(Some("42")), Numeric);
+        let c = "Ava has 3 + 4 = 7 pens.\nShe gives away 2, so 7 - 2 = 5.\n#### 5";
+        assert!(Numeric.is_correct("", c, "5"));
+        assert!(Numeric.is_correct("", c, " 5.0 "));
+        assert!(!Numeric.is_correct("", c, "7"));
+        assert!(
+            !Integer.is_correct("", c, "5"),
+            "integer reads the first line"
+        );
+        assert!(Numeric.is_correct("", "The answer is $1,234.00.", "1234"));
+        assert!(!Numeric.is_correct("", "no idea", "5"));
+        assert!(Numeric.is_well_formed(c));
+        assert!(Numeric.is_well_formed("about 5 apples"));
+        assert!(!Numeric.is_well_formed("no idea"));
+        assert_eq!(
+            serde_json::to_string(&Numeric).expect("serialises"),
+            "\"numeric\""
+        );
+    }
+
     /// What `assets/tasks/` holds: task, eval items, train items.
-    fn shipped() -> [(Box<dyn Task>, usize, usize); 3] {
+    fn shipped() -> [(Box<dyn Task>, usize, usize); 4] {
         [
             (Box::new(Arithmetic::default()), 200, 2000),
             (Box::new(Reverse::builtin()), 200, 2000),
             // Longer lines, and beyond a 4M-parameter model: fewer, to keep the repo small.
             (Box::new(Countdown::default()), 200, 1000),
+            (Box::new(WordProblems::default()), 200, 2000),
         ]
     }
 
@@ -997,6 +1181,22 @@ mod tests {
         assert_eq!(w.task.build().expect("builds").name(), "reverse");
         let w: Wrap = toml::from_str("[task]\nname = \"countdown\"\nnumbers = 0\n").expect("ok");
         assert!(w.task.build().is_err());
+        let w: Wrap = toml::from_str("[task]\nname = \"word_problems\"\n").expect("parses");
+        assert_eq!(
+            w.task,
+            TaskConfig::WordProblems(WordProblemsConfig { max_ops: 4 })
+        );
+        let task = w.task.build().expect("builds");
+        assert_eq!(
+            (task.name(), task.answer_kind()),
+            ("word_problems", AnswerKind::Numeric)
+        );
+        let w: Wrap =
+            toml::from_str("[task]\nname = \"word_problems\"\nmax_ops = 5\n").expect("parses");
+        let err = w.task.build().err().expect("out of range").to_string();
+        assert!(err.contains("max_ops must be 2, 3 or 4"), "{err}");
+        let bad = toml::from_str::<Wrap>("[task]\nname = \"word_problems\"\nsteps = 3\n");
+        assert!(bad.is_err(), "unknown keys are errors");
         let bad = toml::from_str::<Wrap>("[task]\nname = \"arithmetic\"\nmax_operands = 9\n");
         assert!(bad.is_err(), "unknown keys are errors");
     }

@@ -8,8 +8,13 @@ use crate::engine::tasks::AnswerKind;
 /// Correct means, by [`AnswerKind`]: `integer` — equal as integers when both parse (`047`
 /// matches `47`), else equal as strings; `word` and `text` — equal to the trimmed answer;
 /// `countdown` — a valid solution of the prompt (the answer column is not needed); `auto` —
-/// the kind guessed from each answer. Anything after the first newline is ignored, so
-/// `"47\nfoo"` is correct for `47`, while `"\n47"` (empty first line) is not.
+/// the kind guessed from each answer (never `numeric`). Anything after the first newline is
+/// ignored, so `"47\nfoo"` is correct for `47`, while `"\n47"` (empty first line) is not.
+///
+/// `numeric` is the exception: for reasoning completions, the final answer is read from the
+/// whole completion (`#### 42`, else the last `\boxed{42}`, else the last number; see
+/// [`crate::engine::tasks::extract_final_answer`]) and compared with the answer as an exact
+/// number (`$1,234.00` matches `1234`).
 ///
 /// Every completion must carry an answer (except for `countdown`): a prompt set without
 /// ground truth is a configuration mistake, reported as [`RewardError::MissingAnswer`].
@@ -116,6 +121,40 @@ mod tests {
             "enots",
         );
         assert_eq!(got, [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// Completions in the shape the `word_problems` prompts ask for.
+    #[test]
+    fn numeric_reads_the_final_answer_of_the_reasoning() {
+        let prompt = "Ava buys 3 pens for $4 each and pays with a $20 bill. How many dollars of \
+                      change does she get?";
+        let got = score(
+            AnswerKind::Numeric,
+            prompt,
+            &[
+                "3 pens cost 3 x $4 = $12.\nHer change is $20 - $12 = $8.\n#### 8",
+                "The pens cost $12, so the change is $8.\n#### $8.00",
+                "The change is 20 - 12 = 8 dollars.",
+                "The answer is $\\boxed{8}$.",
+                "#### 7\nWait, 20 - 12 = 8.\n#### 8",
+                "3 x 4 = 12\n#### 12\nSo she gets 8 back.",
+                "3 x 4 = 12, 20 - 12 = 9.\n#### 9",
+                "I cannot solve this.",
+                "",
+            ],
+            "8",
+        );
+        assert_eq!(got, [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        let big = score(
+            AnswerKind::Numeric,
+            "p",
+            &["#### 1,234", "1234.0", "#### 1 234", "#### 12,34"],
+            "1234",
+        );
+        // A space is not a thousands separator: `1 234` reads as 1.
+        assert_eq!(big, [1.0, 1.0, 0.0, 0.0]);
+        // A non-numeric ground truth matches nothing.
+        assert_eq!(score(AnswerKind::Numeric, "p", &["#### 8"], "eight"), [0.0]);
     }
 
     #[test]

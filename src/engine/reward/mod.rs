@@ -9,11 +9,12 @@
 //! [[rewards]]
 //! type = "exact_match"        # alias "accuracy"; 1 if the answer line is correct
 //! weight = 1.0                # default 1.0; every source also takes an optional `name`
-//! check = "auto"              # auto | integer | word | countdown | text (default auto)
+//! check = "auto"              # auto | integer | word | countdown | text | numeric
+//!                             # (default auto; numeric reads `#### 42` from reasoning)
 //!
 //! [[rewards]]
-//! type = "format"             # 1 if the answer line is well formed and short
-//! weight = 0.1
+//! type = "format"             # 1 if the answer line is well formed and short; with
+//! weight = 0.1                # check = "numeric", if the text ends with `#### <number>`
 //! max_chars = 8               # optional; default from the task or the answer kind
 //!
 //! [[rewards]]
@@ -358,7 +359,7 @@ pub fn build_all_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::tasks::{Arithmetic, Reverse};
+    use crate::engine::tasks::{Arithmetic, Reverse, WordProblems};
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -529,5 +530,40 @@ mod tests {
         let mut em = build(&cfgs[0], Some(&Reverse::builtin())).expect("builds");
         let batch = [c("reverse: net=", "ten", "ten")];
         assert_eq!(em.score(&batch).expect("scores"), [1.0]);
+    }
+
+    /// What configs/grpo_gsm_smollm2.toml asks for, with and without the task known.
+    #[test]
+    fn numeric_checks_from_the_config_or_the_task() {
+        let explicit = parse(
+            "[[rewards]]\ntype = \"exact_match\"\ncheck = \"numeric\"\n\
+             [[rewards]]\ntype = \"format\"\ncheck = \"numeric\"\nweight = 0.1\n",
+        )
+        .expect("parses");
+        assert!(matches!(
+            &explicit[0],
+            RewardConfig::ExactMatch(ExactMatchConfig {
+                check: AnswerKind::Numeric,
+                ..
+            })
+        ));
+        let auto = parse("[[rewards]]\ntype = \"exact_match\"\n[[rewards]]\ntype = \"format\"\n")
+            .expect("parses");
+        let batch = [
+            c("p", "2 x 6 = 12, 12 + 2 = 14.\n#### 14", "14"),
+            c("p", "2 x 6 = 12, so 13.", "14"),
+            c("p", "14", "14"),
+        ];
+        let task = WordProblems::default();
+        for cfgs in [&explicit, &auto] {
+            let mut sources =
+                build_all_with(cfgs, Some(&task), &mut |_| unreachable!()).expect("builds");
+            let em = sources[0].0.score(&batch).expect("scores");
+            let format = sources[1].0.score(&batch).expect("scores");
+            assert_eq!((em, format), (vec![1.0, 0.0, 1.0], vec![1.0, 0.0, 0.0]));
+        }
+        // Without the task, `auto` keeps the first-line rules.
+        let mut em = build(&auto[0], None).expect("builds");
+        assert_eq!(em.score(&batch).expect("scores"), [0.0, 0.0, 1.0]);
     }
 }
