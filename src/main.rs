@@ -214,6 +214,21 @@ enum Cmd {
         #[arg(long)]
         stats: bool,
     },
+    /// Write a run's metrics (its metrics.jsonl) as CSV, or as a TensorBoard event file in
+    /// the run folder for TensorBoard and `wandb sync`.
+    ExportMetrics {
+        /// The run folder.
+        run: PathBuf,
+        /// CSV: step, wall_time and one column per metric (empty where a step lacks it).
+        #[arg(long, conflicts_with = "tensorboard")]
+        csv: bool,
+        /// A TensorBoard event file (`events.out.tfevents.*`) in the run folder.
+        #[arg(long)]
+        tensorboard: bool,
+        /// Where the CSV goes (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -395,6 +410,12 @@ fn run(cli: Cli) -> Result<()> {
             precision,
         ),
         Some(Cmd::Judge(args)) => judge(args),
+        Some(Cmd::ExportMetrics {
+            run,
+            csv,
+            tensorboard,
+            out,
+        }) => export_metrics(&run, csv, tensorboard, out.as_deref()),
         Some(Cmd::Label { runs, run, stats }) => label(LabelArgs {
             runs: &runs,
             only: run.as_deref(),
@@ -405,6 +426,46 @@ fn run(cli: Cli) -> Result<()> {
             stats,
         }),
     }
+}
+
+/// `rlft export-metrics`: a run's metrics.jsonl as CSV or as a TensorBoard event file.
+fn export_metrics(
+    run: &std::path::Path,
+    csv: bool,
+    tensorboard: bool,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
+    let path = run.join("metrics.jsonl");
+    let rows = rlft::engine::run::read_metrics(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if tensorboard {
+        let mut w = rlft::engine::tensorboard::EventFileWriter::create(run)?;
+        // The run's own clock (seconds since it started) on TensorBoard's Unix axis.
+        let started = std::fs::metadata(run.join("config.toml"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        for row in &rows {
+            w.scalars(
+                row.step,
+                started + row.wall_time,
+                row.values.iter().map(|(k, v)| (k.as_str(), *v)),
+            )?;
+        }
+        w.flush()?;
+        eprintln!("{} rows -> {}", rows.len(), w.path().display());
+        return Ok(());
+    }
+    if !csv {
+        bail!("say which format: --csv or --tensorboard");
+    }
+    let text = rlft::engine::run::metrics_csv(&rows);
+    match out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 /// Tensors are large, short-lived and of repeating sizes: glibc serves each allocation over

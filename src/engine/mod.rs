@@ -20,3 +20,4 @@ pub mod sample;
 pub mod serve;
 pub mod session;
 pub mod tasks;
+pub mod tensorboard;

@@ -221,10 +221,46 @@ pub struct RunContext {
     pub keep_best: Option<(String, bool)>,
     best: Option<BestSoFar>,
     best_improved: bool,
+    /// `[train] report_to = ["tensorboard"]`: the run's event file.
+    tensorboard: Option<crate::engine::tensorboard::EventFileWriter>,
 }
 
 /// `checkpoints/best/best.json`.
 pub use crate::engine::events::BestCheckpoint as BestSoFar;
+
+/// Metrics rows as CSV: `step`, `wall_time`, then every metric any row has, sorted by name;
+/// a cell is empty where that step did not log the metric. Names with a comma or a quote are
+/// quoted (RFC 4180).
+pub fn metrics_csv(rows: &[MetricsRow]) -> String {
+    let names: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|r| r.values.keys().map(String::as_str))
+        .collect();
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = String::from("step,wall_time");
+    for n in &names {
+        out.push(',');
+        out.push_str(&quote(n));
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&format!("{},{}", r.step, r.wall_time));
+        for n in &names {
+            out.push(',');
+            if let Some(v) = r.values.get(*n) {
+                out.push_str(&v.to_string());
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// The best checkpoint a run folder holds (`checkpoints/best/best.json`), if any.
 pub fn read_best(run_dir: &Path) -> Option<BestSoFar> {
@@ -249,6 +285,7 @@ impl RunContext {
             keep_best: None,
             best: None,
             best_improved: false,
+            tensorboard: None,
         }
     }
 
@@ -325,6 +362,15 @@ impl RunContext {
         }
     }
 
+    /// Also writes every metrics row to a TensorBoard event file in the run folder (a new
+    /// file per start, as TensorBoard's writers do; it reads them all in order).
+    pub fn report_to_tensorboard(&mut self) {
+        match crate::engine::tensorboard::EventFileWriter::create(&self.dir.path) {
+            Ok(w) => self.tensorboard = Some(w),
+            Err(e) => self.log(LogLevel::Warn, format!("TensorBoard: {e}")),
+        }
+    }
+
     /// Appends to `metrics.jsonl` and reports the values.
     pub fn metrics(&mut self, step: usize, mut values: BTreeMap<String, f64>) {
         self.last_step = step;
@@ -357,6 +403,19 @@ impl RunContext {
         };
         if let Err(e) = self.dir.append_metrics(&row) {
             self.log(LogLevel::Error, format!("writing metrics.jsonl: {e}"));
+        }
+        if let Some(tb) = self.tensorboard.as_mut() {
+            // TensorBoard's time axis is Unix time.
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let written = tb
+                .scalars(step, unix, row.values.iter().map(|(k, v)| (k.as_str(), *v)))
+                .and_then(|()| tb.flush());
+            if let Err(e) = written {
+                self.tensorboard = None;
+                self.log(LogLevel::Warn, format!("TensorBoard, stopped writing: {e}"));
+            }
         }
         self.send(Event::Metrics {
             run: self.id.clone(),
@@ -450,6 +509,23 @@ impl RunContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_csv_has_a_column_per_metric_and_blanks_where_a_step_lacks_one() {
+        let row = |step, pairs: &[(&str, f64)]| MetricsRow {
+            step,
+            wall_time: step as f64 * 0.5,
+            values: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        let rows = [
+            row(1, &[("loss", 2.5), ("a,b", 1.0)]),
+            row(2, &[("loss", 2.0), ("eval_loss", 2.25)]),
+        ];
+        assert_eq!(
+            metrics_csv(&rows),
+            "step,wall_time,\"a,b\",eval_loss,loss\n1,0.5,1,,2.5\n2,1,,2.25,2\n"
+        );
+    }
 
     #[test]
     fn metrics_survive_and_torn_lines_are_skipped() {

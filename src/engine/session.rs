@@ -99,6 +99,13 @@ pub fn launch(
             if let Some(metric) = &cfg.train.keep_best {
                 ctx.keep_best(metric, cfg.train.greater_is_better);
             }
+            if cfg
+                .train
+                .report_to
+                .contains(&crate::engine::config::ReportTo::Tensorboard)
+            {
+                ctx.report_to_tensorboard();
+            }
             ctx.status(RunStatus::Starting);
             let record = |ctx: &RunContext, status: RunStatus, error: Option<String>| {
                 let state = RunState {

@@ -24,6 +24,14 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// A metrics sink besides `metrics.jsonl` (`[train] report_to`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportTo {
+    /// TensorBoard event files in the run folder.
+    Tensorboard,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
@@ -175,6 +183,10 @@ pub struct TrainSection {
     pub keep_best: Option<String>,
     /// Whether a larger `keep_best` value is better (HF's name).
     pub greater_is_better: bool,
+    /// Where metrics go besides `metrics.jsonl` (HF's name): `["tensorboard"]` also writes
+    /// TensorBoard event files in the run folder (TensorBoard and `wandb sync` read them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub report_to: Vec<ReportTo>,
     /// Save a checkpoint every N steps (0 = only at the end).
     pub save_steps: usize,
     /// Keep the newest N step checkpoints (older ones are deleted; `final` is always kept).
@@ -240,6 +252,7 @@ impl Default for TrainSection {
             num_eval_generations: 1,
             keep_best: None,
             greater_is_better: true,
+            report_to: Vec::new(),
             save_steps: 0,
             save_total_limit: 2,
             gradient_checkpointing: false,

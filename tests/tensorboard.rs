@@ -1,0 +1,114 @@
+//! TensorBoard event files: rlft reads what PyTorch's `SummaryWriter` wrote (the fixture from
+//! `tests/fixtures/tensorboard/make_events.py`), including a file cut mid-record, and a run
+//! with `report_to = ["tensorboard"]` writes every metrics row into an event file that reads
+//! back equal to its `metrics.jsonl`.
+
+mod common;
+
+use std::path::Path;
+
+use common::{run_to_end, tiny_model, write_arith};
+use rlft::engine::device::DeviceChoice;
+use rlft::engine::run::read_metrics;
+use rlft::engine::tensorboard::{EventFileReader, Logged, event_files, values_of};
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tensorboard")
+        .join(name)
+}
+
+fn read_all(path: &Path) -> Vec<Logged> {
+    let mut r = EventFileReader::new(path);
+    r.poll().unwrap().iter().flat_map(values_of).collect()
+}
+
+#[test]
+fn pytorch_summary_writer_scalars_and_text_read_back() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let values = read_all(&fixture("pytorch.tfevents"));
+    let scalars: Vec<(i64, String, f64)> = values
+        .iter()
+        .filter_map(|v| match v {
+            Logged::Scalar {
+                step, tag, value, ..
+            } => Some((*step, tag.clone(), *value)),
+            _ => None,
+        })
+        .collect();
+    let want = expected["scalars"].as_array().unwrap();
+    assert_eq!(scalars.len(), want.len());
+    for ((step, tag, value), w) in scalars.iter().zip(want) {
+        assert_eq!(*step, w["step"].as_i64().unwrap());
+        assert_eq!(tag, w["tag"].as_str().unwrap());
+        // `simple_value` is an f32.
+        assert!(
+            (value - w["value"].as_f64().unwrap()).abs() < 1e-6,
+            "{tag}@{step}"
+        );
+    }
+    let texts: Vec<&Logged> = values
+        .iter()
+        .filter(|v| matches!(v, Logged::Text { .. }))
+        .collect();
+    assert_eq!(
+        texts,
+        [&Logged::Text {
+            step: 5,
+            wall_time: 1_700_000_005.0,
+            // PyTorch files text under `<tag>/text_summary`.
+            tag: "train/generated_samples/text_summary".into(),
+            text: "12+35=47".into()
+        }]
+    );
+}
+
+/// A file cut in the middle of its last record (a writer caught mid-flush) reads up to the
+/// last whole record, without an error; the rest is read once it is there.
+#[test]
+fn a_torn_last_record_is_waited_for_not_an_error() {
+    let whole = std::fs::read(fixture("pytorch.tfevents")).unwrap();
+    let torn = std::fs::read(fixture("pytorch_torn.tfevents")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("events.out.tfevents.1.host");
+    std::fs::write(&path, &torn).unwrap();
+    let mut r = EventFileReader::new(&path);
+    let first: Vec<Logged> = r.poll().unwrap().iter().flat_map(values_of).collect();
+    assert_eq!(first.len(), 15, "the 15 scalars; the text record is torn");
+    assert!(r.poll().unwrap().is_empty());
+    std::fs::write(&path, &whole).unwrap();
+    let rest: Vec<Logged> = r.poll().unwrap().iter().flat_map(values_of).collect();
+    assert!(matches!(rest.as_slice(), [Logged::Text { .. }]), "{rest:?}");
+}
+
+#[test]
+fn report_to_tensorboard_writes_every_metrics_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("sft.jsonl");
+    write_arith(&data, 64, 3);
+    let toml = format!(
+        "method = \"sft\"\nname = \"tb\"\n[model]\npath = \"{}\"\n[data]\ntrain = \"{}\"\n\
+         [train]\nmax_steps = 5\nper_device_train_batch_size = 8\nmax_length = 16\n\
+         report_to = [\"tensorboard\"]\n[optim]\nlearning_rate = 1e-3\n",
+        model.display(),
+        data.display()
+    );
+    run_to_end(&toml, &tmp.path().join("runs"), DeviceChoice::Cpu);
+    let dir = tmp.path().join("runs/tb");
+    let files = event_files(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let logged = read_all(&files[0]);
+    let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 5);
+    for row in &rows {
+        for (name, v) in &row.values {
+            let found = logged.iter().any(|l| {
+                matches!(l, Logged::Scalar { step, tag, value, .. }
+                    if *step == row.step as i64 && tag == name && (value - *v as f32 as f64).abs() < 1e-9)
+            });
+            assert!(found, "{name} at step {}", row.step);
+        }
+    }
+}
