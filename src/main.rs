@@ -214,6 +214,14 @@ enum Cmd {
         #[arg(long)]
         stats: bool,
     },
+    /// Open the workbench on runs of other engines, followed live from their files: a folder
+    /// of TensorBoard event files (TRL, OpenRLHF, verl), verl's file-logger JSONL (with a
+    /// `rollouts/` folder of its samples beside it), or a folder TRL writes through rlft's
+    /// callback (`integrations/trl/`). Metric names are mapped to rlft's, originals kept.
+    Watch {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Write a run's metrics (its metrics.jsonl) as CSV, or as a TensorBoard event file in
     /// the run folder for TensorBoard and `wandb sync`.
     ExportMetrics {
@@ -410,6 +418,12 @@ fn run(cli: Cli) -> Result<()> {
             precision,
         ),
         Some(Cmd::Judge(args)) => judge(args),
+        Some(Cmd::Watch { paths }) => rlft::tui::run_workbench(rlft::tui::WorkbenchOptions {
+            runs_root: cli.runs,
+            watch: paths,
+            load_saved_runs: false,
+            ..Default::default()
+        }),
         Some(Cmd::ExportMetrics {
             run,
             csv,

@@ -112,3 +112,64 @@ fn report_to_tensorboard_writes_every_metrics_row() {
         }
     }
 }
+
+/// `rlft watch` on a TensorBoard folder: the watcher sends the run's scalars as metrics, with
+/// rlft's names beside the originals (`train/reward` -> `reward`), its text summaries as
+/// samples, and what is appended later as it comes.
+#[test]
+fn a_watched_tensorboard_folder_streams_metrics_and_samples() {
+    use rlft::engine::events::Event;
+    use rlft::engine::tensorboard::EventFileWriter;
+    let tmp = tempfile::tempdir().unwrap();
+    let logdir = tmp.path().join("runs/Dec05_host");
+    std::fs::create_dir_all(&logdir).unwrap();
+    std::fs::copy(
+        fixture("pytorch.tfevents"),
+        logdir.join("events.out.tfevents.1.host"),
+    )
+    .unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let watch = rlft::engine::watch::spawn(tmp.path(), "trl-run".into(), tx).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut metrics, mut samples) = (Vec::new(), Vec::new());
+    while metrics.len() < 5 || samples.is_empty() {
+        match rx.recv_deadline(deadline) {
+            Ok(Event::Metrics { step, values, .. }) => metrics.push((step, values)),
+            Ok(Event::Samples { samples: s, .. }) => samples.extend(s),
+            Ok(_) => {}
+            Err(e) => panic!("{e}: {metrics:?} {samples:?}"),
+        }
+    }
+    let (step, values) = &metrics[0];
+    assert_eq!(*step, 1);
+    assert!((values["reward"] - 0.1).abs() < 1e-6, "{values:?}");
+    assert!(
+        values.contains_key("train/reward"),
+        "the original name stays"
+    );
+    assert_eq!(samples[0].completion, "12+35=47");
+    // A second writer in the same folder (a resumed run): its rows arrive too.
+    let started = std::time::Instant::now();
+    let mut w = EventFileWriter::create(&logdir).unwrap();
+    w.scalars(6, 1_700_000_006.0, [("train/reward", 0.75)])
+        .unwrap();
+    w.flush().unwrap();
+    loop {
+        match rx.recv_deadline(deadline + std::time::Duration::from_secs(10)) {
+            Ok(Event::Metrics {
+                step: 6, values, ..
+            }) => {
+                assert_eq!(values["reward"], 0.75);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("step 6 never came: {e}"),
+        }
+    }
+    eprintln!(
+        "a flushed record reached the watcher's events in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    watch.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watch.thread.join().unwrap();
+}

@@ -21,3 +21,4 @@ pub mod serve;
 pub mod session;
 pub mod tasks;
 pub mod tensorboard;
+pub mod watch;

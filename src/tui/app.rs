@@ -376,6 +376,19 @@ impl App {
         self.toast = Some(Toast { error: false, text });
     }
 
+    /// A run of another engine followed from its files (`rlft watch`): listed at once, filled
+    /// in by the watcher's events.
+    pub fn add_watched(&mut self, id: &str, method: &str, dir: PathBuf) {
+        let mut run = RunData::new(id, method, Origin::Watched, self.config.series_cap);
+        run.status = RunStatus::Running;
+        run.dir = Some(dir);
+        let i = self.runs.insert(run);
+        if self.focused_run.is_none() {
+            self.focus_run(i);
+        }
+        self.dirty = true;
+    }
+
     /// A run folder read from disk. Ignored if a run of that name is already known (it was
     /// launched in this session).
     pub fn on_loaded_run(&mut self, loaded: LoadedRun) {

@@ -69,6 +69,8 @@ pub struct WorkbenchOptions {
     pub annotator: Option<String>,
     /// How many people may label one pair (`--labels-per-pair`), stored for every labeller.
     pub labels_per_pair: Option<usize>,
+    /// Runs of other engines to follow from their files (`rlft watch`).
+    pub watch: Vec<PathBuf>,
 }
 
 impl Default for WorkbenchOptions {
@@ -85,6 +87,7 @@ impl Default for WorkbenchOptions {
             precision: None,
             annotator: None,
             labels_per_pair: None,
+            watch: Vec::new(),
         }
     }
 }
@@ -109,6 +112,7 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
             .context("opening the label store")?;
         store.set_labels_per_pair(n)?;
     }
+    let watch_events = tx.clone();
     let mut engine = SessionEngine::new(tx, opts.runs_root.clone(), opts.device);
     engine.precision = opts.precision;
     let engine = Box::new(engine);
@@ -127,12 +131,26 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
             run_dir: opts.run_dir.clone(),
         },
     );
-    if opts.autostart.is_empty() {
+    let mut watches = Vec::new();
+    for path in &opts.watch {
+        let id = watch_id(path, &watches);
+        match crate::engine::watch::spawn(path, id.clone(), watch_events.clone()) {
+            Ok(w) => {
+                app.add_watched(&id, w.source.kind(), path.clone());
+                watches.push(w);
+            }
+            Err(e) => app.note(LogLevel::Error, format!("watch: {e}")),
+        }
+    }
+    if opts.autostart.is_empty() && opts.watch.is_empty() {
         app.open_on_saved_runs(saved.len());
     }
     let loaded = spawn_loader(saved);
     let result = event_loop(&mut guard, &mut app, &rx, &loaded);
     drop(guard);
+    for w in &watches {
+        w.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if result.is_err() {
         // The UI died (e.g. the terminal went away): still let live runs save a checkpoint.
         app.stop_live_runs();
@@ -146,6 +164,21 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// A watched run's name: its folder's (or file's) name, made unique among the others.
+fn watch_id(path: &std::path::Path, others: &[crate::engine::watch::Watch]) -> String {
+    let base = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "watched".into());
+    let mut id = base.clone();
+    let mut n = 2;
+    while others.iter().any(|w| w.id == id) {
+        id = format!("{base}-{n}");
+        n += 1;
+    }
+    id
 }
 
 /// Reads saved run folders on a background thread, one message per run.

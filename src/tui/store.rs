@@ -26,6 +26,8 @@ pub enum Origin {
     Live,
     /// Read from its folder under the runs root.
     Disk,
+    /// Another engine's run (TRL, verl, OpenRLHF), followed from its files (`rlft watch`).
+    Watched,
 }
 
 /// One run's state as the panes see it.

@@ -1,0 +1,491 @@
+//! Watching runs of other engines (TRL, verl, OpenRLHF) as they train: a thread per run tails
+//! what the engine writes and sends the same [`Event`]s rlft's own runs send, so every pane
+//! (curves, samples, health) works on them unchanged.
+//!
+//! Sources, found from the path given:
+//! - a folder with TensorBoard event files (TRL's and OpenRLHF's `tensorboard` logging, verl's
+//!   `tensorboard` logger), searched recursively; text summaries become samples;
+//! - verl's `file` logger JSONL (`{"step": N, "data": {...}}` a line), with the samples of
+//!   `rollout_data_dir` (`<step>.jsonl` rows of `input`, `output`, `score`) when a folder of
+//!   them sits beside it or is given;
+//! - a folder in rlft's own format (`metrics.jsonl`, `samples.jsonl`), as rlft's TRL callback
+//!   (`integrations/trl/`) writes it.
+//!
+//! Metric names are mapped to rlft's where the meaning is the same ([`rlft_name`]); the
+//! original names are kept beside them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
+use crate::engine::tensorboard::{EventFileReader, Logged, event_files, values_of};
+
+/// How often a watched run's files are looked at again. TensorBoard's writers flush every
+/// few seconds at most (PyTorch: 120 s by default, TRL's callback at every log).
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// What a watched path holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    TensorBoard(PathBuf),
+    /// verl's file logger, and the rollout dumps folder if there is one.
+    VerlJsonl {
+        file: PathBuf,
+        rollouts: Option<PathBuf>,
+    },
+    /// rlft's own run-folder format.
+    RlftFolder(PathBuf),
+}
+
+impl Source {
+    /// What `path` is: a JSONL file is verl's log; a folder with `metrics.jsonl` is rlft's
+    /// format; a folder with event files (at any depth) is TensorBoard's.
+    pub fn detect(path: &Path) -> Result<Self, String> {
+        if path.is_file() {
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                let rollouts = path
+                    .parent()
+                    .map(|d| d.join("rollouts"))
+                    .filter(|d| d.is_dir());
+                return Ok(Source::VerlJsonl {
+                    file: path.to_path_buf(),
+                    rollouts,
+                });
+            }
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains("tfevents"))
+            {
+                return Ok(Source::TensorBoard(path.to_path_buf()));
+            }
+            return Err(format!(
+                "{}: not a TensorBoard event file or a verl JSONL log",
+                path.display()
+            ));
+        }
+        if path.join("metrics.jsonl").is_file() {
+            return Ok(Source::RlftFolder(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            if !event_files(path).is_empty() {
+                return Ok(Source::TensorBoard(path.to_path_buf()));
+            }
+            return Err(format!(
+                "{}: no TensorBoard event files, metrics.jsonl or verl log in it (yet)",
+                path.display()
+            ));
+        }
+        Err(format!("{}: no such file or folder", path.display()))
+    }
+
+    /// The engine as shown in the Runs pane's method column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::TensorBoard(_) => "tboard",
+            Source::VerlJsonl { .. } => "verl",
+            Source::RlftFolder(_) => "trl",
+        }
+    }
+}
+
+/// rlft's name for an engine's metric, where the meaning is the same (`None` otherwise):
+/// the Hugging Face trainer's `train/` prefix (TRL, OpenRLHF) is dropped, and verl's names
+/// are mapped to TRL's.
+pub fn rlft_name(name: &str) -> Option<&str> {
+    let verl = match name {
+        "critic/score/mean" => Some("reward"),
+        "critic/score/std" => Some("reward_std"),
+        "actor/entropy" => Some("entropy"),
+        "actor/pg_loss" => Some("loss"),
+        "actor/kl_loss" => Some("kl"),
+        "actor/grad_norm" => Some("grad_norm"),
+        "actor/pg_clipfrac" => Some("clip_ratio/region_mean"),
+        "response_length/mean" => Some("completions/mean_length"),
+        "response_length/clip_ratio" => Some("completions/clipped_ratio"),
+        "actor/lr" => Some("learning_rate"),
+        _ => None,
+    };
+    if verl.is_some() {
+        return verl;
+    }
+    match name.strip_prefix("train/") {
+        // OpenRLHF's names for what TRL calls these.
+        Some("policy_loss") => Some("loss"),
+        Some("response_length") => Some("completions/mean_length"),
+        Some(rest) if !rest.is_empty() => Some(rest),
+        _ => None,
+    }
+}
+
+/// A metrics row with each mapped name added beside the original.
+pub fn with_rlft_names(values: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut out = values.clone();
+    for (name, v) in values {
+        if let Some(mapped) = rlft_name(&name)
+            && !out.contains_key(mapped)
+        {
+            out.insert(mapped.to_string(), v);
+        }
+    }
+    out
+}
+
+/// A watched run: its thread stops when the handle's `stop` is set.
+pub struct Watch {
+    pub id: String,
+    pub source: Source,
+    pub stop: Arc<AtomicBool>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts watching `path` as run `id`: a `Started` event, then metrics and samples as they
+/// appear, polled every [`POLL`]. Errors while reading (a corrupt file) are logged once and
+/// the watch goes on with the other files.
+pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, String> {
+    let source = Source::detect(path)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (thread_source, thread_stop, thread_id) = (source.clone(), stop.clone(), id.clone());
+    let run_dir = path.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name(format!("watch-{id}"))
+        .spawn(move || {
+            let _ = events.send(Event::Started {
+                run: thread_id.clone(),
+                method: thread_source.kind().into(),
+                run_dir,
+                total_steps: 0,
+                model: None,
+            });
+            let mut tail = Tail::new(thread_source);
+            while !thread_stop.load(Ordering::Relaxed) {
+                for ev in tail.poll(&thread_id) {
+                    if events.send(ev).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(POLL);
+            }
+            let _ = events.send(Event::Status {
+                run: thread_id,
+                status: RunStatus::Stopped,
+            });
+        })
+        .map_err(|e| format!("starting a watcher: {e}"))?;
+    Ok(Watch {
+        id,
+        source,
+        stop,
+        thread,
+    })
+}
+
+/// Where each watched file has been read up to.
+pub struct Tail {
+    source: Source,
+    tensorboard: Vec<EventFileReader>,
+    /// Byte offsets of JSONL files (metrics, samples) read so far, and any partial last line.
+    jsonl: BTreeMap<PathBuf, (u64, String)>,
+    /// Rollout dump files already read (verl writes each step's file once).
+    rollouts_read: std::collections::BTreeSet<PathBuf>,
+    /// Files already reported as unreadable.
+    reported: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Tail {
+    pub fn new(source: Source) -> Self {
+        Self {
+            source,
+            tensorboard: Vec::new(),
+            jsonl: BTreeMap::new(),
+            rollouts_read: Default::default(),
+            reported: Default::default(),
+        }
+    }
+
+    /// Everything new since the last poll, as events of run `id`.
+    pub fn poll(&mut self, id: &str) -> Vec<Event> {
+        let mut out = Vec::new();
+        match self.source.clone() {
+            Source::TensorBoard(path) => self.poll_tensorboard(&path, id, &mut out),
+            Source::VerlJsonl { file, rollouts } => {
+                for line in self.new_lines(&file, id, &mut out) {
+                    if let Some((step, values)) = verl_row(&line) {
+                        out.push(metrics(id, step, 0.0, values));
+                    }
+                }
+                if let Some(dir) = rollouts {
+                    self.poll_rollouts(&dir, id, &mut out);
+                }
+            }
+            Source::RlftFolder(dir) => {
+                for line in self.new_lines(&dir.join("metrics.jsonl"), id, &mut out) {
+                    if let Ok(row) = serde_json::from_str::<crate::engine::run::MetricsRow>(&line) {
+                        out.push(metrics(id, row.step, row.wall_time, row.values));
+                    }
+                }
+                let mut by_step: BTreeMap<usize, Vec<SampleRecord>> = BTreeMap::new();
+                for line in self.new_lines(&dir.join("samples.jsonl"), id, &mut out) {
+                    if let Ok(s) = serde_json::from_str::<SampleRecord>(&line) {
+                        by_step.entry(s.step).or_default().push(s);
+                    }
+                }
+                for (step, samples) in by_step {
+                    out.push(Event::Samples {
+                        run: id.to_string(),
+                        step,
+                        samples,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn poll_tensorboard(&mut self, path: &Path, id: &str, out: &mut Vec<Event>) {
+        let files = if path.is_file() {
+            vec![path.to_path_buf()]
+        } else {
+            event_files(path)
+        };
+        for f in files {
+            if !self.tensorboard.iter().any(|r| r.path() == f) {
+                self.tensorboard.push(EventFileReader::new(f));
+            }
+        }
+        let mut rows: BTreeMap<i64, (f64, BTreeMap<String, f64>)> = BTreeMap::new();
+        let mut texts: BTreeMap<i64, Vec<SampleRecord>> = BTreeMap::new();
+        for r in &mut self.tensorboard {
+            let events = match r.poll() {
+                Ok(e) => e,
+                Err(e) => {
+                    if self.reported.insert(r.path().to_path_buf()) {
+                        out.push(log(id, LogLevel::Warn, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            for logged in events.iter().flat_map(values_of) {
+                match logged {
+                    Logged::Scalar {
+                        step,
+                        wall_time,
+                        tag,
+                        value,
+                    } => {
+                        let row = rows.entry(step).or_insert((wall_time, BTreeMap::new()));
+                        row.1.insert(tag, value);
+                    }
+                    Logged::Text {
+                        step, tag, text, ..
+                    } => {
+                        texts.entry(step).or_default().push(SampleRecord {
+                            step: step.max(0) as usize,
+                            prompt: tag,
+                            completion: text,
+                            rewards: BTreeMap::new(),
+                            advantage: None,
+                        });
+                    }
+                }
+            }
+        }
+        for (step, (wall, values)) in rows {
+            out.push(metrics(id, step.max(0) as usize, wall, values));
+        }
+        for (step, samples) in texts {
+            out.push(Event::Samples {
+                run: id.to_string(),
+                step: step.max(0) as usize,
+                samples,
+            });
+        }
+    }
+
+    /// verl's `rollout_data_dir`: one `<step>.jsonl` per step, rows of `input`, `output`,
+    /// `score` (and `gts`).
+    fn poll_rollouts(&mut self, dir: &Path, id: &str, out: &mut Vec<Event>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut files: Vec<(usize, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                let step = p.file_stem()?.to_str()?.parse().ok()?;
+                (p.extension()? == "jsonl").then_some((step, p))
+            })
+            .filter(|(_, p)| !self.rollouts_read.contains(p))
+            .collect();
+        files.sort();
+        for (step, path) in files {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            // Written at once by verl; a file still being written ends without a newline.
+            if !text.ends_with('\n') {
+                continue;
+            }
+            self.rollouts_read.insert(path);
+            let samples: Vec<SampleRecord> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .map(|v| SampleRecord {
+                    step,
+                    prompt: v["input"].as_str().unwrap_or_default().to_string(),
+                    completion: v["output"].as_str().unwrap_or_default().to_string(),
+                    rewards: v["score"]
+                        .as_f64()
+                        .map(|s| BTreeMap::from([("score".to_string(), s)]))
+                        .unwrap_or_default(),
+                    advantage: None,
+                })
+                .collect();
+            if !samples.is_empty() {
+                out.push(Event::Samples {
+                    run: id.to_string(),
+                    step,
+                    samples,
+                });
+            }
+        }
+    }
+
+    /// Whole lines appended to `path` since the last call (a partial last line waits; a file
+    /// that shrank, as verl's logger truncates on a restart, is read again from the start).
+    fn new_lines(&mut self, path: &Path, id: &str, out: &mut Vec<Event>) -> Vec<String> {
+        let Ok(mut file) = File::open(path) else {
+            return Vec::new();
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        let (offset, partial) = self.jsonl.entry(path.to_path_buf()).or_default();
+        if len < *offset {
+            *offset = 0;
+            partial.clear();
+        }
+        if len == *offset || file.seek(SeekFrom::Start(*offset)).is_err() {
+            return Vec::new();
+        }
+        let mut lines = Vec::new();
+        let mut reader = BufReader::new(file);
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(n) => {
+                    *offset += n as u64;
+                    if line.ends_with('\n') {
+                        let whole = std::mem::take(partial) + line.trim_end();
+                        if !whole.is_empty() {
+                            lines.push(whole);
+                        }
+                    } else {
+                        partial.push_str(&line);
+                    }
+                }
+                Err(e) => {
+                    if self.reported.insert(path.to_path_buf()) {
+                        out.push(log(id, LogLevel::Warn, format!("{}: {e}", path.display())));
+                    }
+                    break;
+                }
+            }
+        }
+        lines
+    }
+}
+
+/// One line of verl's file logger: `{"step": N, "data": {"name": value, ...}}`.
+fn verl_row(line: &str) -> Option<(usize, BTreeMap<String, f64>)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let step = v["step"].as_u64()? as usize;
+    let values = v["data"]
+        .as_object()?
+        .iter()
+        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+        .collect();
+    Some((step, values))
+}
+
+fn metrics(id: &str, step: usize, wall_time: f64, values: BTreeMap<String, f64>) -> Event {
+    Event::Metrics {
+        run: id.to_string(),
+        step,
+        wall_time,
+        values: with_rlft_names(values),
+    }
+}
+
+fn log(id: &str, level: LogLevel, message: String) -> Event {
+    Event::Log {
+        run: id.to_string(),
+        level,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn names_map_to_rlft_and_originals_stay() {
+        assert_eq!(rlft_name("critic/score/mean"), Some("reward"));
+        assert_eq!(rlft_name("train/reward"), Some("reward"));
+        assert_eq!(rlft_name("train/policy_loss"), Some("loss"));
+        assert_eq!(
+            rlft_name("train/completions/mean_length"),
+            Some("completions/mean_length")
+        );
+        assert_eq!(rlft_name("perf/throughput"), None);
+        let row = with_rlft_names(BTreeMap::from([("critic/score/mean".to_string(), 0.5)]));
+        assert_eq!(row["reward"], 0.5);
+        assert_eq!(row["critic/score/mean"], 0.5);
+    }
+
+    #[test]
+    fn a_verl_log_is_tailed_line_by_line_and_a_partial_line_waits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log_path = tmp.path().join("exp.jsonl");
+        let mut f = File::create(&log_path).unwrap();
+        writeln!(
+            f,
+            r#"{{"step": 1, "data": {{"critic/score/mean": 0.25, "actor/entropy": 1.5}}}}"#
+        )
+        .unwrap();
+        write!(f, r#"{{"step": 2, "data": {{"critic/score/me"#).unwrap();
+        f.flush().unwrap();
+        let mut tail = Tail::new(Source::detect(&log_path).unwrap());
+        let first = tail.poll("v");
+        assert_eq!(first.len(), 1);
+        let Event::Metrics { step, values, .. } = &first[0] else {
+            panic!("{first:?}")
+        };
+        assert_eq!((*step, values["reward"], values["entropy"]), (1, 0.25, 1.5));
+        writeln!(f, r#"an": 0.5}}}}"#).unwrap();
+        f.flush().unwrap();
+        let second = tail.poll("v");
+        assert!(
+            matches!(&second[..], [Event::Metrics { step: 2, values, .. }] if values["reward"] == 0.5),
+            "{second:?}"
+        );
+        assert!(tail.poll("v").is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_empty_path_says_what_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Source::detect(&tmp.path().join("nope")).unwrap_err();
+        assert!(err.contains("no such file"), "{err}");
+        let err = Source::detect(tmp.path()).unwrap_err();
+        assert!(err.contains("no TensorBoard event files"), "{err}");
+    }
+}
