@@ -49,7 +49,8 @@ pub fn default_metrics(method: &str) -> [&'static [&'static str]; SLOTS] {
     match method {
         // Held-out exact match is the number that says whether RL works; entropy collapse is
         // a Health warning, and `m` shows it here.
-        "grpo" | "ppo" | "rloo" | "online_dpo" => [
+        // Watched runs of other engines (`rlft watch`) chart the same, by their mapped names.
+        "grpo" | "ppo" | "rloo" | "online_dpo" | "trl" | "verl" | "tboard" => [
             &["reward", "objective/scores", "objective/rlhf_reward"],
             &["eval/rewards/exact_match/mean", "eval/reward"],
             &["kl", "objective/kl"],
