@@ -173,3 +173,82 @@ fn a_watched_tensorboard_folder_streams_metrics_and_samples() {
     watch.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     watch.thread.join().unwrap();
 }
+
+/// A real TRL run seen two ways: rlft's callback folder and TRL's own TensorBoard file give
+/// the same rewards; the callback's samples and end status come through the watcher.
+#[test]
+fn a_trl_run_reads_the_same_from_its_callback_folder_and_its_event_file() {
+    use rlft::engine::events::Event;
+    use rlft::engine::watch::{Source, Tail};
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trl_callback");
+    let mut tail = Tail::new(Source::detect(&folder).unwrap());
+    let events = tail.poll("trl");
+    let rewards: Vec<(usize, f64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            // The last line is the trainer's summary (train_runtime, ...), with no reward.
+            Event::Metrics { step, values, .. } => Some((*step, *values.get("reward")?)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rewards.len(), 4);
+    assert!(events.iter().any(|e| matches!(e, Event::Samples { samples, .. } if samples[0].rewards.contains_key("exact_match"))));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Finished { step: 4, .. }))
+    );
+    let tb: Vec<(i64, f64)> = read_all(&fixture("trl_grpo.tfevents"))
+        .into_iter()
+        .filter_map(|l| match l {
+            Logged::Scalar {
+                step, tag, value, ..
+            } if tag == "train/reward" => Some((step, value)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tb.len(), 4);
+    for ((s1, r1), (s2, r2)) in rewards.iter().zip(&tb) {
+        assert_eq!(*s1 as i64, *s2);
+        assert!((r1 - r2).abs() < 1e-6, "step {s1}: {r1} vs {r2}");
+    }
+}
+
+/// verl's file logger and rollout dumps: metrics under rlft's names (originals kept) and the
+/// dumped generations as samples with their score.
+#[test]
+fn a_verl_log_and_its_rollouts_are_read() {
+    use rlft::engine::events::Event;
+    use rlft::engine::watch::{Source, Tail};
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verl/exp.jsonl");
+    let source = Source::detect(&log).unwrap();
+    assert!(
+        matches!(
+            &source,
+            Source::VerlJsonl {
+                rollouts: Some(_),
+                ..
+            }
+        ),
+        "{source:?}"
+    );
+    let events = Tail::new(source).poll("verl");
+    let last = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Metrics { step, values, .. } => Some((*step, values.clone())),
+            _ => None,
+        })
+        .last()
+        .unwrap();
+    assert_eq!(last.0, 3);
+    assert_eq!(last.1["reward"], 0.5);
+    assert_eq!(last.1["critic/score/mean"], 0.5);
+    assert_eq!(last.1["completions/mean_length"], 4.6);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Samples { step: 2, samples, .. }
+        if samples.len() == 2 && samples[0].rewards["score"] == 1.0))
+    );
+}

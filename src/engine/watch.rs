@@ -197,6 +197,8 @@ pub struct Tail {
     rollouts_read: std::collections::BTreeSet<PathBuf>,
     /// Files already reported as unreadable.
     reported: std::collections::BTreeSet<PathBuf>,
+    /// The end (finished or failed) an rlft-format folder's `status.json` reported.
+    ended: bool,
 }
 
 impl Tail {
@@ -207,6 +209,7 @@ impl Tail {
             jsonl: BTreeMap::new(),
             rollouts_read: Default::default(),
             reported: Default::default(),
+            ended: false,
         }
     }
 
@@ -244,6 +247,7 @@ impl Tail {
                         samples,
                     });
                 }
+                self.poll_status(&dir, id, &mut out);
             }
         }
         out
@@ -307,6 +311,31 @@ impl Tail {
                 samples,
             });
         }
+    }
+
+    /// The end of a run its `status.json` reports (rlft's TRL callback writes it), once.
+    fn poll_status(&mut self, dir: &Path, id: &str, out: &mut Vec<Event>) {
+        if self.ended {
+            return;
+        }
+        let Some(state) = crate::engine::run::read_status(dir) else {
+            return;
+        };
+        let run = id.to_string();
+        match state.status {
+            RunStatus::Finished | RunStatus::Stopped => out.push(Event::Finished {
+                run,
+                step: state.step,
+                status: state.status,
+            }),
+            RunStatus::Failed => out.push(Event::Failed {
+                run,
+                step: Some(state.step),
+                error: state.error.unwrap_or_else(|| "the run failed".into()),
+            }),
+            RunStatus::Starting | RunStatus::Running | RunStatus::Paused => return,
+        }
+        self.ended = true;
     }
 
     /// verl's `rollout_data_dir`: one `<step>.jsonl` per step, rows of `input`, `output`,
