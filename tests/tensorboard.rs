@@ -239,7 +239,7 @@ fn a_verl_log_and_its_rollouts_are_read() {
             Event::Metrics { step, values, .. } => Some((*step, values.clone())),
             _ => None,
         })
-        .last()
+        .next_back()
         .unwrap();
     assert_eq!(last.0, 3);
     assert_eq!(last.1["reward"], 0.5);
