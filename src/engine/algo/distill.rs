@@ -250,12 +250,7 @@ impl OnPolicy for Distill<'_> {
     }
 
     fn evaluate(&mut self, policy: &Policy) -> Result<BTreeMap<String, f64>, TrainError> {
-        self.evaluator.run(
-            policy.model(),
-            &mut self.sources,
-            &policy.tokenizer,
-            &policy.config,
-        )
+        policy.evaluate(&self.evaluator, &mut self.sources)
     }
 }
 

@@ -205,12 +205,7 @@ impl OnPolicy for Grpo<'_> {
     }
 
     fn evaluate(&mut self, policy: &Policy) -> Result<BTreeMap<String, f64>, TrainError> {
-        self.evaluator.run(
-            policy.model(),
-            &mut self.sources,
-            &policy.tokenizer,
-            &policy.config,
-        )
+        policy.evaluate(&self.evaluator, &mut self.sources)
     }
 }
 

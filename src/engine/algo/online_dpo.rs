@@ -448,12 +448,7 @@ impl OnPolicy for OnlineDpo<'_> {
     }
 
     fn evaluate(&mut self, policy: &Policy) -> Result<BTreeMap<String, f64>, TrainError> {
-        self.evaluator.run(
-            policy.model(),
-            &mut self.truth,
-            &policy.tokenizer,
-            &policy.config,
-        )
+        policy.evaluate(&self.evaluator, &mut self.truth)
     }
 }
 

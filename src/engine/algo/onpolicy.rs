@@ -130,6 +130,15 @@ impl Policy {
         model::lora::for_generation(self.model())
     }
 
+    /// Held-out metrics of the policy as it is now, by `evaluator` with the run's `sources`.
+    pub fn evaluate(
+        &self,
+        evaluator: &super::rollout::Evaluator,
+        sources: &mut [(Box<dyn crate::engine::reward::RewardSource>, f32)],
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        evaluator.run(self.model(), sources, &self.tokenizer, &self.config)
+    }
+
     /// The learning rate of the coming step.
     pub fn learning_rate(&self, cfg: &RunConfig) -> f64 {
         cfg.optim.lr_at(self.step, cfg.train.max_steps)

@@ -557,12 +557,7 @@ impl OnPolicy for Ppo<'_> {
     }
 
     fn evaluate(&mut self, policy: &Policy) -> Result<BTreeMap<String, f64>, TrainError> {
-        self.evaluator.run(
-            policy.model(),
-            &mut self.sources,
-            &policy.tokenizer,
-            &policy.config,
-        )
+        policy.evaluate(&self.evaluator, &mut self.sources)
     }
 
     /// The value model in `value/`, its optimizer, and the KL controller and value parameter
