@@ -294,6 +294,27 @@ fn load(
     Ok(pairs)
 }
 
+/// The training pairs (at least one) and the held-out pairs (none without `[data] eval`).
+fn load_splits(
+    cfg: &RunConfig,
+    tokenizer: &Tokenizer,
+    opts: &PairOptions,
+    ctx: &RunContext,
+) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), TrainError> {
+    let train = load(&cfg.data.train, tokenizer, opts, ctx)?;
+    if train.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{}: no preference pairs",
+            cfg.data.train.display()
+        )));
+    }
+    let eval = match &cfg.data.eval {
+        Some(p) => load(p, tokenizer, opts, ctx)?,
+        None => Vec::new(),
+    };
+    Ok((train, eval))
+}
+
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
     let d = cfg.dpo.clone().unwrap_or_default();
     d.validate().map_err(TrainError::Invalid)?;
@@ -313,17 +334,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
         max_prompt_length: d.max_prompt_length,
         overlong: Overlong::Truncate,
     };
-    let train = load(&cfg.data.train, &tokenizer, &opts, ctx)?;
-    if train.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "{}: no preference pairs",
-            cfg.data.train.display()
-        )));
-    }
-    let eval = match &cfg.data.eval {
-        Some(p) => load(p, &tokenizer, &opts, ctx)?,
-        None => Vec::new(),
-    };
+    let (train, eval) = load_splits(cfg, &tokenizer, &opts, ctx)?;
     let pad = preference::pad_id(&tokenizer);
     // With LoRA: the base without its adapters, sharing the frozen weights.
     let reference = model::lora::without_adapters(loaded.model.valid());

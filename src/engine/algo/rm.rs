@@ -152,6 +152,27 @@ fn load(
     Ok(pairs)
 }
 
+/// The training pairs (at least one left after the length limit) and the held-out pairs.
+fn load_splits(
+    cfg: &RunConfig,
+    tokenizer: &Tokenizer,
+    max_length: usize,
+    ctx: &RunContext,
+) -> Result<(Vec<PreferencePair>, Vec<PreferencePair>), TrainError> {
+    let train = load(&cfg.data.train, tokenizer, max_length, ctx)?;
+    if train.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{}: no preference pairs left (every pair was longer than max_length {max_length})",
+            cfg.data.train.display()
+        )));
+    }
+    let eval = match &cfg.data.eval {
+        Some(p) => load(p, tokenizer, max_length, ctx)?,
+        None => Vec::new(),
+    };
+    Ok((train, eval))
+}
+
 pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutcome {
     let rm = cfg.rm.clone().unwrap_or_default();
     rm.validate().map_err(TrainError::Invalid)?;
@@ -167,17 +188,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
     })?;
     let model_cfg = loaded.config.clone();
     let max_length = train_cfg.max_length.min(model_cfg.max_position_embeddings);
-    let train = load(&cfg.data.train, &tokenizer, max_length, ctx)?;
-    if train.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "{}: no preference pairs left (every pair was longer than max_length {max_length})",
-            cfg.data.train.display()
-        )));
-    }
-    let eval = match &cfg.data.eval {
-        Some(p) => load(p, &tokenizer, max_length, ctx)?,
-        None => Vec::new(),
-    };
+    let (train, eval) = load_splits(cfg, &tokenizer, max_length, ctx)?;
     let use_margin = train.iter().any(|p| p.margin.is_some());
     let pad = preference::pad_id(&tokenizer);
     let mut model = loaded.model;
