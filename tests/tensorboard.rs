@@ -252,3 +252,36 @@ fn a_verl_log_and_its_rollouts_are_read() {
         if samples.len() == 2 && samples[0].rewards["score"] == 1.0))
     );
 }
+
+/// The Hugging Face trainer's `checkpoint-N` folders of a watched run are reported once each
+/// is whole (its `trainer_state.json` is there); a TRL checkpoint is a model folder rlft loads.
+#[test]
+fn a_watched_runs_whole_checkpoints_are_reported() {
+    use rlft::engine::events::Event;
+    use rlft::engine::watch::{Source, Tail};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("trl-out");
+    std::fs::create_dir_all(out.join("runs/Dec05_host")).unwrap();
+    std::fs::copy(
+        fixture("trl_grpo.tfevents"),
+        out.join("runs/Dec05_host/events.out.tfevents.1.host"),
+    )
+    .unwrap();
+    // A checkpoint being written (no trainer_state.json yet), then whole.
+    let ck = out.join("checkpoint-4");
+    std::fs::create_dir_all(&ck).unwrap();
+    let mut tail = Tail::new(Source::detect(&out.join("runs")).unwrap());
+    let checkpoints = |events: Vec<Event>| -> Vec<(usize, std::path::PathBuf)> {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Checkpoint { step, path, .. } => Some((step, path)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(checkpoints(tail.poll("trl")).is_empty());
+    std::fs::write(ck.join("trainer_state.json"), "{}").unwrap();
+    assert_eq!(checkpoints(tail.poll("trl")), [(4, ck.clone())]);
+    assert!(checkpoints(tail.poll("trl")).is_empty(), "reported once");
+}

@@ -199,6 +199,8 @@ pub struct Tail {
     reported: std::collections::BTreeSet<PathBuf>,
     /// The end (finished or failed) an rlft-format folder's `status.json` reported.
     ended: bool,
+    /// Hugging Face `checkpoint-N` folders already reported.
+    checkpoints: std::collections::BTreeSet<PathBuf>,
 }
 
 impl Tail {
@@ -210,12 +212,14 @@ impl Tail {
             rollouts_read: Default::default(),
             reported: Default::default(),
             ended: false,
+            checkpoints: Default::default(),
         }
     }
 
     /// Everything new since the last poll, as events of run `id`.
     pub fn poll(&mut self, id: &str) -> Vec<Event> {
         let mut out = Vec::new();
+        self.poll_checkpoints(id, &mut out);
         match self.source.clone() {
             Source::TensorBoard(path) => self.poll_tensorboard(&path, id, &mut out),
             Source::VerlJsonl { file, rollouts } => {
@@ -309,6 +313,49 @@ impl Tail {
                 run: id.to_string(),
                 step: step.max(0) as usize,
                 samples,
+            });
+        }
+    }
+
+    /// Checkpoints the Hugging Face trainer (TRL) saved, `output_dir/checkpoint-N`, once each
+    /// is whole (its `trainer_state.json`, written last, is there): they are model folders
+    /// (or PEFT adapters) that `rlft generate`, `serve`, `judge` and new runs load as they are.
+    fn poll_checkpoints(&mut self, id: &str, out: &mut Vec<Event>) {
+        let root = match &self.source {
+            Source::TensorBoard(p) | Source::RlftFolder(p) => p.clone(),
+            Source::VerlJsonl { file, .. } => match file.parent() {
+                Some(p) => p.to_path_buf(),
+                None => return,
+            },
+        };
+        // Watching `output_dir/runs` (TRL's TensorBoard folder): the checkpoints are above.
+        let dirs = match (root.file_name(), root.parent()) {
+            (Some(n), Some(parent)) if n == "runs" => vec![root.clone(), parent.to_path_buf()],
+            _ => vec![root],
+        };
+        let mut found: Vec<(usize, PathBuf)> = dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter_map(|e| {
+                let p = e.path();
+                let step = p
+                    .file_name()?
+                    .to_str()?
+                    .strip_prefix("checkpoint-")?
+                    .parse()
+                    .ok()?;
+                p.join("trainer_state.json").is_file().then_some((step, p))
+            })
+            .filter(|(_, p)| !self.checkpoints.contains(p))
+            .collect();
+        found.sort();
+        for (step, path) in found {
+            self.checkpoints.insert(path.clone());
+            out.push(Event::Checkpoint {
+                run: id.to_string(),
+                step,
+                path,
             });
         }
     }
