@@ -201,6 +201,9 @@ pub struct Tail {
     ended: bool,
     /// Hugging Face `checkpoint-N` folders already reported.
     checkpoints: std::collections::BTreeSet<PathBuf>,
+    /// The newest TensorBoard step's values, held back until a later step (or a quiet poll)
+    /// shows they are all in, so a step whose values straddle two polls is one row.
+    held: Option<(i64, f64, BTreeMap<String, f64>)>,
 }
 
 impl Tail {
@@ -213,6 +216,7 @@ impl Tail {
             reported: Default::default(),
             ended: false,
             checkpoints: Default::default(),
+            held: None,
         }
     }
 
@@ -305,8 +309,26 @@ impl Tail {
                 }
             }
         }
-        for (step, (wall, values)) in rows {
-            out.push(metrics(id, step.max(0) as usize, wall, values));
+        if rows.is_empty() {
+            // A quiet poll: the held step has all its values.
+            if let Some((step, wall, values)) = self.held.take() {
+                out.push(metrics(id, step.max(0) as usize, wall, values));
+            }
+        } else {
+            if let Some((step, wall, values)) = self.held.take() {
+                let row = rows.entry(step).or_insert((wall, BTreeMap::new()));
+                for (k, v) in values {
+                    row.1.entry(k).or_insert(v);
+                }
+            }
+            let newest = rows.keys().next_back().copied();
+            for (step, (wall, values)) in rows {
+                if Some(step) == newest {
+                    self.held = Some((step, wall, values));
+                } else {
+                    out.push(metrics(id, step.max(0) as usize, wall, values));
+                }
+            }
         }
         for (step, samples) in texts {
             out.push(Event::Samples {
@@ -554,6 +576,38 @@ mod tests {
             "{second:?}"
         );
         assert!(tail.poll("v").is_empty());
+    }
+
+    /// A step's values split over two polls (the writer flushed between them) come out as
+    /// one row, once a quiet poll shows the step is complete.
+    #[test]
+    fn a_tensorboard_step_split_over_two_polls_is_one_row() {
+        use crate::engine::tensorboard::EventFileWriter;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = EventFileWriter::create(tmp.path()).unwrap();
+        w.scalars(1, 1.0, [("train/loss", 2.0)]).unwrap();
+        w.scalars(2, 2.0, [("train/loss", 1.5)]).unwrap();
+        w.flush().unwrap();
+        let mut tail = Tail::new(Source::detect(tmp.path()).unwrap());
+        let steps = |events: Vec<Event>| -> Vec<(usize, usize)> {
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Metrics { step, values, .. } => Some((step, values.len())),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(steps(tail.poll("t")), [(1, 2)], "step 2 is held");
+        w.scalars(2, 2.0, [("train/reward", 0.5)]).unwrap();
+        w.flush().unwrap();
+        assert!(
+            steps(tail.poll("t")).is_empty(),
+            "more of step 2: still held"
+        );
+        // loss, reward and their rlft names.
+        assert_eq!(steps(tail.poll("t")), [(2, 4)]);
+        assert!(steps(tail.poll("t")).is_empty());
     }
 
     #[test]
