@@ -292,7 +292,8 @@ fn run(cli: Cli) -> Result<()> {
         None => {
             // The default run only the first time; afterwards the workbench opens on the runs
             // already there, and `n` starts another.
-            let first_time = rlft::tui::store::scan_runs(&cli.runs).is_empty();
+            let first_time = rlft::tui::store::scan_runs(&cli.runs).is_empty()
+                && rlft::tui::store::external_runs(&cli.runs).is_empty();
             let configs = if first_time {
                 vec![PathBuf::from(DEFAULT_CONFIG)]
             } else {

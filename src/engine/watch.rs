@@ -154,6 +154,16 @@ pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, St
     let stop = Arc::new(AtomicBool::new(false));
     let (thread_source, thread_stop, thread_id) = (source.clone(), stop.clone(), id.clone());
     let run_dir = path.to_path_buf();
+    // Known for folders rlft's TRL callback writes (`[train] max_steps` in its config.toml).
+    let total_steps = match &source {
+        Source::RlftFolder(dir) => std::fs::read_to_string(dir.join("config.toml"))
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("train")?.get("max_steps")?.as_integer())
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0),
+        _ => 0,
+    };
     let thread = std::thread::Builder::new()
         .name(format!("watch-{id}"))
         .spawn(move || {
@@ -161,7 +171,7 @@ pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, St
                 run: thread_id.clone(),
                 method: thread_source.kind().into(),
                 run_dir,
-                total_steps: 0,
+                total_steps,
                 model: None,
             });
             let mut tail = Tail::new(thread_source);

@@ -117,8 +117,17 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
     engine.precision = opts.precision;
     let engine = Box::new(engine);
     // The folders are listed before launching, so new runs are not also loaded as old ones.
-    let saved = if opts.load_saved_runs {
+    // Other engines' runs in the runs folder are followed live, not loaded once.
+    let external = if opts.load_saved_runs {
+        store::external_runs(&opts.runs_root)
+    } else {
+        Vec::new()
+    };
+    let saved: Vec<PathBuf> = if opts.load_saved_runs {
         store::scan_runs(&opts.runs_root)
+            .into_iter()
+            .filter(|d| !external.contains(d))
+            .collect()
     } else {
         Vec::new()
     };
@@ -132,7 +141,7 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
         },
     );
     let mut watches = Vec::new();
-    for path in &opts.watch {
+    for path in opts.watch.iter().chain(&external) {
         let id = watch_id(path, &watches);
         match crate::engine::watch::spawn(path, id.clone(), watch_events.clone()) {
             Ok(w) => {
@@ -143,7 +152,7 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
         }
     }
     if opts.autostart.is_empty() && opts.watch.is_empty() {
-        app.open_on_saved_runs(saved.len());
+        app.open_on_saved_runs(saved.len() + external.len());
     }
     let loaded = spawn_loader(saved);
     let result = event_loop(&mut guard, &mut app, &rx, &loaded);

@@ -243,6 +243,34 @@ pub fn scan_runs(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The first line of the `config.toml` rlft's TRL callback writes
+/// (`integrations/trl/rlft_callback.py`): such a folder is another engine's run.
+pub const TRL_CALLBACK_MARK: &str = "# Written by rlft's TRL callback";
+
+/// Runs of other engines under `root`, to follow live rather than load once: folders with
+/// TensorBoard event files and no rlft run in them, and folders rlft's TRL callback writes.
+pub fn external_runs(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            let config = std::fs::read_to_string(p.join("config.toml")).ok();
+            match config {
+                Some(text) => text.starts_with(TRL_CALLBACK_MARK),
+                None => {
+                    !p.join("metrics.jsonl").is_file()
+                        && !crate::engine::tensorboard::event_files(p).is_empty()
+                }
+            }
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 /// Reads a run folder: method and max steps from `config.toml` (read loosely, so configs
 /// of methods this build does not know still load), metrics, samples and checkpoints.
 pub fn load_run(dir: &Path) -> anyhow::Result<LoadedRun> {
@@ -351,6 +379,32 @@ pub fn short_path(path: &Path, run_dir: Option<&Path>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another engine's runs in the runs folder are told apart from rlft's: a folder of
+    /// TensorBoard files only, or one rlft's TRL callback wrote.
+    #[test]
+    fn external_runs_are_told_apart_from_rlft_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in ["rlft-run", "tb-only/Dec05_host", "trl-callback", "empty"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("rlft-run/config.toml"), "method = \"grpo\"\n").unwrap();
+        std::fs::write(root.join("rlft-run/metrics.jsonl"), "").unwrap();
+        std::fs::write(root.join("tb-only/Dec05_host/events.out.tfevents.1.h"), b"").unwrap();
+        std::fs::write(
+            root.join("trl-callback/config.toml"),
+            format!(
+                "{TRL_CALLBACK_MARK} (integrations/trl/rlft_callback.py).\nmethod = \"grpo\"\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            external_runs(root),
+            [root.join("tb-only"), root.join("trl-callback")]
+        );
+        assert!(scan_runs(root).contains(&root.join("rlft-run")));
+    }
 
     #[test]
     fn sample_steps_are_thinned_but_span_the_run() {
