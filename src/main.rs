@@ -222,6 +222,15 @@ enum Cmd {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Write an rlft config as a runnable script of another engine (TRL; GRPO configs for
+    /// now): TRL's names for every setting, the data, the answer checkers as Python reward
+    /// functions, `[lora]` as PEFT, and NOT_CARRIED.md listing what has no equivalent.
+    Export {
+        config: PathBuf,
+        #[arg(long, default_value = "trl")]
+        engine: String,
+        out: PathBuf,
+    },
     /// Write a run's metrics (its metrics.jsonl) as CSV, or as a TensorBoard event file in
     /// the run folder for TensorBoard and `wandb sync`.
     ExportMetrics {
@@ -425,6 +434,31 @@ fn run(cli: Cli) -> Result<()> {
             load_saved_runs: false,
             ..Default::default()
         }),
+        Some(Cmd::Export {
+            config,
+            engine,
+            out,
+        }) => {
+            if engine != "trl" {
+                bail!("--engine {engine}: only trl is supported yet (verl and openrlhf are not)");
+            }
+            let cfg = RunConfig::from_file(&config)?;
+            let dir = config
+                .parent()
+                .and_then(|p| p.parent())
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            let report =
+                rlft::engine::export::to_trl(&cfg, &std::env::current_dir()?.join(dir), &out)
+                    .map_err(anyhow::Error::msg)?;
+            for f in &report.files {
+                println!("wrote {}", f.display());
+            }
+            for n in &report.not_carried {
+                println!("not carried over: {n}");
+            }
+            Ok(())
+        }
         Some(Cmd::ExportMetrics {
             run,
             csv,

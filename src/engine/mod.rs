@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod events;
+pub mod export;
 pub mod health;
 pub mod judge;
 pub mod label_store;
