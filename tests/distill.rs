@@ -6,22 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{run_to_end, tiny_model, write_arith};
+use common::{run_to_end, tiny_model, write_arith, write_prompts};
 use rlft::engine::config::RunConfig;
 use rlft::engine::device::DeviceChoice;
 use rlft::engine::events::Event;
 use rlft::engine::run::read_metrics;
-
-fn write_prompts(path: &Path) {
-    let rows: Vec<String> = (0..40)
-        .map(|i| {
-            let (a, b) = (i % 7, (i * 3) % 5);
-            serde_json::json!({"prompt": format!("{a}+{b}="), "answer": format!("{}", a + b)})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(path, rows.join("\n") + "\n").unwrap();
-}
 
 /// A teacher: the tiny model after 40 SFT steps on sums.
 fn teacher(tmp: &Path, model: &Path) -> PathBuf {

@@ -9,21 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tiny_model;
+use common::{tiny_model, write_prompts};
 use rlft::engine::config::RunConfig;
 use rlft::engine::run::{MetricsRow, read_metrics};
 use rlft::engine::session::{self, LaunchOptions};
-
-fn write_prompts(path: &Path) {
-    let rows: Vec<String> = (0..40)
-        .map(|i| {
-            let (a, b) = (i % 7, (i * 3) % 5);
-            serde_json::json!({"prompt": format!("{a}+{b}="), "answer": format!("{}", a + b)})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(path, rows.join("\n") + "\n").unwrap();
-}
 
 fn write_sft(path: &Path) {
     let rows: Vec<String> = (0..64)

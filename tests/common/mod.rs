@@ -264,3 +264,16 @@ pub fn lora_b_grads(model: &CausalLm, device: &Device, recompute: Option<usize>)
     }
     all
 }
+
+/// 40 prompt-only sums with small operands (`3+4=`, answer `7`), as GRPO and distillation
+/// tests train on.
+pub fn write_prompts(path: &Path) {
+    let rows: Vec<String> = (0..40)
+        .map(|i| {
+            let (a, b) = (i % 7, (i * 3) % 5);
+            serde_json::json!({"prompt": format!("{a}+{b}="), "answer": format!("{}", a + b)})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n") + "\n").unwrap();
+}
