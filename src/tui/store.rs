@@ -30,6 +30,10 @@ pub enum Origin {
     Watched,
 }
 
+/// How long a running run may go without metrics before the Runs pane calls it stalled:
+/// longer than any step of the shipped configs on a CPU, and than TRL's logging interval.
+pub const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// One run's state as the panes see it.
 #[derive(Clone, Debug)]
 pub struct RunData {
@@ -55,6 +59,8 @@ pub struct RunData {
     pub model: Option<crate::engine::events::ModelSummary>,
     /// The best checkpoint by `[train] keep_best`, once there is one.
     pub best: Option<crate::engine::events::BestCheckpoint>,
+    /// When this session last got metrics for the run (for spotting a stalled one).
+    pub last_metrics_at: Option<std::time::Instant>,
     series_cap: usize,
 }
 
@@ -81,8 +87,18 @@ impl RunData {
             last_checkpoint: None,
             model: None,
             best: None,
+            last_metrics_at: None,
             series_cap: cap,
         }
+    }
+
+    /// A running run (rlft's or a watched one) that has sent no metrics for [`STALLED_AFTER`]
+    /// since it last did in this session: its process may have hung or died.
+    pub fn is_stalled(&self, now: std::time::Instant) -> bool {
+        self.status == RunStatus::Running
+            && self
+                .last_metrics_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= STALLED_AFTER)
     }
 
     /// Whether the run is training (or paused) in this session, i.e. would be lost on quit.
@@ -95,6 +111,7 @@ impl RunData {
     }
 
     pub fn push_metrics(&mut self, step: usize, wall_time: f64, values: &BTreeMap<String, f64>) {
+        self.last_metrics_at = Some(std::time::Instant::now());
         self.step = self.step.max(step);
         self.wall_time = self.wall_time.max(wall_time);
         for (name, v) in values {
@@ -379,6 +396,23 @@ pub fn short_path(path: &Path, run_dir: Option<&Path>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_run_without_metrics_for_ten_minutes_is_stalled() {
+        let mut run = RunData::new("r", "grpo", Origin::Watched, 64);
+        run.status = RunStatus::Running;
+        let now = std::time::Instant::now();
+        assert!(!run.is_stalled(now), "no metrics yet: not judged");
+        run.push_metrics(1, 1.0, &BTreeMap::from([("loss".to_string(), 1.0)]));
+        let last = run.last_metrics_at.expect("noted");
+        assert!(!run.is_stalled(last + STALLED_AFTER / 2));
+        assert!(run.is_stalled(last + STALLED_AFTER));
+        run.status = RunStatus::Finished;
+        assert!(
+            !run.is_stalled(last + STALLED_AFTER),
+            "an ended run is not stalled"
+        );
+    }
 
     /// Another engine's runs in the runs folder are told apart from rlft's: a folder of
     /// TensorBoard files only, or one rlft's TRL callback wrote.

@@ -166,11 +166,13 @@ pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
             .map(|(m, v)| format!("{} {}", short_metric(m), num(v)))
             .unwrap_or_default();
         let warnings = r.health.warnings().len();
+        let status = if r.is_stalled(std::time::Instant::now()) {
+            Span::styled("stalled", theme::warning())
+        } else {
+            Span::styled(theme::status_word(r.status), theme::status(r.status))
+        };
         cells.extend([
-            Cell::from(Span::styled(
-                theme::status_word(r.status),
-                theme::status(r.status),
-            )),
+            Cell::from(status),
             Cell::from(r.progress()),
             Cell::from(last),
             if warnings > 0 {
