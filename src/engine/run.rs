@@ -126,6 +126,11 @@ impl RunDir {
             .join(format!("step-{step:06}"))
     }
 
+    /// The label store the workbench keeps for this runs folder: `labels/` beside the run.
+    pub fn labels_dir(&self) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join("labels")
+    }
+
     /// The best checkpoint by `[train] keep_best`; step pruning leaves it alone.
     pub fn best_dir(&self) -> PathBuf {
         self.path.join("checkpoints").join("best")

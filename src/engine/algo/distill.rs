@@ -210,10 +210,7 @@ impl OnPolicy for Distill<'_> {
         let plain_batch = SeqBatch::new(&prompt_rows, &completion_rows, self.pad, &self.plain);
         let teacher_lp = vocab_logprobs(&self.teacher, &plain_batch, self.d.temperature);
         let rewards = if self.sources.is_empty() {
-            Rewards {
-                total: Vec::new(),
-                per_source: BTreeMap::new(),
-            }
+            Rewards::default()
         } else {
             compute_rewards(&mut self.sources, &prompts, &ro)?
         };

@@ -433,10 +433,7 @@ impl Kto<'_> {
             &policy.tokenizer,
             &policy.config,
         )?;
-        let none = rollout::Rewards {
-            total: Vec::new(),
-            per_source: BTreeMap::new(),
-        };
+        let none = rollout::Rewards::default();
         Ok(rollout::sample_records(step, &refs, &ro, &none, None, n))
     }
 }
@@ -465,12 +462,7 @@ impl Ratings {
         tokenizer: Tokenizer,
         opts: PairOptions,
     ) -> Result<Self, TrainError> {
-        let dir = ctx
-            .dir
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("labels");
+        let dir = ctx.dir.labels_dir();
         let store = LabelStore::open(&dir, &ctx.id)
             .map_err(|e| TrainError::Invalid(format!("the label store: {e}")))?;
         let used: HashSet<u64> = store

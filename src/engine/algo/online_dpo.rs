@@ -350,12 +350,7 @@ pub fn run(cfg: &RunConfig, device: &Device, ctx: &mut RunContext) -> TrainOutco
 fn labels_dir(o: &OnlineDpoSection, ctx: &RunContext) -> PathBuf {
     match &o.labels {
         Some(log) => log.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        None => ctx
-            .dir
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("labels"),
+        None => ctx.dir.labels_dir(),
     }
 }
 
@@ -556,10 +551,7 @@ impl OnlineDpo<'_> {
             eos as f64 / r.finish.len().max(1) as f64,
         );
         let rewards = if self.truth.is_empty() {
-            Rewards {
-                total: Vec::new(),
-                per_source: BTreeMap::new(),
-            }
+            Rewards::default()
         } else {
             compute_rewards(&mut self.truth, &batch, &r)?
         };

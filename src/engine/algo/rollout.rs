@@ -181,10 +181,7 @@ pub fn sample_groups<'a>(
             texts: Vec::new(),
             finish: Vec::new(),
         },
-        rewards: Rewards {
-            total: Vec::new(),
-            per_source: BTreeMap::new(),
-        },
+        rewards: Rewards::default(),
         drawn: 0,
         rounds: 0,
     };
@@ -264,6 +261,7 @@ pub fn rollout(
 }
 
 /// Rewards per source and their weighted total for a rollout.
+#[derive(Default)]
 pub struct Rewards {
     pub total: Vec<f32>,
     pub per_source: BTreeMap<String, Vec<f32>>,
@@ -319,10 +317,7 @@ pub fn evaluate(
     } else {
         params.clone()
     };
-    let mut all = Rewards {
-        total: Vec::new(),
-        per_source: BTreeMap::new(),
-    };
+    let mut all = Rewards::default();
     for chunk in prompts.chunks((EVAL_BATCH / k).max(1)) {
         let refs: Vec<&PromptItem> = chunk.iter().collect();
         let r = rollout(policy, &refs, k, &eval_params, tokenizer, config)?;
