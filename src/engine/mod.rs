@@ -11,6 +11,7 @@ pub mod events;
 pub mod export;
 pub mod health;
 pub mod judge;
+pub mod launch;
 pub mod label_store;
 pub mod labels;
 pub mod model;
