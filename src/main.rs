@@ -231,6 +231,45 @@ enum Cmd {
         engine: String,
         out: PathBuf,
     },
+    /// Export a config for another engine (as `rlft export`) and run it: on this machine, as a
+    /// Ray job (Ray Jobs REST API) or with Slurm's sbatch. The run folder (runs/<name>-<engine>)
+    /// gets the job's metrics and samples live (rlft's TRL callback) and its checkpoints; it
+    /// records the job (job.json), so `rlft` shows its state later and x stops it.
+    #[command(
+        after_help = "Examples:\n  rlft launch configs/grpo.toml --engine trl --on local\n  \
+                      rlft launch configs/grpo.toml --on ray://10.0.0.1:8265 --python python3\n  \
+                      rlft launch configs/grpo.toml --on slurm --sbatch=--gpus=8 --sbatch=--time=4:00:00\n\n\
+                      Ray and Slurm jobs read the exported script and write the run folder by its absolute\n\
+                      path: the runs folder must be on storage the cluster's nodes share."
+    )]
+    Launch {
+        config: PathBuf,
+        #[arg(long, default_value = "trl")]
+        engine: String,
+        /// local, ray://HOST:PORT (the Ray dashboard's port, 8265 by default) or slurm.
+        #[arg(long, default_value = "local")]
+        on: String,
+        /// The Python that runs the script, where the job runs (default: $RLFT_PYTHON, or
+        /// python3).
+        #[arg(long)]
+        python: Option<String>,
+        /// One `#SBATCH` option for --on slurm (repeatable), e.g. --sbatch=--gpus=8.
+        #[arg(long = "sbatch", allow_hyphen_values = true)]
+        sbatch: Vec<String>,
+        /// Print the job's state, metrics and samples here until it ends, instead of opening
+        /// the workbench. Ctrl-C leaves the job running.
+        #[arg(long, conflicts_with = "detach")]
+        headless: bool,
+        /// Start the job, print its run folder and exit.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the job `rlft launch` started for a run folder (what x does in the workbench):
+    /// SIGTERM to a local process, Ray's stop, or scancel.
+    Stop {
+        /// The run folder (it has job.json).
+        run: PathBuf,
+    },
     /// Write a run's metrics (its metrics.jsonl) as CSV, or as a TensorBoard event file in
     /// the run folder for TensorBoard and `wandb sync`.
     ExportMetrics {
@@ -439,24 +478,46 @@ fn run(cli: Cli) -> Result<()> {
             engine,
             out,
         }) => {
-            if engine != "trl" {
-                bail!("--engine {engine}: only trl is supported yet (verl and openrlhf are not)");
-            }
             let cfg = RunConfig::from_file(&config)?;
-            let dir = config
-                .parent()
-                .and_then(|p| p.parent())
-                .map(std::path::Path::to_path_buf)
-                .unwrap_or_default();
-            let report =
-                rlft::engine::export::to_trl(&cfg, &std::env::current_dir()?.join(dir), &out)
-                    .map_err(anyhow::Error::msg)?;
+            let report = export_for(&engine, &cfg, &config, &out)?;
             for f in &report.files {
                 println!("wrote {}", f.display());
             }
             for n in &report.not_carried {
                 println!("not carried over: {n}");
             }
+            Ok(())
+        }
+        Some(Cmd::Launch {
+            config,
+            engine,
+            on,
+            python,
+            sbatch,
+            headless,
+            detach,
+        }) => launch(LaunchArgs {
+            config: &config,
+            engine: &engine,
+            on: &on,
+            python,
+            sbatch,
+            headless,
+            detach,
+            runs: &cli.runs,
+        }),
+        Some(Cmd::Stop { run }) => {
+            let job = rlft::engine::launch::Job::read(&run)
+                .with_context(|| {
+                    format!(
+                        "{}: no job.json: rlft launch did not start this run",
+                        run.display()
+                    )
+                })?
+                .map_err(anyhow::Error::msg)?;
+            job.stop(&run)
+                .with_context(|| format!("stopping {}", job.describe()))?;
+            println!("asked {} to stop", job.describe());
             Ok(())
         }
         Some(Cmd::ExportMetrics {
@@ -906,6 +967,115 @@ fn train(
     }
 }
 
+/// `rlft export`'s work: the config as `engine`'s script in `out`.
+fn export_for(
+    engine: &str,
+    cfg: &RunConfig,
+    config: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<rlft::engine::export::Exported> {
+    if engine != "trl" {
+        bail!("--engine {engine}: only trl is supported yet (verl and openrlhf are not)");
+    }
+    // Paths in a config are relative to the folder above configs/ (the repository's root).
+    let dir = config
+        .parent()
+        .and_then(|p| p.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    rlft::engine::export::to_trl(cfg, &std::env::current_dir()?.join(dir), out)
+        .map_err(anyhow::Error::msg)
+}
+
+struct LaunchArgs<'a> {
+    config: &'a std::path::Path,
+    engine: &'a str,
+    on: &'a str,
+    python: Option<String>,
+    sbatch: Vec<String>,
+    headless: bool,
+    detach: bool,
+    runs: &'a std::path::Path,
+}
+
+/// `rlft launch`: exports into `runs/<name>-<engine>/job/`, starts the job, then follows it
+/// (the workbench, or lines with --headless) or leaves it (--detach).
+fn launch(a: LaunchArgs) -> Result<()> {
+    use rlft::engine::launch::{LaunchSpec, Target};
+    let target: Target = a.on.parse()?;
+    let cfg = RunConfig::from_file(a.config)?;
+    let name = format!("{}-{}", cfg.name(), a.engine);
+    std::fs::create_dir_all(a.runs).with_context(|| format!("creating {}", a.runs.display()))?;
+    let runs = std::path::absolute(a.runs)?;
+    let mut run_dir = runs.join(&name);
+    let mut n = 2;
+    while run_dir.exists() {
+        run_dir = runs.join(format!("{name}-{n}"));
+        n += 1;
+    }
+    let script_dir = run_dir.join("job");
+    let report = export_for(a.engine, &cfg, a.config, &script_dir)?;
+    for n in &report.not_carried {
+        println!("not carried over: {n}");
+    }
+    let python = a
+        .python
+        .or_else(|| std::env::var("RLFT_PYTHON").ok().filter(|p| !p.is_empty()))
+        .unwrap_or_else(|| "python3".into());
+    let spec = LaunchSpec {
+        name: run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or(name),
+        script_dir,
+        run_dir: run_dir.clone(),
+        python,
+        sbatch_args: a.sbatch,
+    };
+    let job = match rlft::engine::launch::launch(&spec, &target) {
+        Ok(job) => job,
+        Err(e) => {
+            // Nothing ran: leave no run folder that looks like a run.
+            let _ = std::fs::remove_dir_all(&run_dir);
+            return Err(e).with_context(|| format!("launching {}", a.config.display()));
+        }
+    };
+    println!("launched {} for {}", job.describe(), run_dir.display());
+    if a.detach {
+        println!("follow it with: rlft watch {}", run_dir.display());
+        return Ok(());
+    }
+    if !a.headless {
+        return rlft::tui::run_workbench(rlft::tui::WorkbenchOptions {
+            runs_root: a.runs.to_path_buf(),
+            watch: vec![run_dir],
+            load_saved_runs: false,
+            ..Default::default()
+        });
+    }
+    follow_headless(&run_dir, &spec.name)
+}
+
+/// Prints a launched run's events until it ends; fails when the job failed.
+fn follow_headless(run_dir: &std::path::Path, id: &str) -> Result<()> {
+    use rlft::engine::watch::{POLL, Source, Tail};
+    let source = Source::detect(run_dir).map_err(anyhow::Error::msg)?;
+    let mut tail = Tail::new(source);
+    loop {
+        for ev in tail.poll(id) {
+            if let Some(line) = headless_line(&ev) {
+                println!("{line}");
+            }
+            match ev {
+                Event::Finished { .. } => return Ok(()),
+                Event::Failed { error, .. } => bail!("{error}"),
+                _ => {}
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// One progress line per event, as a headless run prints it.
 fn headless_line(event: &Event) -> Option<String> {
     match event {
@@ -962,6 +1132,10 @@ fn headless_line(event: &Event) -> Option<String> {
         // The command's error names the failure once, when the run has ended.
         Event::Failed { .. } => None,
         Event::Status { .. } => None,
+        Event::Job { job, .. } => Some(match &job.detail {
+            Some(d) => format!("{}: {} ({d})", job.describe, job.state),
+            None => format!("{}: {}", job.describe, job.state),
+        }),
     }
 }
 

@@ -1070,3 +1070,63 @@ fn the_runs_pane_marks_the_best_checkpoint() {
         Some(("eval/reward".into(), 12))
     );
 }
+
+/// A run `rlft launch` started as a Ray job: the Runs pane's bottom line says the job's state
+/// (a warning while the head cannot be asked), `x` asks and then hands Stop to the engine,
+/// which stops the job; the job's end comes back as events. A watched run that rlft did not
+/// launch says why it cannot be stopped.
+#[test]
+fn a_launched_job_shows_its_state_and_x_stops_it() {
+    use rlft::engine::events::JobView;
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    d.app
+        .watch(Path::new("runs/grpo-arith-trl"))
+        .expect("watch");
+    let job = |state: &str, detail: Option<&str>| Event::Job {
+        run: "grpo-arith-trl".into(),
+        job: JobView {
+            describe: "ray job rlft-grpo-arith-trl-1764 at http://10.0.0.1:8265".into(),
+            state: state.into(),
+            detail: detail.map(str::to_string),
+            pid: None,
+        },
+    };
+    d.send(job("pending", None));
+    d.train("grpo-arith-trl", 1..=30, script::grpo_metrics, 10);
+    d.send(job(
+        "unknown",
+        Some("the Ray head at http://10.0.0.1:8265 is unreachable: connection refused"),
+    ));
+    insta::assert_snapshot!("runs_job_head_unreachable_80x24", d.render());
+    d.send(job("running", None));
+    insta::assert_snapshot!("runs_launched_job_80x24", d.render());
+    d.keys("1x");
+    d.keys("y");
+    let stops: Vec<(String, Command)> = d.record.lock().expect("record").commands.clone();
+    assert_eq!(stops, vec![("grpo-arith-trl".to_string(), Command::Stop)]);
+    d.send(job("stopped", None));
+    d.send(Event::Finished {
+        run: "grpo-arith-trl".into(),
+        step: 30,
+        status: RunStatus::Stopped,
+    });
+    let run = d.app.focused().expect("run");
+    assert_eq!(run.status, RunStatus::Stopped);
+    assert_eq!(run.job.as_ref().map(|j| j.state.as_str()), Some("stopped"));
+    // Nothing left to stop: x says so instead of asking.
+    d.keys("x");
+    let screen = d.render();
+    assert!(screen.contains("nothing to stop"), "{screen}");
+
+    let mut d = ws.driver(SMALL);
+    d.app
+        .watch(Path::new("runs/verl-exp.jsonl"))
+        .expect("watch");
+    d.keys("1x");
+    assert!(
+        d.render().contains("rlft did not launch verl-exp"),
+        "{}",
+        d.render()
+    );
+}

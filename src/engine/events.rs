@@ -111,6 +111,25 @@ pub enum Event {
         run: RunId,
         best: BestCheckpoint,
     },
+    /// A launched job's state changed (`rlft launch`: a local process, a Ray or Slurm job).
+    Job {
+        run: RunId,
+        job: JobView,
+    },
+}
+
+/// A launched job as the Runs pane shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    /// "ray job rlft-x at http://…", "slurm job 42", "local process 1234".
+    pub describe: String,
+    /// pending, running, succeeded, failed, stopped; or "unknown" while the launcher cannot
+    /// be asked.
+    pub state: String,
+    /// Why it failed, or why its state is unknown (an unreachable Ray head, a missing tool).
+    pub detail: Option<String>,
+    /// The job's process on this machine (local jobs), for the System view.
+    pub pid: Option<u32>,
 }
 
 /// The best checkpoint by `[train] keep_best`: which metric, its value, at which step
@@ -134,7 +153,8 @@ impl Event {
             | Event::Checkpoint { run, .. }
             | Event::Finished { run, .. }
             | Event::Failed { run, .. }
-            | Event::Best { run, .. } => run,
+            | Event::Best { run, .. }
+            | Event::Job { run, .. } => run,
         }
     }
 }

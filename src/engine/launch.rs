@@ -27,7 +27,9 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("the Ray head at {address} is unreachable: {reason} (is `ray start --head` running, with its dashboard on that port?)")]
+    #[error(
+        "the Ray head at {address} is unreachable: {reason} (is `ray start --head` running, with its dashboard on that port?)"
+    )]
     Unreachable { address: String, reason: String },
     #[error("Ray job {id} is not known to the head at {address} (HTTP 404)")]
     UnknownJob { address: String, id: String },
@@ -104,12 +106,17 @@ impl std::str::FromStr for Target {
 #[serde(tag = "on", rename_all = "lowercase")]
 pub enum Job {
     /// A child process in its own process group (`pid` leads it).
-    Local { pid: u32, command: String },
+    Local {
+        pid: u32,
+        command: String,
+    },
     Ray {
         address: String,
         submission_id: String,
     },
-    Slurm { job_id: String },
+    Slurm {
+        job_id: String,
+    },
 }
 
 /// A job's state, in the words its launcher uses.
@@ -328,7 +335,10 @@ fn local_alive(pid: u32) -> bool {
         return unsafe { libc::kill(pid, 0) } == 0;
     };
     // The state follows the command name in parentheses; Z is a zombie (ended, not reaped).
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next());
     !matches!(state, Some("Z" | "X"))
 }
 
@@ -601,7 +611,10 @@ mod tests {
             Target::Ray("http://head:8265".into())
         );
         let e = "k8s".parse::<Target>().unwrap_err().to_string();
-        assert!(e.contains("--on k8s") && e.contains("ray://HOST:PORT"), "{e}");
+        assert!(
+            e.contains("--on k8s") && e.contains("ray://HOST:PORT"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -610,7 +623,9 @@ mod tests {
         assert_eq!(slurm_word("RUNNING"), JobState::Running);
         assert_eq!(slurm_word("COMPLETED"), JobState::Succeeded);
         assert_eq!(slurm_word("CANCELLED by 1000"), JobState::Stopped);
-        assert!(matches!(slurm_word("OUT_OF_MEMORY"), JobState::Failed(m) if m.contains("OUT_OF_MEMORY")));
+        assert!(
+            matches!(slurm_word("OUT_OF_MEMORY"), JobState::Failed(m) if m.contains("OUT_OF_MEMORY"))
+        );
     }
 
     #[test]

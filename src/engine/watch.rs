@@ -11,6 +11,10 @@
 //! - a folder in rlft's own format (`metrics.jsonl`, `samples.jsonl`), as rlft's TRL callback
 //!   (`integrations/trl/`) writes it.
 //!
+//! A folder `rlft launch` made also has `job.json`: the job's state (a local process, a Ray or
+//! Slurm job) is asked for every [`JOB_POLL`] and sent as [`Event::Job`]; the job ending ends
+//! the run if the folder's `status.json` has not.
+//!
 //! Metric names are mapped to rlft's where the meaning is the same ([`rlft_name`]); the
 //! original names are kept beside them.
 
@@ -24,12 +28,15 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::engine::events::{Event, LogLevel, RunStatus, SampleRecord};
+use crate::engine::events::{Event, JobView, LogLevel, RunStatus, SampleRecord};
+use crate::engine::launch::{Job, JobState};
 use crate::engine::tensorboard::{EventFileReader, Logged, event_files, values_of};
 
 /// How often a watched run's files are looked at again. TensorBoard's writers flush every
 /// few seconds at most (PyTorch: 120 s by default, TRL's callback at every log).
 pub const POLL: Duration = Duration::from_millis(500);
+/// How often a launched job's state is asked for (an HTTP request to a Ray head, `squeue`).
+pub const JOB_POLL: Duration = Duration::from_secs(2);
 
 /// What a watched path holds.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,7 +78,9 @@ impl Source {
                 path.display()
             ));
         }
-        if path.join("metrics.jsonl").is_file() {
+        if path.join("metrics.jsonl").is_file()
+            || path.join(crate::engine::launch::JOB_FILE).is_file()
+        {
             return Ok(Source::RlftFolder(path.to_path_buf()));
         }
         if path.is_dir() {
@@ -143,6 +152,8 @@ pub struct Watch {
     pub id: String,
     pub source: Source,
     pub stop: Arc<AtomicBool>,
+    /// Set to stop the run's launched job (`x` in the Runs pane); the thread clears it.
+    pub stop_job: Arc<AtomicBool>,
     pub thread: std::thread::JoinHandle<()>,
 }
 
@@ -152,7 +163,9 @@ pub struct Watch {
 pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, String> {
     let source = Source::detect(path)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_job = Arc::new(AtomicBool::new(false));
     let (thread_source, thread_stop, thread_id) = (source.clone(), stop.clone(), id.clone());
+    let thread_stop_job = stop_job.clone();
     let run_dir = path.to_path_buf();
     // Known for folders rlft's TRL callback writes (`[train] max_steps` in its config.toml).
     let total_steps = match &source {
@@ -176,6 +189,13 @@ pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, St
             });
             let mut tail = Tail::new(thread_source);
             while !thread_stop.load(Ordering::Relaxed) {
+                if thread_stop_job.swap(false, Ordering::Relaxed) {
+                    let said = match tail.stop_job() {
+                        Ok(what) => log(&thread_id, LogLevel::Info, format!("stopping {what}")),
+                        Err(e) => log(&thread_id, LogLevel::Error, e),
+                    };
+                    let _ = events.send(said);
+                }
                 for ev in tail.poll(&thread_id) {
                     if events.send(ev).is_err() {
                         return;
@@ -193,6 +213,7 @@ pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, St
         id,
         source,
         stop,
+        stop_job,
         thread,
     })
 }
@@ -214,6 +235,12 @@ pub struct Tail {
     /// The newest TensorBoard step's values, held back until a later step (or a quiet poll)
     /// shows they are all in, so a step whose values straddle two polls is one row.
     held: Option<(i64, f64, BTreeMap<String, f64>)>,
+    /// A launched job's record, when it was last asked about, and what it last said.
+    job: Option<Job>,
+    job_asked: Option<std::time::Instant>,
+    job_seen: Option<JobView>,
+    /// The newest step seen (a job's end is reported at it).
+    last_step: usize,
 }
 
 impl Tail {
@@ -227,6 +254,147 @@ impl Tail {
             ended: false,
             checkpoints: Default::default(),
             held: None,
+            job: None,
+            job_asked: None,
+            job_seen: None,
+            last_step: 0,
+        }
+    }
+
+    /// Stops the folder's launched job; says which job, or why not.
+    pub fn stop_job(&mut self) -> Result<String, String> {
+        let Source::RlftFolder(dir) = &self.source else {
+            return Err("this run was not launched by rlft: there is no job to stop".into());
+        };
+        let job = match &self.job {
+            Some(j) => j.clone(),
+            None => match Job::read(dir) {
+                Some(Ok(j)) => j,
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(format!(
+                        "{}: no job.json: rlft did not launch this run",
+                        dir.display()
+                    ));
+                }
+            },
+        };
+        job.stop(dir)
+            .map_err(|e| format!("stopping {}: {e}", job.describe()))?;
+        // Asked again at the next poll.
+        self.job_asked = None;
+        Ok(job.describe())
+    }
+
+    /// The launched job's state, every [`JOB_POLL`], as an event when it changed; its end
+    /// ends the run when the folder's `status.json` has not.
+    fn poll_job(&mut self, dir: &Path, id: &str, out: &mut Vec<Event>) {
+        if self.job_asked.is_some_and(|t| t.elapsed() < JOB_POLL)
+            || self
+                .job_seen
+                .as_ref()
+                .is_some_and(|v| matches!(v.state.as_str(), "succeeded" | "failed" | "stopped"))
+        {
+            return;
+        }
+        if self.job.is_none() {
+            match Job::read(dir) {
+                None => return,
+                Some(Ok(j)) => self.job = Some(j),
+                Some(Err(e)) => {
+                    if self
+                        .reported
+                        .insert(dir.join(crate::engine::launch::JOB_FILE))
+                    {
+                        out.push(log(id, LogLevel::Error, e));
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(job) = self.job.clone() else {
+            return;
+        };
+        self.job_asked = Some(std::time::Instant::now());
+        let (state, detail) = match job.state(dir) {
+            Ok(JobState::Failed(why)) => (JobState::Failed(why.clone()), Some(why)),
+            Ok(s) => (s, None),
+            Err(e) => {
+                let view = JobView {
+                    describe: job.describe(),
+                    state: "unknown".into(),
+                    detail: Some(e.to_string()),
+                    pid: job.pid(),
+                };
+                if self.job_seen.as_ref() != Some(&view) {
+                    out.push(log(id, LogLevel::Warn, e.to_string()));
+                    self.job_seen = Some(view.clone());
+                    out.push(Event::Job {
+                        run: id.to_string(),
+                        job: view,
+                    });
+                }
+                return;
+            }
+        };
+        let view = JobView {
+            describe: job.describe(),
+            state: state.word().into(),
+            detail: detail.clone(),
+            pid: job.pid(),
+        };
+        if self.job_seen.as_ref() == Some(&view) {
+            return;
+        }
+        self.job_seen = Some(view.clone());
+        out.push(Event::Job {
+            run: id.to_string(),
+            job: view,
+        });
+        if !state.is_final() || self.ended {
+            return;
+        }
+        // The callback's status.json may land just after the process ends: look once more.
+        self.poll_status(dir, id, out);
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let run = id.to_string();
+        let step = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::Metrics { step, .. } => Some(*step),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(self.last_step);
+        match state {
+            JobState::Failed(why) => {
+                let tail = job.log_tail(dir, 12);
+                if let Some(t) = &tail {
+                    out.push(log(
+                        id,
+                        LogLevel::Error,
+                        format!("{} output, last lines:\n{t}", job.describe()),
+                    ));
+                }
+                out.push(Event::Failed {
+                    run,
+                    step: Some(step),
+                    error: format!("{} failed: {why}", job.describe()),
+                });
+            }
+            JobState::Stopped => out.push(Event::Finished {
+                run,
+                step,
+                status: RunStatus::Stopped,
+            }),
+            _ => out.push(Event::Finished {
+                run,
+                step,
+                status: RunStatus::Finished,
+            }),
         }
     }
 
@@ -266,6 +434,12 @@ impl Tail {
                     });
                 }
                 self.poll_status(&dir, id, &mut out);
+                self.poll_job(&dir, id, &mut out);
+            }
+        }
+        for ev in &out {
+            if let Event::Metrics { step, .. } = ev {
+                self.last_step = self.last_step.max(*step);
             }
         }
         out

@@ -378,6 +378,24 @@ impl App {
 
     /// A run of another engine followed from its files (`rlft watch`): listed at once, filled
     /// in by the watcher's events.
+    /// Follows another engine's run at `path` (a folder or a log file), named after it (made
+    /// unique among the runs shown).
+    pub fn watch(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        let base = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "watched".into());
+        let mut id = base.clone();
+        let mut n = 2;
+        while self.runs.index_of(&id).is_some() {
+            id = format!("{base}-{n}");
+            n += 1;
+        }
+        let kind = self.engine.watch(path, &id)?;
+        self.add_watched(&id, kind, path.to_path_buf());
+        Ok(())
+    }
+
     pub fn add_watched(&mut self, id: &str, method: &str, dir: PathBuf) {
         let mut run = RunData::new(id, method, Origin::Watched, self.config.series_cap);
         run.status = RunStatus::Running;
@@ -468,6 +486,7 @@ impl App {
                 self.quit_progress(&id);
             }
             Event::Best { best, .. } => run.best = Some(best),
+            Event::Job { job, .. } => run.job = Some(job),
             Event::Checkpoint { step, path, .. } => {
                 let shown = short_path(&path, run.dir.as_deref());
                 run.last_checkpoint = Some((step, shown.clone()));
@@ -741,6 +760,28 @@ impl App {
                     return EventState::Consumed;
                 };
                 let (id, live, status) = (run.id.clone(), run.is_live(), run.status);
+                if run.origin == Origin::Watched {
+                    let job_running = run.job.as_ref().is_some_and(|j| {
+                        matches!(j.state.as_str(), "pending" | "running" | "unknown")
+                    });
+                    if action == Action::Stop && job_running {
+                        self.modal = Some(Modal::ConfirmStop(id));
+                    } else {
+                        let text = match (&run.job, action) {
+                            (Some(j), Action::Stop) => {
+                                format!("Its job has {}: nothing to stop.", j.state)
+                            }
+                            (Some(_), _) => format!(
+                                "{id} runs on another engine: only x (stop its job) applies."
+                            ),
+                            (None, _) => {
+                                format!("rlft did not launch {id}: it only follows its files.")
+                            }
+                        };
+                        self.toast = Some(Toast { error: false, text });
+                    }
+                    return EventState::Consumed;
+                }
                 if !live {
                     if action == Action::Resume
                         && matches!(status, RunStatus::Stopped | RunStatus::Failed)

@@ -39,6 +39,11 @@ pub trait Engine {
     }
     /// Sends a command to a run started by this engine.
     fn send(&mut self, run: &str, command: Command) -> anyhow::Result<()>;
+    /// Follows another engine's run from its files (`rlft watch`, `rlft launch`) as run `id`;
+    /// returns the engine's name for the Runs pane's method column.
+    fn watch(&mut self, path: &Path, _id: &str) -> anyhow::Result<&'static str> {
+        anyhow::bail!("{}: this engine cannot watch runs", path.display())
+    }
     /// Waits up to `timeout` for run threads to end; returns how many still run.
     fn wait(&mut self, _timeout: Duration) -> usize {
         0
@@ -53,6 +58,16 @@ pub struct SessionEngine {
     /// `--precision`, for every run this engine starts.
     pub precision: Option<crate::engine::model::precision::Precision>,
     handles: Vec<RunHandle>,
+    /// Runs of other engines being followed; `Stop` to one stops its launched job.
+    watches: Vec<crate::engine::watch::Watch>,
+}
+
+impl Drop for SessionEngine {
+    fn drop(&mut self) {
+        for w in &self.watches {
+            w.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl SessionEngine {
@@ -63,6 +78,7 @@ impl SessionEngine {
             device,
             precision: None,
             handles: Vec::new(),
+            watches: Vec::new(),
         }
     }
 
@@ -139,7 +155,22 @@ impl Engine for SessionEngine {
         .with_context(|| format!("resuming {}", run_dir.display()))
     }
 
+    fn watch(&mut self, path: &Path, id: &str) -> anyhow::Result<&'static str> {
+        let w = crate::engine::watch::spawn(path, id.to_string(), self.events.clone())
+            .map_err(anyhow::Error::msg)?;
+        let kind = w.source.kind();
+        self.watches.push(w);
+        Ok(kind)
+    }
+
     fn send(&mut self, run: &str, command: Command) -> anyhow::Result<()> {
+        if let Some(w) = self.watches.iter().find(|w| w.id == run) {
+            if command != Command::Stop {
+                anyhow::bail!("{run} is another engine's run: rlft can only stop its job (x)");
+            }
+            w.stop_job.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
         let handle = self
             .handles
             .iter()

@@ -29,6 +29,8 @@ pub struct FakeRecord {
     pub commands: Vec<(RunId, Command)>,
     /// Newest step per run, as the driver reported it (checkpoints use it).
     pub steps: HashMap<RunId, usize>,
+    /// Runs followed from files (`App::watch`): the id and path.
+    pub watched: Vec<(RunId, PathBuf)>,
 }
 
 /// An engine that trains nothing but answers like the real one.
@@ -131,7 +133,20 @@ impl Engine for FakeEngine {
         }))
     }
 
+    fn watch(&mut self, path: &Path, id: &str) -> anyhow::Result<&'static str> {
+        self.record()
+            .watched
+            .push((id.to_string(), path.to_path_buf()));
+        Ok("trl")
+    }
+
     fn send(&mut self, run: &str, command: Command) -> anyhow::Result<()> {
+        if self.record().watched.iter().any(|(id, _)| id == run) {
+            // The real engine hands a watched run's Stop to its job; the job's state comes
+            // back later as an event the test sends.
+            self.record().commands.push((run.to_string(), command));
+            return Ok(());
+        }
         let step = {
             let mut rec = self.record();
             rec.commands.push((run.to_string(), command.clone()));

@@ -112,7 +112,6 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
             .context("opening the label store")?;
         store.set_labels_per_pair(n)?;
     }
-    let watch_events = tx.clone();
     let mut engine = SessionEngine::new(tx, opts.runs_root.clone(), opts.device);
     engine.precision = opts.precision;
     let engine = Box::new(engine);
@@ -140,15 +139,9 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
             run_dir: opts.run_dir.clone(),
         },
     );
-    let mut watches = Vec::new();
     for path in opts.watch.iter().chain(&external) {
-        let id = watch_id(path, &watches);
-        match crate::engine::watch::spawn(path, id.clone(), watch_events.clone()) {
-            Ok(w) => {
-                app.add_watched(&id, w.source.kind(), path.clone());
-                watches.push(w);
-            }
-            Err(e) => app.note(LogLevel::Error, format!("watch: {e}")),
+        if let Err(e) = app.watch(path) {
+            app.note(LogLevel::Error, format!("watch: {e:#}"));
         }
     }
     if opts.autostart.is_empty() && opts.watch.is_empty() {
@@ -157,9 +150,6 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
     let loaded = spawn_loader(saved);
     let result = event_loop(&mut guard, &mut app, &rx, &loaded);
     drop(guard);
-    for w in &watches {
-        w.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
     if result.is_err() {
         // The UI died (e.g. the terminal went away): still let live runs save a checkpoint.
         app.stop_live_runs();
@@ -173,21 +163,6 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
         }
     }
     result
-}
-
-/// A watched run's name: its folder's (or file's) name, made unique among the others.
-fn watch_id(path: &std::path::Path, others: &[crate::engine::watch::Watch]) -> String {
-    let base = path
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "watched".into());
-    let mut id = base.clone();
-    let mut n = 2;
-    while others.iter().any(|w| w.id == id) {
-        id = format!("{base}-{n}");
-        n += 1;
-    }
-    id
 }
 
 /// Reads saved run folders on a background thread, one message per run.

@@ -59,6 +59,8 @@ pub struct RunData {
     pub model: Option<crate::engine::events::ModelSummary>,
     /// The best checkpoint by `[train] keep_best`, once there is one.
     pub best: Option<crate::engine::events::BestCheckpoint>,
+    /// The job that runs it, for runs `rlft launch` started on another engine.
+    pub job: Option<crate::engine::events::JobView>,
     /// When this session last got metrics for the run (for spotting a stalled one).
     pub last_metrics_at: Option<std::time::Instant>,
     series_cap: usize,
@@ -87,6 +89,7 @@ impl RunData {
             last_checkpoint: None,
             model: None,
             best: None,
+            job: None,
             last_metrics_at: None,
             series_cap: cap,
         }
@@ -274,6 +277,10 @@ pub fn external_runs(root: &Path) -> Vec<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .filter(|p| {
+            if p.join(crate::engine::launch::JOB_FILE).is_file() {
+                // `rlft launch` made it: another engine's run with its job.
+                return true;
+            }
             let config = std::fs::read_to_string(p.join("config.toml")).ok();
             match config {
                 Some(text) => text.starts_with(TRL_CALLBACK_MARK),

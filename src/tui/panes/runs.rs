@@ -60,6 +60,19 @@ fn best_note(best: &crate::engine::events::BestCheckpoint) -> String {
     )
 }
 
+/// The selected run's launched job (`rlft launch`), as the pane's bottom line says it, in the
+/// warning style while its state cannot be asked for.
+fn job_note(job: &crate::engine::events::JobView) -> (String, ratatui::style::Style) {
+    match (&job.detail, job.state.as_str()) {
+        (Some(why), "unknown") => (format!(" ⚠ job state unknown: {why} "), theme::warning()),
+        (_, state @ ("pending" | "running")) => (
+            format!(" ⚙ job {state} · x stops it · {} ", job.describe),
+            theme::ok(),
+        ),
+        (_, state) => (format!(" ⚙ job {state} · {} ", job.describe), theme::dim()),
+    }
+}
+
 /// A metric name shortened for the `last` column.
 fn short_metric(name: &str) -> String {
     let tail = name.rsplit('/').next().unwrap_or(name);
@@ -96,6 +109,14 @@ pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
             (area.width as usize).saturating_sub(2),
         );
         block = block.title_bottom(Line::styled(text, theme::error()));
+    } else if let Some(r) = view.selected.and_then(|i| view.runs.get(i))
+        && let Some(job) = &r.job
+    {
+        let (text, style) = job_note(job);
+        block = block.title_bottom(Line::styled(
+            truncate(&text, (area.width as usize).saturating_sub(2)),
+            style,
+        ));
     } else if let Some(r) = view.selected.and_then(|i| view.runs.get(i))
         && let Some(best) = &r.best
     {
