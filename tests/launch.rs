@@ -1,0 +1,432 @@
+//! `rlft launch` and `rlft stop` against a fake Ray Jobs server on loopback and fake Slurm
+//! tools on PATH: what is submitted, how the job's state is followed, and the error paths (an
+//! unreachable head, an unknown job, a failed job, a missing `sbatch`). The real Ray head and
+//! TRL run in the ignored test at the end.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use rlft::engine::events::Event;
+use rlft::engine::launch::{Job, JobState, LaunchError, RayJobs};
+use rlft::engine::watch::{Source, Tail};
+use serde_json::{Value, json};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rlft(args: &[&str], path_env: Option<&str>) -> Output {
+    // `--runs` is the CLI's global option: it goes before the command.
+    let mut ordered: Vec<&str> = Vec::new();
+    let mut rest: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if *a == "--runs" {
+            ordered.push(a);
+            ordered.extend(it.next());
+        } else {
+            rest.push(a);
+        }
+    }
+    ordered.extend(rest);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rlft"));
+    cmd.args(ordered)
+        .current_dir(root())
+        .env_remove("RLFT_PYTHON");
+    if let Some(p) = path_env {
+        cmd.env("PATH", p);
+    }
+    cmd.output().expect("running rlft")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The one run folder under `runs`.
+fn only_run(runs: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+        .expect("runs")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// What the fake head was asked: method, URL and body of each request.
+type Requests = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A fake Ray dashboard on a free loopback port. Jobs: `RUNNING` for the first two status
+/// requests, then `FAILED` with a message; `/logs` ends with a Python error; unknown ids are
+/// 404; `/api/jobs/broken` answers 500.
+fn fake_ray() -> (String, Requests) {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
+    let port = server.server_addr().to_ip().expect("ip").port();
+    let requests: Requests = Arc::default();
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        let mut submitted: Option<String> = None;
+        let mut status_calls = 0;
+        for mut rq in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = rq.as_reader().read_to_string(&mut body);
+            let (method, url) = (rq.method().to_string(), rq.url().to_string());
+            seen.lock()
+                .expect("requests")
+                .push((method.clone(), url.clone(), body.clone()));
+            let job = submitted.clone().unwrap_or_default();
+            let (code, reply) = match (method.as_str(), url.as_str()) {
+                ("POST", "/api/jobs/") => {
+                    let id = serde_json::from_str::<Value>(&body).expect("json")["submission_id"]
+                        .as_str()
+                        .expect("submission_id")
+                        .to_string();
+                    submitted = Some(id.clone());
+                    (200, json!({"job_id": "raysubmit_1", "submission_id": id}))
+                }
+                ("GET", "/api/jobs/broken") => (500, json!({"error": "dashboard exploded"})),
+                ("GET", u) if !job.is_empty() && u == format!("/api/jobs/{job}") => {
+                    status_calls += 1;
+                    if status_calls <= 2 {
+                        (200, json!({"status": "RUNNING", "message": ""}))
+                    } else {
+                        (
+                            200,
+                            json!({"status": "FAILED", "message": "Job entrypoint command failed with exit code 1"}),
+                        )
+                    }
+                }
+                ("GET", u) if !job.is_empty() && u == format!("/api/jobs/{job}/logs") => (
+                    200,
+                    json!({"logs": "loading model\nTraceback (most recent call last):\nValueError: no such model"}),
+                ),
+                ("POST", u) if !job.is_empty() && u == format!("/api/jobs/{job}/stop") => {
+                    (200, json!({"stopped": true}))
+                }
+                _ => (404, json!({"detail": "Job not found"})),
+            };
+            let _ = rq.respond(
+                tiny_http::Response::from_string(reply.to_string()).with_status_code(code),
+            );
+        }
+    });
+    (format!("127.0.0.1:{port}"), requests)
+}
+
+#[test]
+fn the_ray_client_names_an_unreachable_head_an_unknown_job_and_a_server_error() {
+    // A port nothing listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = format!("http://{}", free.local_addr().expect("addr"));
+    drop(free);
+    let e = RayJobs::new(&address).status("x").unwrap_err();
+    assert!(matches!(e, LaunchError::Unreachable { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&address) && e.to_string().contains("ray start --head"),
+        "{e}"
+    );
+
+    let (host, _) = fake_ray();
+    let ray = RayJobs::new(&format!("http://{host}"));
+    let e = ray.status("nope").unwrap_err();
+    assert!(
+        matches!(&e, LaunchError::UnknownJob { id, .. } if id == "nope"),
+        "{e}"
+    );
+    let e = ray.status("broken").unwrap_err().to_string();
+    assert!(
+        e.contains("HTTP 500") && e.contains("dashboard exploded"),
+        "{e}"
+    );
+}
+
+/// `rlft launch --on ray://…` submits the export's entrypoint, follows the job's state and,
+/// when it fails, prints Ray's message and the end of its logs and exits non-zero; `rlft
+/// stop` and the watcher's stop reach `/api/jobs/{id}/stop`.
+#[test]
+fn launch_on_ray_submits_follows_and_reports_a_failed_job() {
+    let (host, requests) = fake_ray();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let runs = tmp.path().join("runs");
+    let out = rlft(
+        &[
+            "launch",
+            "configs/grpo_lora.toml",
+            "--on",
+            &format!("ray://{host}"),
+            "--headless",
+            "--python",
+            "/opt/venv/bin/python",
+            "--runs",
+            runs.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    let run = only_run(&runs);
+    for want in [
+        "launched ray job rlft-grpo-arith-lora-trl-",
+        ": running",
+        "Job entrypoint command failed with exit code 1",
+        "ValueError: no such model",
+    ] {
+        assert!(said.contains(want), "{want:?} missing from:\n{said}");
+    }
+    let Some(Ok(Job::Ray {
+        address,
+        submission_id,
+    })) = Job::read(&run)
+    else {
+        panic!("job.json: {:?}", Job::read(&run));
+    };
+    assert_eq!(address, format!("http://{host}"));
+    let submit = requests.lock().expect("requests")[0].clone();
+    assert_eq!(
+        (submit.0.as_str(), submit.1.as_str()),
+        ("POST", "/api/jobs/")
+    );
+    let body: Value = serde_json::from_str(&submit.2).expect("json");
+    assert_eq!(body["submission_id"], submission_id.as_str());
+    let entrypoint = body["entrypoint"].as_str().expect("entrypoint");
+    assert_eq!(
+        entrypoint,
+        format!(
+            "cd {} && /opt/venv/bin/python train.py --out {}",
+            run.join("job").display(),
+            run.display()
+        )
+    );
+    assert!(run.join("job/train.py").is_file());
+
+    // x in the workbench: the watcher's stop.
+    let mut tail = Tail::new(Source::detect(&run).expect("source"));
+    assert!(tail.stop_job().expect("stop").contains(&submission_id));
+    // rlft stop RUN does the same.
+    let out = rlft(&["stop", run.to_str().expect("utf-8")], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let stops = requests
+        .lock()
+        .expect("requests")
+        .iter()
+        .filter(|(m, u, _)| m == "POST" && *u == format!("/api/jobs/{submission_id}/stop"))
+        .count();
+    assert_eq!(stops, 2);
+}
+
+#[test]
+fn launch_on_an_unreachable_ray_head_says_so_and_leaves_no_run_folder() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = free.local_addr().expect("addr").port();
+    drop(free);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let runs = tmp.path().join("runs");
+    let out = rlft(
+        &[
+            "launch",
+            "configs/grpo_lora.toml",
+            "--on",
+            &format!("ray://127.0.0.1:{port}"),
+            "--detach",
+            "--runs",
+            runs.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    let said = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("unreachable") && said.contains(&format!("127.0.0.1:{port}")),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_dir(&runs).expect("runs").count(), 0);
+    let out = rlft(&["launch", "configs/grpo_lora.toml", "--on", "k8s"], None);
+    assert!(text(&out).contains("--on k8s: expected local, slurm or ray://HOST:PORT"));
+}
+
+/// Fake `sbatch`, `squeue`, `sacct` and `scancel` in `bin`: sbatch records its script and
+/// answers job 4242; squeue says RUNNING twice, then nothing (the job left the queue); sacct
+/// says COMPLETED; scancel records its argument.
+fn fake_slurm(bin: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let log = bin.join("calls");
+    let tools = [
+        (
+            "sbatch",
+            format!(
+                "#!/bin/sh\necho \"sbatch $*\" >> {log}\ncp \"$2\" {bin}/submitted.sbatch\necho '4242;cluster'\n",
+                log = log.display(),
+                bin = bin.display()
+            ),
+        ),
+        (
+            "squeue",
+            format!(
+                "#!/bin/sh\necho \"squeue $*\" >> {log}\nn=$(grep -c squeue {log})\nif [ \"$n\" -le 2 ]; then echo RUNNING; fi\n",
+                log = log.display()
+            ),
+        ),
+        (
+            "sacct",
+            format!(
+                "#!/bin/sh\necho \"sacct $*\" >> {log}\necho COMPLETED\n",
+                log = log.display()
+            ),
+        ),
+        (
+            "scancel",
+            format!(
+                "#!/bin/sh\necho \"scancel $*\" >> {log}\n",
+                log = log.display()
+            ),
+        ),
+    ];
+    for (name, script) in tools {
+        let p = bin.join(name);
+        std::fs::write(&p, script).expect("write tool");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+}
+
+#[test]
+fn launch_on_slurm_writes_the_batch_script_follows_squeue_then_sacct_and_scancels() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    fake_slurm(&bin);
+    let runs = tmp.path().join("runs");
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let out = rlft(
+        &[
+            "launch",
+            "configs/grpo_lora.toml",
+            "--on",
+            "slurm",
+            "--headless",
+            "--sbatch=--gpus=8",
+            "--sbatch=--partition=a100",
+            "--runs",
+            runs.to_str().expect("utf-8"),
+        ],
+        Some(&path),
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("slurm job 4242: running"), "{said}");
+    assert!(said.contains("finished at step 0"), "{said}");
+    let run = only_run(&runs);
+    let script = std::fs::read_to_string(bin.join("submitted.sbatch")).expect("script");
+    for want in [
+        "#SBATCH --job-name=grpo-arith-lora-trl\n".to_string(),
+        format!("#SBATCH --output={}\n", run.join("job.log").display()),
+        "#SBATCH --gpus=8\n#SBATCH --partition=a100\n".into(),
+        format!(
+            "cd {}\nexec python3 train.py --out {}\n",
+            run.join("job").display(),
+            run.display()
+        ),
+    ] {
+        assert!(script.contains(&want), "{want:?} missing from:\n{script}");
+    }
+    let calls = std::fs::read_to_string(bin.join("calls")).expect("calls");
+    assert!(calls.contains("sbatch --parsable"), "{calls}");
+    assert!(calls.contains("sacct -n -X -P -j 4242 -o State"), "{calls}");
+    assert_eq!(
+        Job::read(&run).expect("job").expect("parses"),
+        Job::Slurm {
+            job_id: "4242".into()
+        }
+    );
+    let out = rlft(&["stop", run.to_str().expect("utf-8")], Some(&path));
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = std::fs::read_to_string(bin.join("calls")).expect("calls");
+    assert!(calls.contains("scancel 4242"), "{calls}");
+}
+
+#[test]
+fn launch_on_slurm_without_sbatch_says_what_is_missing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let runs = tmp.path().join("runs");
+    let out = rlft(
+        &[
+            "launch",
+            "configs/grpo_lora.toml",
+            "--on",
+            "slurm",
+            "--detach",
+            "--runs",
+            runs.to_str().expect("utf-8"),
+        ],
+        Some(empty.to_str().expect("utf-8")),
+    );
+    let said = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("`sbatch` was not found on PATH") && said.contains("Slurm login node"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_dir(&runs).expect("runs").count(), 0);
+}
+
+/// A local job that fails: the watcher reports the job's state, the end of its output in the
+/// Log pane and the run as failed at its last step.
+#[test]
+fn a_failed_local_job_fails_the_watched_run_with_its_output() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let python = tmp.path().join("python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\necho '{\"step\": 1, \"wall_time\": 0.1, \"reward\": 0.25}' >> \"$3/metrics.jsonl\"\necho 'CUDA out of memory' >&2\nexit 1\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let runs = tmp.path().join("runs");
+    let out = rlft(
+        &[
+            "launch",
+            "configs/grpo_lora.toml",
+            "--detach",
+            "--python",
+            python.to_str().expect("utf-8"),
+            "--runs",
+            runs.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let run = only_run(&runs);
+    let mut tail = Tail::new(Source::detect(&run).expect("source"));
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events.extend(tail.poll("r"));
+        if events.iter().any(|e| matches!(e, Event::Failed { .. })) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let failed = events.iter().find_map(|e| match e {
+        Event::Failed { step, error, .. } => Some((*step, error.clone())),
+        _ => None,
+    });
+    let (step, error) = failed.expect("the run failed");
+    assert_eq!(step, Some(1));
+    assert!(error.contains("exited with status 1"), "{error}");
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Log { message, .. } if message.contains("CUDA out of memory"))
+        ),
+        "{events:?}"
+    );
+    let job = Job::read(&run).expect("job").expect("parses");
+    assert!(matches!(job.state(&run), Ok(JobState::Failed(_))));
+}
