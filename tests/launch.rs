@@ -3,7 +3,6 @@
 //! unreachable head, an unknown job, a failed job, a missing `sbatch`). The real Ray head and
 //! TRL run in the ignored test at the end.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -429,4 +428,149 @@ fn a_failed_local_job_fails_the_watched_run_with_its_output() {
     );
     let job = Job::read(&run).expect("job").expect("parses");
     assert!(matches!(job.state(&run), Ok(JobState::Failed(_))));
+}
+
+/// Runs `rlft launch` of a 6-step TRL GRPO export (`configs/grpo_lora.toml`, 16 completions a
+/// step) on `target` with `--detach`, and follows the run folder as the workbench does:
+/// metrics and samples must arrive while the job runs, then its final checkpoint, which rlft
+/// then generates with (the adapter on the base model). Returns the worst delay between the
+/// callback writing `metrics.jsonl` and rlft reading it.
+fn launch_and_follow(work: &Path, python: &str, target: &str) -> std::time::Duration {
+    use std::time::{Duration, Instant, SystemTime};
+    let out = Command::new(env!("CARGO_BIN_EXE_rlft"))
+        .args(["--runs", "runs", "launch", "configs/g6.toml", "--detach"])
+        .args(["--on", target, "--python", python])
+        .current_dir(work)
+        .output()
+        .expect("rlft launch");
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    let run = PathBuf::from(
+        said.lines()
+            .find_map(|l| {
+                l.split(" for ")
+                    .nth(1)
+                    .filter(|_| l.starts_with("launched"))
+            })
+            .expect("run folder"),
+    );
+    let job = Job::read(&run).expect("job.json").expect("parses");
+    let mut tail = Tail::new(Source::detect(&run).expect("source"));
+    let (mut live_metrics, mut live_samples, mut checkpoint) = (0, 0, None);
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    loop {
+        let running = job.state(&run).expect("job state") == JobState::Running;
+        for ev in tail.poll("trl") {
+            match ev {
+                Event::Metrics { .. } => {
+                    let written = std::fs::metadata(run.join("metrics.jsonl"))
+                        .and_then(|m| m.modified())
+                        .expect("mtime");
+                    let delay = SystemTime::now()
+                        .duration_since(written)
+                        .unwrap_or_default();
+                    worst = worst.max(delay);
+                    live_metrics += usize::from(running);
+                }
+                Event::Samples { samples, .. } => {
+                    assert!(samples.iter().all(|s| s.rewards.contains_key("exact_match")));
+                    live_samples += usize::from(running);
+                }
+                Event::Checkpoint { path, .. } => checkpoint = Some(path),
+                Event::Failed { error, .. } => panic!("{target}: {error}"),
+                Event::Finished { .. } if checkpoint.is_some() => {
+                    assert!(
+                        live_metrics >= 3 && live_samples >= 3,
+                        "{target}: {live_metrics} metrics and {live_samples} sample events seen while running"
+                    );
+                    let ckpt = checkpoint.expect("checkpoint");
+                    assert!(ckpt.ends_with("checkpoint-6"), "{ckpt:?}");
+                    let out = rlft(
+                        &["generate", "--model", "assets/base", "--adapter"]
+                            .into_iter()
+                            .chain([
+                                ckpt.to_str().expect("utf-8"),
+                                "--prompt",
+                                "12+30=",
+                                "--max-new-tokens",
+                                "4",
+                            ])
+                            .collect::<Vec<_>>(),
+                        None,
+                    );
+                    assert!(out.status.success(), "{}", text(&out));
+                    eprintln!(
+                        "{target}: {live_metrics} metrics rows and {live_samples} sample batches seen while the job ran; worst delay {worst:?}; generate: {}",
+                        String::from_utf8_lossy(&out.stdout).trim()
+                    );
+                    return worst;
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{target}: no end in 10 minutes"
+        );
+        std::thread::sleep(rlft::engine::watch::POLL);
+    }
+}
+
+/// A real TRL GRPOTrainer launched by `rlft launch`, as a local process and as a job on a real
+/// Ray head on loopback. `RLFT_PYTHON` must have torch, transformers, trl, peft, datasets and
+/// `ray[default]` (its `ray` command beside it).
+#[test]
+#[ignore = "needs RLFT_PYTHON with trl, peft, datasets and ray[default]"]
+fn real_trl_grpo_launched_locally_and_as_a_ray_job() {
+    let python = std::env::var("RLFT_PYTHON").expect("RLFT_PYTHON");
+    let ray = Path::new(&python).with_file_name("ray");
+    let work = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(work.path().join("configs")).expect("configs");
+    std::os::unix::fs::symlink(root().join("assets"), work.path().join("assets")).expect("link");
+    let config = std::fs::read_to_string(root().join("configs/grpo_lora.toml"))
+        .expect("config")
+        .replace("max_steps = 600", "max_steps = 6")
+        .replace(
+            "per_device_train_batch_size = 64",
+            "per_device_train_batch_size = 16",
+        );
+    std::fs::write(work.path().join("configs/g6.toml"), config).expect("write");
+
+    let local = launch_and_follow(work.path(), &python, "local");
+
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let (gcs, dashboard) = (free(), free());
+    let started = Command::new(&ray)
+        .args(["start", "--head", "--port", &gcs.to_string()])
+        .args([
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            &dashboard.to_string(),
+        ])
+        .args([
+            "--include-dashboard",
+            "true",
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+        ])
+        .output()
+        .expect("ray start");
+    assert!(started.status.success(), "{}", text(&started));
+    let on_ray = std::panic::catch_unwind(|| {
+        launch_and_follow(
+            work.path(),
+            &python,
+            &format!("ray://127.0.0.1:{dashboard}"),
+        )
+    });
+    let _ = Command::new(&ray).args(["stop", "--force"]).output();
+    let on_ray = on_ray.expect("the Ray job");
+    eprintln!("worst metric delay: local {local:?}, ray {on_ray:?}");
+    assert!(local.max(on_ray) < std::time::Duration::from_secs(2));
 }
