@@ -474,7 +474,11 @@ fn launch_and_follow(work: &Path, python: &str, target: &str) -> std::time::Dura
                     live_metrics += usize::from(running);
                 }
                 Event::Samples { samples, .. } => {
-                    assert!(samples.iter().all(|s| s.rewards.contains_key("exact_match")));
+                    assert!(
+                        samples
+                            .iter()
+                            .all(|s| s.rewards.contains_key("exact_match"))
+                    );
                     live_samples += usize::from(running);
                 }
                 Event::Checkpoint { path, .. } => checkpoint = Some(path),

@@ -1130,3 +1130,76 @@ fn a_launched_job_shows_its_state_and_x_stops_it() {
         d.render()
     );
 }
+
+/// The System pane: the host, rlft's own process while its runs train, a launched job's
+/// process tree, and GPUs (here as NVML reports an H200); without a driver it says so.
+#[test]
+fn system_pane_shows_processes_and_gpus() {
+    use rlft::engine::system::{GpuUsage, ProcessUsage, SystemSnapshot};
+    let ws = Workspace::new();
+    let mut d = ws.driver(SMALL);
+    grpo_run(&mut d, "grpo-arith");
+    let followed = d.app.followed_processes();
+    assert_eq!(followed.len(), 1);
+    assert_eq!(followed[0].label, "rlft: grpo-arith");
+    assert_eq!(followed[0].pid, std::process::id());
+    let snap = |i: u32, gpus: Result<Vec<GpuUsage>, String>| SystemSnapshot {
+        cores: 16,
+        host_cpu_percent: 40.0 + (i % 5) as f32 * 10.0,
+        host_memory_used_bytes: 40 << 30,
+        host_memory_total_bytes: 128 << 30,
+        processes: vec![
+            ProcessUsage {
+                label: "rlft: grpo-arith".into(),
+                pid: 4242,
+                cpu_percent: 380.0 + (i % 3) as f32 * 40.0,
+                memory_bytes: 3 << 30,
+                gpu_memory_bytes: Some(21 << 30),
+                processes: 1,
+                alive: true,
+            },
+            ProcessUsage {
+                label: "grpo-arith-trl".into(),
+                pid: 5151,
+                cpu_percent: 99.5,
+                memory_bytes: 5 << 30,
+                gpu_memory_bytes: Some(60 << 30),
+                processes: 3,
+                alive: true,
+            },
+            ProcessUsage {
+                label: "old-job".into(),
+                pid: 6161,
+                cpu_percent: 0.0,
+                memory_bytes: 0,
+                gpu_memory_bytes: None,
+                processes: 0,
+                alive: false,
+            },
+        ],
+        gpus,
+    };
+    let h200 = |i: u32| GpuUsage {
+        index: 0,
+        name: "NVIDIA H200".into(),
+        utilization_percent: 60 + (i % 4) * 10,
+        memory_used_bytes: 81 << 30,
+        memory_total_bytes: 140 << 30,
+        temperature_c: Some(61),
+        power_watts: Some(402.0),
+    };
+    for i in 0..20 {
+        d.app.on_system(snap(i, Ok(vec![h200(i)])));
+    }
+    d.keys("7");
+    insta::assert_snapshot!("system_pane_80x24", d.render());
+    d.app.on_system(snap(
+        20,
+        Err("no NVIDIA driver (libnvidia-ml not found)".into()),
+    ));
+    let screen = d.render();
+    assert!(
+        screen.contains("GPU: no NVIDIA driver (libnvidia-ml not found)"),
+        "{screen}"
+    );
+}

@@ -21,6 +21,7 @@ pub mod run;
 pub mod sample;
 pub mod serve;
 pub mod session;
+pub mod system;
 pub mod tasks;
 pub mod tensorboard;
 pub mod watch;

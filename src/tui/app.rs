@@ -35,16 +35,18 @@ pub enum PaneId {
     Pairs,
     Health,
     Log,
+    System,
 }
 
 impl PaneId {
-    pub const ALL: [PaneId; 6] = [
+    pub const ALL: [PaneId; 7] = [
         PaneId::Runs,
         PaneId::Curves,
         PaneId::Samples,
         PaneId::Pairs,
         PaneId::Health,
         PaneId::Log,
+        PaneId::System,
     ];
 
     pub fn title(self) -> &'static str {
@@ -55,6 +57,7 @@ impl PaneId {
             PaneId::Pairs => "Pairs",
             PaneId::Health => "Health",
             PaneId::Log => "Log",
+            PaneId::System => "System",
         }
     }
 
@@ -71,6 +74,8 @@ impl PaneId {
             PaneId::Pairs => Scope::Pairs,
             PaneId::Health => Scope::Health,
             PaneId::Log => Scope::Log,
+            // No keys of its own.
+            PaneId::System => Scope::Global,
         }
     }
 
@@ -233,6 +238,8 @@ pub struct App {
     pub pairs: PairsState,
     pub health_scroll: u16,
     pub log: LogState,
+    /// The machine: host, run processes and GPUs (the System pane).
+    pub system: crate::tui::panes::system::SystemState,
     pub modal: Option<Modal>,
     pub toast: Option<Toast>,
     pub quit: QuitState,
@@ -263,6 +270,7 @@ impl App {
             pairs,
             health_scroll: 0,
             log: LogState::default(),
+            system: Default::default(),
             modal: None,
             toast: None,
             quit: QuitState::Running,
@@ -419,6 +427,45 @@ impl App {
             self.focus_run(i);
         }
         self.dirty = true;
+    }
+
+    /// A new sample of the machine (CPU, memory, GPUs).
+    pub fn on_system(&mut self, snap: crate::engine::system::SystemSnapshot) {
+        self.system.push(snap);
+        if self.focus == PaneId::System || self.compact_tab == PaneId::System {
+            self.dirty = true;
+        }
+    }
+
+    /// The processes the System pane follows: rlft itself while its own runs train, and the
+    /// process of each running job `rlft launch` started on this machine.
+    pub fn followed_processes(&self) -> Vec<crate::engine::system::Followed> {
+        let mut out = Vec::new();
+        let live: Vec<&str> = self
+            .runs
+            .all()
+            .iter()
+            .filter(|r| r.is_live())
+            .map(|r| r.id.as_str())
+            .collect();
+        if !live.is_empty() {
+            out.push(crate::engine::system::Followed {
+                label: format!("rlft: {}", live.join(", ")),
+                pid: std::process::id(),
+            });
+        }
+        for r in self.runs.all() {
+            if let Some(job) = &r.job
+                && let Some(pid) = job.pid
+                && matches!(job.state.as_str(), "pending" | "running")
+            {
+                out.push(crate::engine::system::Followed {
+                    label: r.id.clone(),
+                    pid,
+                });
+            }
+        }
+        out
     }
 
     /// A message for the Log pane from outside the engine (loader errors, panics).
@@ -744,6 +791,7 @@ impl App {
                 _ => EventState::NotConsumed,
             },
             PaneId::Log => self.log.handle(action),
+            PaneId::System => EventState::NotConsumed,
         }
     }
 

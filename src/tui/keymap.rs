@@ -282,6 +282,13 @@ pub const BINDINGS: &[Binding] = &[
     ),
     b(
         S::Global,
+        &[Key::ch('7')],
+        Action::Focus(PaneId::System),
+        "focus System (CPU, memory, GPUs)",
+        "",
+    ),
+    b(
+        S::Global,
         &[Key::ch('n')],
         Action::NewRun,
         "start a new run from a config in configs/",
@@ -334,7 +341,7 @@ pub const BINDINGS: &[Binding] = &[
         S::Runs,
         &[Key::ch('x')],
         Action::Stop,
-        "stop: finish the step, checkpoint, end (asks)",
+        "stop (asks): checkpoint and end; or stop its job",
         "stop",
     ),
     b(

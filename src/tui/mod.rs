@@ -148,7 +148,11 @@ pub fn run_workbench(opts: WorkbenchOptions) -> anyhow::Result<()> {
         app.open_on_saved_runs(saved.len() + external.len());
     }
     let loaded = spawn_loader(saved);
-    let result = event_loop(&mut guard, &mut app, &rx, &loaded);
+    let monitor = crate::engine::system::Monitor::spawn(crate::engine::system::SAMPLE_EVERY);
+    if let Err(e) = &monitor {
+        app.note(LogLevel::Warn, format!("the System view is off: {e}"));
+    }
+    let result = event_loop(&mut guard, &mut app, &rx, &loaded, monitor.ok().as_ref());
     drop(guard);
     if result.is_err() {
         // The UI died (e.g. the terminal went away): still let live runs save a checkpoint.
@@ -190,8 +194,10 @@ fn event_loop(
     app: &mut App,
     events: &Receiver<Event>,
     loaded: &Receiver<anyhow::Result<LoadedRun>>,
+    monitor: Option<&crate::engine::system::Monitor>,
 ) -> anyhow::Result<()> {
     let mut next_frame = Instant::now();
+    let mut followed = Vec::new();
     loop {
         // Keys: wait for one until the next frame is due, then take all that are queued.
         let wait = next_frame.saturating_duration_since(Instant::now());
@@ -217,6 +223,16 @@ fn event_loop(
         }
         for p in guard.take_panics() {
             app.note(LogLevel::Error, p);
+        }
+        if let Some(m) = monitor {
+            for snap in m.snapshots.try_iter() {
+                app.on_system(snap);
+            }
+            let now_followed = app.followed_processes();
+            if now_followed != followed {
+                m.follow(now_followed.clone());
+                followed = now_followed;
+            }
         }
         app.tick(Instant::now());
         if app.should_exit() {

@@ -19,7 +19,7 @@ use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 
 use crate::tui::app::{App, Modal, PaneId, QuitState};
 use crate::tui::keymap::{self, BINDINGS, Scope};
-use crate::tui::panes::{curves, health, log, pairs, runs, samples};
+use crate::tui::panes::{curves, health, log, pairs, runs, samples, system};
 use crate::tui::text::truncate;
 use crate::tui::theme;
 
@@ -83,7 +83,12 @@ pub fn render(frame: &mut Frame, app: &App) {
             render_pane(frame, log_area, app, PaneId::Log);
             let [tabs, pane] =
                 Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(main);
-            let tab_panes = [PaneId::Curves, PaneId::Samples, PaneId::Pairs];
+            let tab_panes = [
+                PaneId::Curves,
+                PaneId::Samples,
+                PaneId::Pairs,
+                PaneId::System,
+            ];
             render_tabs(frame, tabs, app, &tab_panes, app.main_tab);
             render_pane(frame, pane, app, app.main_tab);
         }
@@ -95,13 +100,18 @@ pub fn render(frame: &mut Frame, app: &App) {
             ])
             .areas(body);
             render_pane(frame, runs_area, app, PaneId::Runs);
-            let tab_panes = [
+            // System (7) joins the tab line when shown: 80 columns have no room for it and
+            // the focused run's name besides.
+            let mut tab_panes = vec![
                 PaneId::Curves,
                 PaneId::Samples,
                 PaneId::Pairs,
                 PaneId::Health,
                 PaneId::Log,
             ];
+            if app.compact_tab == PaneId::System {
+                tab_panes.push(PaneId::System);
+            }
             render_tabs(frame, tabs, app, &tab_panes, app.compact_tab);
             render_pane(frame, pane, app, app.compact_tab);
         }
@@ -176,6 +186,14 @@ fn render_pane(frame: &mut Frame, area: Rect, app: &App, pane: PaneId) {
             area,
             &log::LogView {
                 state: &app.log,
+                focused,
+            },
+        ),
+        PaneId::System => system::render(
+            frame,
+            area,
+            &system::SystemView {
+                state: &app.system,
                 focused,
             },
         ),
@@ -255,7 +273,12 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         let right_w = Line::from(right.clone()).width() as u16;
         let [left_area, right_area] =
             Layout::horizontal([Constraint::Fill(1), Constraint::Length(right_w)]).areas(area);
-        let pane_hints = keymap::hints(app.focus.scope()).into_iter().chain(global);
+        let own = match app.focus.scope() {
+            // A pane without keys of its own: the global ones only, once.
+            Scope::Global => Vec::new(),
+            scope => keymap::hints(scope),
+        };
+        let pane_hints = own.into_iter().chain(global);
         let left = hint_spans(pane_hints, left_area.width as usize);
         frame.render_widget(Line::from(left), left_area);
         frame.render_widget(Line::from(right), right_area);

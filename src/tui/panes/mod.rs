@@ -7,6 +7,7 @@ pub mod log;
 pub mod pairs;
 pub mod runs;
 pub mod samples;
+pub mod system;
 
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Block;
