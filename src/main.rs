@@ -1015,6 +1015,12 @@ fn launch(a: LaunchArgs) -> Result<()> {
     }
     let script_dir = run_dir.join("job");
     let report = export_for(a.engine, &cfg, a.config, &script_dir)?;
+    if let Some(alerts) = &cfg.alerts {
+        // The watcher (workbench or --headless) sends them from the job's metrics.
+        let path = run_dir.join(rlft::engine::watch::ALERTS_FILE);
+        std::fs::write(&path, toml::to_string(alerts)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     for n in &report.not_carried {
         println!("not carried over: {n}");
     }
@@ -1061,8 +1067,14 @@ fn follow_headless(run_dir: &std::path::Path, id: &str) -> Result<()> {
     use rlft::engine::watch::{POLL, Source, Tail};
     let source = Source::detect(run_dir).map_err(anyhow::Error::msg)?;
     let mut tail = Tail::new(source);
+    let (alert_tx, alert_rx) = crossbeam_channel::unbounded();
+    if let Some(cfg) = rlft::engine::watch::read_alerts(run_dir).map_err(anyhow::Error::msg)? {
+        tail.alert_on(rlft::engine::alerts::Alerter::new(
+            cfg, id, run_dir, alert_tx,
+        ));
+    }
     loop {
-        for ev in tail.poll(id) {
+        for ev in tail.poll(id).into_iter().chain(alert_rx.try_iter()) {
             if let Some(line) = headless_line(&ev) {
                 println!("{line}");
             }

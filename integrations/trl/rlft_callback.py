@@ -69,8 +69,8 @@ class RlftCallback(TrainerCallback):
         for key, value in logs.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if math.isfinite(value):
-                row[key] = float(value)
+            # JSON has no NaN: null, which rlft reads back as NaN (its Health pane warns).
+            row[key] = float(value) if math.isfinite(value) else None
         with open(self._path("metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         self._write_samples(state.global_step)

@@ -2,6 +2,7 @@
 //! code lives here; the UI talks to the engine only through `events`.
 
 pub mod agreement;
+pub mod alerts;
 pub mod algo;
 pub mod bench;
 pub mod config;

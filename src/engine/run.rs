@@ -13,13 +13,62 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::events::{Command, Event, LogLevel, RunId, RunStatus, SampleRecord};
 
-/// One line of `metrics.jsonl`: step, wall time and TRL-named values side by side.
+/// One line of `metrics.jsonl`: step, wall time and TRL-named values side by side. A value
+/// that is NaN or infinite is written as `null` (JSON has no NaN) and read back as NaN, so
+/// the row, and the Health pane's NaN warning, survive a reload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     pub step: usize,
     pub wall_time: f64,
-    #[serde(flatten)]
+    #[serde(flatten, deserialize_with = "null_as_nan")]
     pub values: BTreeMap<String, f64>,
+}
+
+fn null_as_nan<'de, D>(d: D) -> Result<BTreeMap<String, f64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw: BTreeMap<String, Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
+}
+
+impl MetricsRow {
+    /// One `metrics.jsonl` line; Python's bare `NaN`, `Infinity` and `-Infinity` (what
+    /// `json.dumps` writes) are taken too. `None` for a line that is not a metrics row.
+    pub fn parse(line: &str) -> Option<Self> {
+        if let Ok(row) = serde_json::from_str(line) {
+            return Some(row);
+        }
+        let mut v: serde_json::Value = serde_json::from_str(
+            &line
+                .replace("-Infinity", "null")
+                .replace("Infinity", "null")
+                .replace("NaN", "null"),
+        )
+        .ok()?;
+        // Infinities read as NaN too: what matters downstream is that the value is not finite.
+        let obj = v.as_object_mut()?;
+        let step = obj.remove("step")?.as_u64()? as usize;
+        let wall_time = obj
+            .remove("wall_time")
+            .and_then(|w| w.as_f64())
+            .unwrap_or(0.0);
+        let values = obj
+            .iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::Null => Some((k.clone(), f64::NAN)),
+                other => other.as_f64().map(|f| (k.clone(), f)),
+            })
+            .collect();
+        Some(Self {
+            step,
+            wall_time,
+            values,
+        })
+    }
 }
 
 pub struct RunDir {
@@ -187,7 +236,7 @@ pub fn read_metrics(path: &Path) -> std::io::Result<Vec<MetricsRow>> {
     Ok(BufReader::new(file)
         .lines()
         .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
+        .filter_map(|l| MetricsRow::parse(&l))
         .collect())
 }
 
@@ -228,6 +277,8 @@ pub struct RunContext {
     best_improved: bool,
     /// `[train] report_to = ["tensorboard"]`: the run's event file.
     tensorboard: Option<crate::engine::tensorboard::EventFileWriter>,
+    /// `[alerts]`: health warnings call a command or a webhook.
+    alerts: Option<crate::engine::alerts::Alerter>,
 }
 
 /// `checkpoints/best/best.json`.
@@ -291,6 +342,7 @@ impl RunContext {
             best: None,
             best_improved: false,
             tensorboard: None,
+            alerts: None,
         }
     }
 
@@ -369,6 +421,16 @@ impl RunContext {
 
     /// Also writes every metrics row to a TensorBoard event file in the run folder (a new
     /// file per start, as TensorBoard's writers do; it reads them all in order).
+    /// Sends `[alerts]` when the run's health warnings appear.
+    pub fn alert_on(&mut self, cfg: crate::engine::alerts::AlertsSection) {
+        self.alerts = Some(crate::engine::alerts::Alerter::new(
+            cfg,
+            &self.id,
+            &self.dir.path,
+            self.events.clone(),
+        ));
+    }
+
     pub fn report_to_tensorboard(&mut self) {
         match crate::engine::tensorboard::EventFileWriter::create(&self.dir.path) {
             Ok(w) => self.tensorboard = Some(w),
@@ -408,6 +470,11 @@ impl RunContext {
         };
         if let Err(e) = self.dir.append_metrics(&row) {
             self.log(LogLevel::Error, format!("writing metrics.jsonl: {e}"));
+        }
+        if let Some(a) = self.alerts.as_mut() {
+            for alert in a.observe(step, &row.values) {
+                self.log(LogLevel::Warn, format!("alert: {}", alert.line()));
+            }
         }
         if let Some(tb) = self.tensorboard.as_mut() {
             // TensorBoard's time axis is Unix time.
@@ -571,6 +638,65 @@ mod tests {
         assert!(!t.is_finished(), "the run went on while paused");
         cmd.send(Command::Resume).unwrap();
         assert_eq!(t.join().unwrap(), Control::Continue);
+    }
+
+    #[test]
+    fn non_finite_values_survive_a_round_trip_and_python_s_nan_is_read() {
+        let row = MetricsRow {
+            step: 3,
+            wall_time: 1.5,
+            values: BTreeMap::from([("loss".to_string(), f64::NAN), ("kl".to_string(), 0.25)]),
+        };
+        let line = serde_json::to_string(&row).unwrap();
+        assert!(line.contains("\"loss\":null"), "{line}");
+        let back = MetricsRow::parse(&line).unwrap();
+        assert!(back.values["loss"].is_nan());
+        assert_eq!(back.values["kl"], 0.25);
+        let py = MetricsRow::parse(r#"{"step": 4, "loss": NaN, "grad_norm": Infinity, "kl": 0.5}"#)
+            .unwrap();
+        assert_eq!(py.step, 4);
+        assert!(py.values["loss"].is_nan() && py.values["grad_norm"].is_nan());
+        assert_eq!(py.values["kl"], 0.5);
+        assert!(MetricsRow::parse("{\"no_step\": 1}").is_none());
+    }
+
+    /// `[alerts]` on an rlft run: the NaN that the Health pane shows also runs the command,
+    /// once, and the Log says so.
+    #[test]
+    fn a_run_with_alerts_runs_the_command_when_a_warning_appears() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create_unique(tmp.path(), "grpo").unwrap();
+        let out = tmp.path().join("alert.txt");
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let (_cmd, crx) = crossbeam_channel::unbounded();
+        let mut ctx = RunContext::new(dir, etx, crx);
+        ctx.alert_on(crate::engine::alerts::AlertsSection {
+            command: Some(format!("echo \"$RLFT_ALERT\" > '{}'", out.display())),
+            ..Default::default()
+        });
+        for step in 1..=3 {
+            let loss = if step == 3 { f64::NAN } else { 0.5 };
+            ctx.metrics(step, BTreeMap::from([("loss".to_string(), loss)]));
+        }
+        let mut logs = Vec::new();
+        while logs.len() < 2 {
+            if let Event::Log { message, .. } = erx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap()
+            {
+                logs.push(message);
+            }
+        }
+        assert!(
+            logs[0].starts_with("alert: rlft run grpo, step 3: NaN/inf"),
+            "{logs:?}"
+        );
+        assert_eq!(logs[1], "alert command ran: NaN/inf in metrics");
+        let said = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            said.starts_with("rlft run grpo, step 3: NaN/inf in metrics (critical)"),
+            "{said}"
+        );
     }
 
     #[test]

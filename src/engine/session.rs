@@ -106,6 +106,9 @@ pub fn launch(
             {
                 ctx.report_to_tensorboard();
             }
+            if let Some(a) = &cfg.alerts {
+                ctx.alert_on(a.clone());
+            }
             ctx.status(RunStatus::Starting);
             let record = |ctx: &RunContext, status: RunStatus, error: Option<String>| {
                 let state = RunState {

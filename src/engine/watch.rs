@@ -187,7 +187,21 @@ pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, St
                 total_steps,
                 model: None,
             });
-            let mut tail = Tail::new(thread_source);
+            let mut tail = Tail::new(thread_source.clone());
+            if let Source::RlftFolder(dir) = &thread_source {
+                match read_alerts(dir) {
+                    Ok(Some(cfg)) => tail.alert_on(crate::engine::alerts::Alerter::new(
+                        cfg,
+                        &thread_id,
+                        dir,
+                        events.clone(),
+                    )),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = events.send(log(&thread_id, LogLevel::Warn, e));
+                    }
+                }
+            }
             while !thread_stop.load(Ordering::Relaxed) {
                 if thread_stop_job.swap(false, Ordering::Relaxed) {
                     let said = match tail.stop_job() {
@@ -218,6 +232,22 @@ pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, St
     })
 }
 
+/// The file `rlft launch` writes the config's `[alerts]` to, in the run folder.
+pub const ALERTS_FILE: &str = "alerts.toml";
+
+/// `dir/alerts.toml`, if there is one.
+pub fn read_alerts(dir: &Path) -> Result<Option<crate::engine::alerts::AlertsSection>, String> {
+    let path = dir.join(ALERTS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let cfg: crate::engine::alerts::AlertsSection =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    cfg.validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(cfg))
+}
+
 /// Where each watched file has been read up to.
 pub struct Tail {
     source: Source,
@@ -241,6 +271,8 @@ pub struct Tail {
     job_seen: Option<JobView>,
     /// The newest step seen (a job's end is reported at it).
     last_step: usize,
+    /// `[alerts]` of the config `rlft launch` started (the folder's `alerts.toml`).
+    alerts: Option<crate::engine::alerts::Alerter>,
 }
 
 impl Tail {
@@ -258,7 +290,13 @@ impl Tail {
             job_asked: None,
             job_seen: None,
             last_step: 0,
+            alerts: None,
         }
+    }
+
+    /// Sends `[alerts]` when the watched run's health warnings appear.
+    pub fn alert_on(&mut self, alerter: crate::engine::alerts::Alerter) {
+        self.alerts = Some(alerter);
     }
 
     /// Stops the folder's launched job; says which job, or why not.
@@ -416,7 +454,7 @@ impl Tail {
             }
             Source::RlftFolder(dir) => {
                 for line in self.new_lines(&dir.join("metrics.jsonl"), id, &mut out) {
-                    if let Ok(row) = serde_json::from_str::<crate::engine::run::MetricsRow>(&line) {
+                    if let Some(row) = crate::engine::run::MetricsRow::parse(&line) {
                         out.push(metrics(id, row.step, row.wall_time, row.values));
                     }
                 }
@@ -437,10 +475,17 @@ impl Tail {
                 self.poll_job(&dir, id, &mut out);
             }
         }
+        let mut alerts = Vec::new();
         for ev in &out {
-            if let Event::Metrics { step, .. } = ev {
+            if let Event::Metrics { step, values, .. } = ev {
                 self.last_step = self.last_step.max(*step);
+                if let Some(a) = self.alerts.as_mut() {
+                    alerts.extend(a.observe(*step, values));
+                }
             }
+        }
+        for a in alerts {
+            out.push(log(id, LogLevel::Warn, format!("alert: {}", a.line())));
         }
         out
     }
@@ -717,6 +762,45 @@ fn log(id: &str, level: LogLevel, message: String) -> Event {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A launched run's `alerts.toml`: the watcher sends the alert when the job's metrics
+    /// raise a warning; a broken file is named.
+    #[test]
+    fn a_watched_run_with_alerts_toml_alerts_on_its_metrics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let out = dir.join("alert.txt");
+        std::fs::write(
+            dir.join(ALERTS_FILE),
+            format!("command = \"echo $RLFT_RULE > '{}'\"\n", out.display()),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("metrics.jsonl"),
+            "{\"step\": 1, \"wall_time\": 0.1, \"loss\": 0.5}\n{\"step\": 2, \"wall_time\": 0.2, \"loss\": NaN}\n",
+        )
+        .unwrap();
+        let cfg = read_alerts(dir).unwrap().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut tail = Tail::new(Source::detect(dir).unwrap());
+        tail.alert_on(crate::engine::alerts::Alerter::new(cfg, "trl", dir, tx));
+        let events = tail.poll("trl");
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Log { message, .. } if message.starts_with("alert: rlft run trl, step 2: NaN/inf"))),
+            "{events:?}"
+        );
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(Event::Log { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap().trim(),
+            "NaN/inf in metrics"
+        );
+        std::fs::write(dir.join(ALERTS_FILE), "webhook = \"ftp://x\"\n").unwrap();
+        let e = read_alerts(dir).unwrap_err();
+        assert!(e.contains("alerts.toml") && e.contains("http://"), "{e}");
+    }
 
     #[test]
     fn names_map_to_rlft_and_originals_stay() {

@@ -122,6 +122,9 @@ pub struct RunConfig {
     /// The AI judge that labels pairs (RLAIF).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<crate::engine::judge::JudgeConfig>,
+    /// Health warnings call a command or a webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<crate::engine::alerts::AlertsSection>,
     /// LoRA adapters on the policy (PEFT's `LoraConfig` names); the base model is frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::engine::model::lora::LoraConfig>,
@@ -421,6 +424,9 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(a) = &self.alerts {
+            a.validate()?;
+        }
         let t = &self.train;
         if t.per_device_train_batch_size == 0 || t.gradient_accumulation_steps == 0 {
             return Err(
