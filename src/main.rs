@@ -974,16 +974,14 @@ fn export_for(
     config: &std::path::Path,
     out: &std::path::Path,
 ) -> Result<rlft::engine::export::Exported> {
-    if engine != "trl" {
-        bail!("--engine {engine}: only trl is supported yet (verl and openrlhf are not)");
-    }
+    let engine: rlft::engine::export::Engine = engine.parse().map_err(anyhow::Error::msg)?;
     // Paths in a config are relative to the folder above configs/ (the repository's root).
     let dir = config
         .parent()
         .and_then(|p| p.parent())
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    rlft::engine::export::to_trl(cfg, &std::env::current_dir()?.join(dir), out)
+    rlft::engine::export::export(engine, cfg, &std::env::current_dir()?.join(dir), out)
         .map_err(anyhow::Error::msg)
 }
 
@@ -1037,6 +1035,7 @@ fn launch(a: LaunchArgs) -> Result<()> {
         run_dir: run_dir.clone(),
         python,
         sbatch_args: a.sbatch,
+        engine: Some(a.engine.to_string()),
     };
     let job = match rlft::engine::launch::launch(&spec, &target) {
         Ok(job) => job,

@@ -158,11 +158,27 @@ impl Job {
     }
 
     pub fn write(&self, run_dir: &Path) -> Result<(), LaunchError> {
+        self.write_for(run_dir, None)
+    }
+
+    /// Writes `job.json`, with the engine that runs it (what the watcher reads).
+    pub fn write_for(&self, run_dir: &Path, engine: Option<&str>) -> Result<(), LaunchError> {
         let path = run_dir.join(JOB_FILE);
         let tmp = run_dir.join("job.json.tmp");
-        let text = serde_json::to_string_pretty(self).expect("a job serialises");
+        let mut value = serde_json::to_value(self).expect("a job serialises");
+        if let (Some(e), Some(obj)) = (engine, value.as_object_mut()) {
+            obj.insert("engine".into(), e.into());
+        }
+        let text = serde_json::to_string_pretty(&value).expect("a job serialises");
         std::fs::write(&tmp, text).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// The engine `job.json` names (trl, verl, openrlhf), if any.
+    pub fn engine(run_dir: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(run_dir.join(JOB_FILE)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v.get("engine")?.as_str().map(str::to_string)
     }
 
     /// "ray job rlft-x at http://…", "slurm job 42", "local process 1234".
@@ -252,16 +268,23 @@ pub struct LaunchSpec {
     pub python: String,
     /// Extra `#SBATCH` lines' arguments, e.g. `--gpus=8`, `--partition=a100`.
     pub sbatch_args: Vec<String>,
+    /// The engine the export is for (trl, verl, openrlhf), recorded in `job.json`.
+    pub engine: Option<String>,
 }
 
 impl LaunchSpec {
     /// The command line the job runs, from the script's folder.
     fn command(&self) -> String {
-        format!(
-            "{} train.py --out {}",
-            shell_quote(&self.python),
-            shell_quote(&self.run_dir.to_string_lossy())
-        )
+        let out = shell_quote(&self.run_dir.to_string_lossy());
+        if self.script_dir.join("run.sh").is_file() {
+            // verl's and OpenRLHF's exports: a shell script that runs the engine's module.
+            format!(
+                "PYTHON={} bash run.sh --out {out}",
+                shell_quote(&self.python)
+            )
+        } else {
+            format!("{} train.py --out {out}", shell_quote(&self.python))
+        }
     }
 }
 
@@ -285,7 +308,7 @@ pub fn launch(spec: &LaunchSpec, target: &Target) -> Result<Job, LaunchError> {
         }
         Target::Slurm => launch_slurm(spec)?,
     };
-    job.write(&spec.run_dir)?;
+    job.write_for(&spec.run_dir, spec.engine.as_deref())?;
     Ok(job)
 }
 
@@ -648,6 +671,7 @@ mod tests {
             run_dir: tmp.path().join("run dir"),
             python: fake.to_string_lossy().into(),
             sbatch_args: vec![],
+            engine: None,
         };
         let job = launch(&spec, &Target::Local).unwrap();
         assert_eq!(Job::read(&spec.run_dir).unwrap().unwrap(), job);
@@ -678,6 +702,7 @@ mod tests {
             run_dir: tmp.path().join("run"),
             python: sleeper.to_string_lossy().into(),
             sbatch_args: vec![],
+            engine: None,
         };
         let job = launch(&spec, &Target::Local).unwrap();
         assert_eq!(job.state(&spec.run_dir).unwrap(), JobState::Running);

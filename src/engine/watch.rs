@@ -299,9 +299,26 @@ impl Tail {
         self.alerts = Some(alerter);
     }
 
+    /// The run folder a launched job records itself in: the folder watched, or the one the
+    /// watched log is in (`verl.jsonl`, `tensorboard/`).
+    fn run_dir(&self) -> Option<PathBuf> {
+        let dir = match &self.source {
+            Source::RlftFolder(dir) => return Some(dir.clone()),
+            Source::VerlJsonl { file, .. } => file.parent()?.to_path_buf(),
+            Source::TensorBoard(p) if p.file_name().is_some_and(|n| n == "tensorboard") => {
+                p.parent()?.to_path_buf()
+            }
+            Source::TensorBoard(p) if p.is_dir() => p.clone(),
+            Source::TensorBoard(p) => p.parent()?.to_path_buf(),
+        };
+        dir.join(crate::engine::launch::JOB_FILE)
+            .is_file()
+            .then_some(dir)
+    }
+
     /// Stops the folder's launched job; says which job, or why not.
     pub fn stop_job(&mut self) -> Result<String, String> {
-        let Source::RlftFolder(dir) = &self.source else {
+        let Some(dir) = &self.run_dir() else {
             return Err("this run was not launched by rlft: there is no job to stop".into());
         };
         let job = match &self.job {
@@ -472,8 +489,10 @@ impl Tail {
                     });
                 }
                 self.poll_status(&dir, id, &mut out);
-                self.poll_job(&dir, id, &mut out);
             }
+        }
+        if let Some(dir) = self.run_dir() {
+            self.poll_job(&dir, id, &mut out);
         }
         let mut alerts = Vec::new();
         for ev in &out {
@@ -580,23 +599,29 @@ impl Tail {
             },
         };
         // Watching `output_dir/runs` (TRL's TensorBoard folder): the checkpoints are above.
-        let dirs = match (root.file_name(), root.parent()) {
-            (Some(n), Some(parent)) if n == "runs" => vec![root.clone(), parent.to_path_buf()],
-            _ => vec![root],
+        // A launched verl run keeps its checkpoints in `checkpoints/global_step_N`.
+        let mut dirs = match (root.file_name(), root.parent()) {
+            (Some(n), Some(parent)) if n == "runs" || n == "tensorboard" => {
+                vec![root.clone(), parent.to_path_buf()]
+            }
+            _ => vec![root.clone()],
         };
+        dirs.push(root.join("checkpoints"));
         let mut found: Vec<(usize, PathBuf)> = dirs
             .iter()
             .filter_map(|d| std::fs::read_dir(d).ok())
             .flat_map(|entries| entries.flatten())
             .filter_map(|e| {
                 let p = e.path();
-                let step = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_prefix("checkpoint-")?
-                    .parse()
-                    .ok()?;
-                p.join("trainer_state.json").is_file().then_some((step, p))
+                let name = p.file_name()?.to_str()?;
+                // TRL's HF checkpoints (complete once trainer_state.json is written), verl's
+                // FSDP ones (complete once the actor's shards are).
+                if let Some(step) = name.strip_prefix("checkpoint-") {
+                    let step = step.parse().ok()?;
+                    return p.join("trainer_state.json").is_file().then_some((step, p));
+                }
+                let step = name.strip_prefix("global_step_")?.parse().ok()?;
+                p.join("actor").is_dir().then_some((step, p))
             })
             .filter(|(_, p)| !self.checkpoints.contains(p))
             .collect();
