@@ -173,3 +173,275 @@ fn trains_with_trl(config: &str) {
         rows.len()
     );
 }
+
+/// `rlft export --engine verl`: verl's dataset rows, its Hydra names, the checkers as
+/// `compute_score`; methods verl does not train are refused.
+#[test]
+fn grpo_exports_to_verl_with_its_names_and_rows() {
+    use rlft::engine::export::{Engine, export};
+    let cfg = RunConfig::from_file(&root().join("configs/grpo_lora.toml")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let report = export(Engine::Verl, &cfg, root(), tmp.path()).unwrap();
+    let run = std::fs::read_to_string(tmp.path().join("run.sh")).unwrap();
+    for want in [
+        "-m verl.trainer.main_ppo",
+        "algorithm.adv_estimator=grpo",
+        "data.train_batch_size=8",
+        "actor_rollout_ref.rollout.n=8",
+        "data.max_response_length=6",
+        "actor_rollout_ref.model.lora_rank=16",
+        "actor_rollout_ref.model.target_modules=all-linear",
+        "actor_rollout_ref.actor.optim.lr=0.0002",
+        "\"reward.custom_reward_function.path=$HERE/reward.py\"",
+        "trainer.logger=[console,file,tensorboard]",
+        "export VERL_FILE_LOGGER_PATH=\"$OUT/verl.jsonl\"",
+        "\"trainer.rollout_data_dir=$OUT/rollouts\"",
+        "trainer.total_training_steps=600",
+        "'actor_rollout_ref.model.custom_chat_template=\"{% for m in messages %}{{ m.content }}{% endfor %}\"'",
+    ] {
+        assert!(run.contains(want), "{want} missing from:\n{run}");
+    }
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(tmp.path().join("data/train.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["prompt"][0]["role"], "user");
+    assert_eq!(first["prompt"][0]["content"], "82+97=");
+    assert_eq!(first["reward_model"]["ground_truth"], "179");
+    assert_eq!(first["data_source"], "rlft/grpo-arith-lora");
+    let reward = std::fs::read_to_string(tmp.path().join("reward.py")).unwrap();
+    assert!(reward.contains("def compute_score(data_source, solution_str, ground_truth"));
+    assert!(
+        reward.contains("total += 0.1 * scores[\"format\"]"),
+        "{reward}"
+    );
+    assert!(
+        report
+            .not_carried
+            .iter()
+            .any(|n| n.contains("warmup_steps"))
+    );
+    let dpo = RunConfig::from_file(&root().join("configs/dpo.toml")).unwrap();
+    let e = export(Engine::Verl, &dpo, root(), tmp.path()).unwrap_err();
+    assert!(e.contains("\"dpo\" to verl is not supported"), "{e}");
+}
+
+/// `rlft export --engine openrlhf`: OpenRLHF 0.11's dotted flags for GRPO, PPO with a reward
+/// model, DPO and SFT.
+#[test]
+fn methods_export_to_openrlhf_with_its_flags() {
+    use rlft::engine::export::{Engine, export};
+    for (config, wants) in [
+        (
+            "configs/grpo_lora.toml",
+            &[
+                "-m openrlhf.cli.train_ppo_ray",
+                "--algo.advantage.estimator group_norm",
+                "--rollout.n_samples_per_prompt 8",
+                "--rollout.batch_size 8",
+                "--train.batch_size 64",
+                "--reward.remote_url \"$HERE/reward.py\"",
+                "--data.label_key answer",
+                "--data.input_template '{}'",
+                "--ds.lora.rank 16",
+                "--logger.tensorboard_dir \"$OUT/tensorboard\"",
+            ][..],
+        ),
+        (
+            "configs/ppo.toml",
+            &[
+                "--algo.advantage.estimator gae",
+                "--algo.kl.target 3.0",
+                "--rollout.batch_size 32",
+                "--train.batch_size 16",
+                "--critic.model_name_or_path",
+                "runs/rm/checkpoints/final\"",
+                "--reward.model_name_or_path",
+            ][..],
+        ),
+        (
+            "configs/dpo.toml",
+            &[
+                "deepspeed --num_gpus \"$NGPUS\" --module openrlhf.cli.train_dpo",
+                "--model.beta 0.5",
+                "--data.chosen_key chosen",
+                "--lr_scheduler cosine",
+            ][..],
+        ),
+        (
+            "configs/sft.toml",
+            &[
+                "--module openrlhf.cli.train_sft",
+                "--data.output_key completion",
+                "--data.max_len 32",
+            ][..],
+        ),
+    ] {
+        let cfg = RunConfig::from_file(&root().join(config)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        export(Engine::OpenRlhf, &cfg, root(), tmp.path()).unwrap();
+        let run = std::fs::read_to_string(tmp.path().join("run.sh")).unwrap();
+        for want in wants {
+            assert!(run.contains(want), "{config}: {want} missing from:\n{run}");
+        }
+    }
+}
+
+/// Writes `dir/dump`: a stand-in for `python3` and `deepspeed` that writes the arguments after
+/// `-m`/`--module MODULE` one per line to `dir/args` and the module to `dir/module`.
+fn argument_dumper(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dump = dir.join("dump");
+    std::fs::write(
+        &dump,
+        format!(
+            "#!/bin/sh\nwhile [ \"$#\" -gt 0 ]; do case \"$1\" in -m|--module) echo \"$2\" > {d}/module; shift 2; break;; *) shift;; esac; done\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {d}/args\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(&dump, dir.join("deepspeed")).unwrap();
+    dump
+}
+
+/// The exported verl and OpenRLHF scripts pass the engines' own checks: verl composes its
+/// config from the overrides and runs `validate_config`; OpenRLHF's CLIs parse the flags and
+/// run their asserts. Neither trains (both need GPUs). `RLFT_PYTHON` with verl 0.9.1 and
+/// openrlhf 0.11.2 installed (`pip install --no-deps verl==0.9.1 openrlhf==0.11.2` plus
+/// hydra-core, omegaconf, tensordict, torchdata, codetiming, pylatexenc, orjson).
+#[test]
+#[ignore = "needs RLFT_PYTHON with verl 0.9.1 and openrlhf 0.11.2"]
+fn exported_verl_and_openrlhf_scripts_pass_the_engines_checks() {
+    use rlft::engine::export::{Engine, export};
+    let python = std::env::var("RLFT_PYTHON").expect("RLFT_PYTHON");
+    let fixtures = root().join("tests/fixtures/export");
+    // PPO on the arithmetic task with an exact-match reward (verl writes Python rewards only).
+    let work = tempfile::tempdir().unwrap();
+    let ppo = std::fs::read_to_string(root().join("configs/ppo.toml"))
+        .unwrap()
+        .replace("review_prompts", "REVIEW")
+        .replace(
+            "assets/data/REVIEW.jsonl",
+            &root()
+                .join("assets/tasks/arithmetic_train.jsonl")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "assets/data/REVIEW_eval.jsonl",
+            &root()
+                .join("assets/tasks/arithmetic_eval.jsonl")
+                .display()
+                .to_string(),
+        )
+        .replace("value_model = \"runs/rm/checkpoints/final\"\n", "")
+        .replace(
+            "type = \"reward_model\"\npath = \"runs/rm/checkpoints/final\"\nname = \"sentiment\"",
+            "type = \"exact_match\"",
+        );
+    let ppo_path = work.path().join("ppo_arith.toml");
+    std::fs::write(&ppo_path, ppo).unwrap();
+    let cases: [(Engine, &Path); 7] = [
+        (Engine::Verl, &root().join("configs/grpo_lora.toml")),
+        (Engine::Verl, &ppo_path),
+        (Engine::OpenRlhf, &root().join("configs/grpo_lora.toml")),
+        (Engine::OpenRlhf, &ppo_path),
+        (Engine::OpenRlhf, &root().join("configs/ppo.toml")),
+        (Engine::OpenRlhf, &root().join("configs/dpo.toml")),
+        (Engine::OpenRlhf, &root().join("configs/sft.toml")),
+    ];
+    for (engine, config) in cases {
+        let cfg = RunConfig::from_file(config).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("export");
+        export(engine, &cfg, root(), &out).unwrap();
+        let dump = argument_dumper(tmp.path());
+        let path = format!(
+            "{}:{}",
+            tmp.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let status = std::process::Command::new("bash")
+            .arg(out.join("run.sh"))
+            .args(["--out", &tmp.path().join("run").display().to_string()])
+            .env("PYTHON", &dump)
+            .env("PATH", path)
+            .env("NGPUS", "2")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let args = tmp.path().join("args");
+        let module = std::fs::read_to_string(tmp.path().join("module")).unwrap();
+        let checked = match engine {
+            // SGLang: verl's vLLM check of the LoRA rank imports vLLM, which needs a GPU build.
+            Engine::Verl => std::process::Command::new(&python)
+                .arg(fixtures.join("check_verl.py"))
+                .arg(&args)
+                .env("ROLLOUT", "sglang")
+                .env("MICRO_BATCH", "4")
+                .output()
+                .unwrap(),
+            _ => std::process::Command::new(&python)
+                .arg(fixtures.join("check_openrlhf.py"))
+                .arg(module.trim())
+                .arg(&args)
+                .output()
+                .unwrap(),
+        };
+        let said = String::from_utf8_lossy(&checked.stdout);
+        assert!(
+            checked.status.success() && (said.contains("VALIDATED") || said.contains("PARSED_OK")),
+            "{engine:?} {}: {said}\n{}",
+            config.display(),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        eprintln!("{engine:?} {}: {}", config.display(), said.trim());
+    }
+}
+
+/// The reward functions written for verl and OpenRLHF score as rlft's checkers do: 1 for the
+/// right first line, 0.1 more for a short integer, nothing for words; OpenRLHF's query is
+/// cut after its prompt and its special tokens dropped. `RLFT_PYTHON` with torch.
+#[test]
+#[ignore = "needs RLFT_PYTHON with torch"]
+fn exported_reward_functions_score_as_rlft_does() {
+    use rlft::engine::export::{Engine, export};
+    let python = std::env::var("RLFT_PYTHON").expect("RLFT_PYTHON");
+    let cfg = RunConfig::from_file(&root().join("configs/grpo_lora.toml")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    export(Engine::Verl, &cfg, root(), &tmp.path().join("verl")).unwrap();
+    export(Engine::OpenRlhf, &cfg, root(), &tmp.path().join("orl")).unwrap();
+    let check = format!(
+        r#"
+import importlib.util, math
+def load(path):
+    spec = importlib.util.spec_from_file_location("reward", path)
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); return m
+verl = load("{v}")
+for text, want in [("179\n45", 1.1), (" 179", 1.1), ("17", 0.1), ("abc", 0.0)]:
+    got = verl.compute_score("rlft/x", text, "179")["score"]
+    assert math.isclose(got, want), (text, got)
+orl = load("{o}")
+out = orl.reward_func(["<|im_start|>82+97=179<|endoftext|>", "82+97=1790000000\n"], ["82+97=", "82+97="], ["179", "179"])
+assert [round(float(x), 4) for x in out["rewards"]] == [1.1, 0.0], out
+assert [float(x) for x in out["extra_logs"]["exact_match"]] == [1.0, 0.0]
+print("REWARDS_OK")
+"#,
+        v = tmp.path().join("verl/reward.py").display(),
+        o = tmp.path().join("orl/reward.py").display()
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &check])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("REWARDS_OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
