@@ -578,3 +578,77 @@ fn real_trl_grpo_launched_locally_and_as_a_ray_job() {
     eprintln!("worst metric delay: local {local:?}, ray {on_ray:?}");
     assert!(local.max(on_ray) < std::time::Duration::from_secs(2));
 }
+
+/// A launched verl export is followed from what verl writes: its file logger's `verl.jsonl`
+/// (names mapped: `critic/score/mean` is `reward`), its rollout dumps as samples, its
+/// `global_step_N` checkpoints, and the job's end. The "engine" here is a `run.sh` that
+/// writes those files as verl 0.9 does.
+#[test]
+fn a_launched_verl_run_is_followed_from_its_logs() {
+    use rlft::engine::launch::{LaunchSpec, Target, launch};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let script_dir = tmp.path().join("job");
+    std::fs::create_dir_all(&script_dir).expect("dir");
+    std::fs::write(
+        script_dir.join("run.sh"),
+        r#"set -e
+[ "$1" = "--out" ] && OUT="$2"
+mkdir -p "$OUT/rollouts" "$OUT/checkpoints/global_step_2/actor"
+for s in 1 2; do
+  echo "{\"step\": $s, \"data\": {\"critic/score/mean\": 0.$s, \"actor/pg_loss\": -0.0$s}}" >> "$OUT/verl.jsonl"
+  echo "{\"input\": \"82+97=\", \"output\": \"179\", \"gts\": \"179\", \"score\": 1.0, \"step\": $s}" > "$OUT/rollouts/$s.jsonl"
+done
+"#,
+    )
+    .expect("write");
+    let run_dir = tmp.path().join("run");
+    let spec = LaunchSpec {
+        name: "grpo-verl".into(),
+        script_dir,
+        run_dir: run_dir.clone(),
+        python: "python3".into(),
+        sbatch_args: vec![],
+        engine: Some("verl".into()),
+    };
+    launch(&spec, &Target::Local).expect("launch");
+    let source = Source::detect(&run_dir).expect("source");
+    assert!(matches!(source, Source::VerlJsonl { .. }), "{source:?}");
+    let mut tail = Tail::new(source);
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events.extend(tail.poll("grpo-verl"));
+        if events.iter().any(|e| matches!(e, Event::Finished { .. })) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rewards: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Metrics { values, .. } => values.get("reward").copied(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rewards, vec![0.1, 0.2], "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Samples { samples, .. } if samples[0].completion == "179"))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Checkpoint { step: 2, .. }))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Job { job, .. } if job.state == "succeeded"))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Finished { step: 2, .. })),
+        "{events:?}"
+    );
+}

@@ -78,6 +78,17 @@ impl Source {
                 path.display()
             ));
         }
+        // A folder `rlft launch` made: what its engine writes there, even before it has.
+        match crate::engine::launch::Job::engine(path).as_deref() {
+            Some("verl") => {
+                return Ok(Source::VerlJsonl {
+                    file: path.join("verl.jsonl"),
+                    rollouts: Some(path.join("rollouts")),
+                });
+            }
+            Some("openrlhf") => return Ok(Source::TensorBoard(path.join("tensorboard"))),
+            _ => {}
+        }
         if path.join("metrics.jsonl").is_file()
             || path.join(crate::engine::launch::JOB_FILE).is_file()
         {
