@@ -504,6 +504,32 @@ fn launch_and_follow(work: &Path, python: &str, target: &str) -> std::time::Dura
                         None,
                     );
                     assert!(out.status.success(), "{}", text(&out));
+                    // ... and as the start of a new rlft run: 2 GRPO steps on the adapter.
+                    let config = std::fs::read_to_string(root().join("configs/grpo.toml"))
+                        .expect("config")
+                        .replace(
+                            "path = \"assets/base\"",
+                            &format!(
+                                "path = \"assets/base\"\nadapter = {:?}",
+                                ckpt.display().to_string()
+                            ),
+                        )
+                        .replace("max_steps = 600", "max_steps = 2");
+                    let cfg_path = work.join("configs/from_trl.toml");
+                    std::fs::write(&cfg_path, config).expect("write");
+                    let trained = Command::new(env!("CARGO_BIN_EXE_rlft"))
+                        .args([
+                            "--runs",
+                            "runs",
+                            "train",
+                            "configs/from_trl.toml",
+                            "--headless",
+                        ])
+                        .current_dir(work)
+                        .output()
+                        .expect("rlft train");
+                    assert!(trained.status.success(), "{}", text(&trained));
+                    assert!(text(&trained).contains("step 2"), "{}", text(&trained));
                     eprintln!(
                         "{target}: {live_metrics} metrics rows and {live_samples} sample batches seen while the job ran; worst delay {worst:?}; generate: {}",
                         String::from_utf8_lossy(&out.stdout).trim()
