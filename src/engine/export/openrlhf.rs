@@ -496,8 +496,7 @@ fn reward_py(checks: &super::Checkers) -> String {
     for (name, weight) in &checks.weights {
         let _ = writeln!(
             terms,
-            "        scores[{name:?}] = {name}_one(response, label)\n        total += {w} * scores[{name:?}]",
-            w = format!("{weight:?}")
+            "        scores[{name:?}] = {name}_one(response, label)\n        total += {weight:?} * scores[{name:?}]",
         );
     }
     let names = checks

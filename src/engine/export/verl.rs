@@ -89,8 +89,7 @@ fn reward_py(checks: &super::Checkers) -> String {
     for (name, weight) in &checks.weights {
         let _ = writeln!(
             terms,
-            "    scores[{name:?}] = {name}_one(solution_str, ground_truth)\n    total += {w} * scores[{name:?}]",
-            w = format!("{weight:?}")
+            "    scores[{name:?}] = {name}_one(solution_str, ground_truth)\n    total += {weight:?} * scores[{name:?}]",
         );
     }
     format!(
