@@ -90,6 +90,41 @@ pub(crate) fn rollout_shape(cfg: &RunConfig) -> (usize, usize, usize) {
     }
 }
 
+/// How an RL method samples: tokens per completion, temperature, top-k (0 = off), top-p,
+/// and whether prompts take the chat template.
+pub(crate) struct Sampling {
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub chat: bool,
+}
+
+pub(crate) fn sampling(cfg: &RunConfig) -> Sampling {
+    match cfg.method {
+        crate::engine::config::Method::Ppo => {
+            let p = cfg.ppo.clone().unwrap_or_default();
+            Sampling {
+                max_new_tokens: p.response_length,
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                chat: p.chat,
+            }
+        }
+        _ => {
+            let g = cfg.grpo.clone().unwrap_or_default();
+            Sampling {
+                max_new_tokens: g.max_completion_length,
+                temperature: g.temperature,
+                top_k: g.top_k,
+                top_p: g.top_p,
+                chat: g.chat,
+            }
+        }
+    }
+}
+
 /// A config path made absolute against the config's folder.
 pub(crate) fn resolve(config_dir: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {

@@ -164,19 +164,13 @@ fn rl_args(
     let t = &cfg.train;
     let mut a = Vec::new();
     let ppo = cfg.method == Method::Ppo;
-    let (max_new, temperature, top_k, top_p, chat) = if ppo {
-        let p = cfg.ppo.clone().unwrap_or_default();
-        (p.response_length, p.temperature, p.top_k, p.top_p, p.chat)
-    } else {
-        let g = cfg.grpo.clone().unwrap_or_default();
-        (
-            g.max_completion_length,
-            g.temperature,
-            g.top_k,
-            g.top_p,
-            g.chat,
-        )
-    };
+    let super::Sampling {
+        max_new_tokens: max_new,
+        temperature,
+        top_k,
+        top_p,
+        chat,
+    } = super::sampling(cfg);
     // OpenRLHF counts prompts per rollout and samples per update.
     let (n, prompts, per_update) = super::rollout_shape(cfg);
     flag(
@@ -379,13 +373,9 @@ fn ppo_args(
     }
 }
 
-fn dpo_args(
-    cfg: &RunConfig,
-    model: &Path,
-    rows: usize,
-    not_carried: &mut Vec<String>,
-) -> Vec<String> {
-    let d = cfg.dpo.clone().unwrap_or_default();
+/// What DPO and SFT share: the model, the data file, lengths and the step count (as
+/// samples and epochs), batch sizes, the optimizer; `keys` names the data's columns.
+fn offline_args(cfg: &RunConfig, model: &Path, rows: usize, keys: &[(&str, &str)]) -> Vec<String> {
     let t = &cfg.train;
     let batch = t.per_device_train_batch_size * t.gradient_accumulation_steps;
     let mut a = Vec::new();
@@ -395,9 +385,10 @@ fn dpo_args(
         format!("{:?}", model.display().to_string()),
     );
     flag(&mut a, "data.dataset", "\"$HERE/data/train.jsonl\"");
-    flag(&mut a, "data.prompt_key", "prompt");
-    flag(&mut a, "data.chosen_key", "chosen");
-    flag(&mut a, "data.rejected_key", "rejected");
+    for (flag_name, column) in keys {
+        flag(&mut a, flag_name, *column);
+    }
+    // The prompt as it is (OpenRLHF's SFT default wraps it in "User: ...").
     flag(&mut a, "data.input_template", "'{}'");
     flag(&mut a, "data.max_len", t.max_length.to_string());
     flag(
@@ -417,6 +408,30 @@ fn dpo_args(
     flag(&mut a, "train.micro_batch_size", "\"${MICRO_BATCH:-4}\"");
     flag(&mut a, "adam.lr", py_f(cfg.optim.learning_rate));
     flag(&mut a, "max_norm", format!("{:?}", cfg.optim.max_grad_norm));
+    if cfg.data.eval.is_some() && t.eval_steps > 0 {
+        flag(&mut a, "eval.dataset", "\"$HERE/data/eval.jsonl\"");
+        flag(&mut a, "eval.steps", t.eval_steps.to_string());
+    }
+    a
+}
+
+fn dpo_args(
+    cfg: &RunConfig,
+    model: &Path,
+    rows: usize,
+    not_carried: &mut Vec<String>,
+) -> Vec<String> {
+    let d = cfg.dpo.clone().unwrap_or_default();
+    let mut a = offline_args(
+        cfg,
+        model,
+        rows,
+        &[
+            ("data.prompt_key", "prompt"),
+            ("data.chosen_key", "chosen"),
+            ("data.rejected_key", "rejected"),
+        ],
+    );
     flag(&mut a, "model.beta", py_f(d.beta));
     match setting_name(&d.loss_type).as_str() {
         "ipo" => flag(&mut a, "model.ipo_enable", ""),
@@ -431,61 +446,27 @@ fn dpo_args(
     if let Some(alpha) = d.rpo_alpha {
         flag(&mut a, "model.nll_loss_coef", py_f(alpha));
     }
-    if let Some(e) = &cfg.data.eval
-        && t.eval_steps > 0
-    {
-        let _ = e;
-        flag(&mut a, "eval.dataset", "\"$HERE/data/eval.jsonl\"");
-        flag(&mut a, "eval.steps", t.eval_steps.to_string());
-    }
     common(cfg, &mut a);
     a
 }
 
 fn sft_args(cfg: &RunConfig, model: &Path, rows: usize) -> Vec<String> {
     let t = &cfg.train;
-    let batch = t.per_device_train_batch_size * t.gradient_accumulation_steps;
-    let mut a = Vec::new();
-    flag(
-        &mut a,
-        "model.model_name_or_path",
-        format!("{:?}", model.display().to_string()),
+    let mut a = offline_args(
+        cfg,
+        model,
+        rows,
+        &[
+            ("data.input_key", "prompt"),
+            ("data.output_key", "completion"),
+        ],
     );
-    flag(&mut a, "data.dataset", "\"$HERE/data/train.jsonl\"");
-    flag(&mut a, "data.input_key", "prompt");
-    flag(&mut a, "data.output_key", "completion");
-    flag(&mut a, "data.input_template", "'{}'");
-    flag(&mut a, "data.max_len", t.max_length.to_string());
-    flag(
-        &mut a,
-        "data.max_samples",
-        (t.max_steps * batch).to_string(),
-    );
-    flag(
-        &mut a,
-        "train.max_epochs",
-        (t.max_steps * batch)
-            .div_ceil(rows.max(1))
-            .max(1)
-            .to_string(),
-    );
-    flag(&mut a, "train.batch_size", batch.to_string());
-    flag(&mut a, "train.micro_batch_size", "\"${MICRO_BATCH:-4}\"");
-    flag(&mut a, "adam.lr", py_f(cfg.optim.learning_rate));
-    flag(&mut a, "max_norm", format!("{:?}", cfg.optim.max_grad_norm));
     if !t.completion_only_loss {
         // The loss on the prompt too.
         flag(&mut a, "model.pretrain_mode_enable", "");
     }
     if t.packing {
         flag(&mut a, "ds.packing_samples", "");
-    }
-    if let Some(e) = &cfg.data.eval
-        && t.eval_steps > 0
-    {
-        let _ = e;
-        flag(&mut a, "eval.dataset", "\"$HERE/data/eval.jsonl\"");
-        flag(&mut a, "eval.steps", t.eval_steps.to_string());
     }
     common(cfg, &mut a);
     a

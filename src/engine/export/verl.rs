@@ -119,22 +119,13 @@ fn overrides(
     let o = &cfg.optim;
     let mut v: Vec<String> = Vec::new();
     let mut set = |k: &str, val: String| v.push(format!("{k}={val}"));
-    let (max_response, temperature, top_k, top_p, chat) = match cfg.method {
-        Method::Ppo => {
-            let p = cfg.ppo.clone().unwrap_or_default();
-            (p.response_length, p.temperature, p.top_k, p.top_p, p.chat)
-        }
-        _ => {
-            let g = cfg.grpo.clone().unwrap_or_default();
-            (
-                g.max_completion_length,
-                g.temperature,
-                g.top_k,
-                g.top_p,
-                g.chat,
-            )
-        }
-    };
+    let super::Sampling {
+        max_new_tokens: max_response,
+        temperature,
+        top_k,
+        top_p,
+        chat,
+    } = super::sampling(cfg);
     // verl counts prompts, rlft completions (TRL's batch).
     let (n, prompts, per_update) = super::rollout_shape(cfg);
     let epochs = (t.max_steps * prompts).div_ceil(train_rows.max(1)).max(1);
