@@ -22,6 +22,7 @@ fn main() {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir");
     // An idle TensorBoard run with 100k scalars already written.
     let tb = dir.path().join("tb");
+    std::fs::create_dir_all(&tb).expect("dir");
     let mut w = EventFileWriter::create(&tb).expect("writer");
     for step in 0..100_000 {
         w.scalars(step, step as f64, [("train/reward", 0.5)])
@@ -52,20 +53,29 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let backlog = rx.try_iter().count();
 
+    let window = Duration::from_secs(20);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    std::thread::sleep(window);
+    let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
+    println!(
+        "3 idle watched runs (read {backlog} events first): {cpu:.4} s CPU in {wall:.1} s wall = {:.3}% of one core ({} events while idle)",
+        cpu / wall * 100.0,
+        rx.try_iter().count()
+    );
+
     let monitor = Monitor::spawn(rlft::engine::system::SAMPLE_EVERY).expect("monitor");
     monitor.follow(vec![Followed {
         label: "self".into(),
         pid: std::process::id(),
     }]);
     std::thread::sleep(Duration::from_secs(1));
-    let window = Duration::from_secs(20);
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     std::thread::sleep(window);
     let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
     let later = rx.try_iter().count();
     let snapshots = monitor.snapshots.try_iter().count();
     println!(
-        "3 idle watched runs (read {backlog} events first) + the System sampler: {:.3} s CPU in {wall:.1} s wall = {:.3}% of one core ({later} events while idle, {snapshots} snapshot waiting)",
+        "the same + the System sampler every 2 s: {:.3} s CPU in {wall:.1} s wall = {:.3}% of one core ({later} events while idle, {snapshots} snapshot waiting)",
         cpu,
         cpu / wall * 100.0
     );

@@ -456,11 +456,25 @@ fn launch_and_follow(work: &Path, python: &str, target: &str) -> std::time::Dura
     );
     let job = Job::read(&run).expect("job.json").expect("parses");
     let mut tail = Tail::new(Source::detect(&run).expect("source"));
+    // TRL's own TensorBoard events (output_dir/runs/...), followed beside the callback's.
+    let mut tensorboard = Tail::new(Source::TensorBoard(run.join("runs")));
+    let mut worst_tensorboard = Duration::ZERO;
     let (mut live_metrics, mut live_samples, mut checkpoint) = (0, 0, None);
     let mut worst = Duration::ZERO;
     let started = Instant::now();
     loop {
         let running = job.state(&run).expect("job state") == JobState::Running;
+        for ev in tensorboard.poll("tb") {
+            if matches!(ev, Event::Metrics { .. }) {
+                let newest = rlft::engine::tensorboard::event_files(&run.join("runs"))
+                    .iter()
+                    .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                    .max()
+                    .expect("an event file");
+                let delay = SystemTime::now().duration_since(newest).unwrap_or_default();
+                worst_tensorboard = worst_tensorboard.max(delay);
+            }
+        }
         for ev in tail.poll("trl") {
             match ev {
                 Event::Metrics { .. } => {
@@ -531,7 +545,7 @@ fn launch_and_follow(work: &Path, python: &str, target: &str) -> std::time::Dura
                     assert!(trained.status.success(), "{}", text(&trained));
                     assert!(text(&trained).contains("step 2"), "{}", text(&trained));
                     eprintln!(
-                        "{target}: {live_metrics} metrics rows and {live_samples} sample batches seen while the job ran; worst delay {worst:?}; generate: {}",
+                        "{target}: {live_metrics} metrics rows and {live_samples} sample batches seen while the job ran; worst delay {worst:?} (callback), {worst_tensorboard:?} (TensorBoard events after their flush); generate: {}",
                         String::from_utf8_lossy(&out.stdout).trim()
                     );
                     return worst;
