@@ -1102,6 +1102,7 @@ fn a_launched_job_shows_its_state_and_x_stops_it() {
     d.send(job("running", None));
     insta::assert_snapshot!("runs_launched_job_80x24", d.render());
     d.keys("1x");
+    insta::assert_snapshot!("runs_launched_job_stop_confirm_80x24", d.render());
     d.keys("y");
     let stops: Vec<(String, Command)> = d.record.lock().expect("record").commands.clone();
     assert_eq!(stops, vec![("grpo-arith-trl".to_string(), Command::Stop)]);

@@ -375,8 +375,21 @@ fn render_dialogs(frame: &mut Frame, area: Rect, app: &App) {
             );
         }
         Some(Modal::ConfirmStop(run)) => {
+            // A launched job is stopped by its launcher; rlft's own run checkpoints first.
+            let job = app
+                .runs
+                .index_of(run)
+                .and_then(|i| app.runs.get(i))
+                .and_then(|r| r.job.as_ref());
+            let what = match job {
+                Some(job) => format!(
+                    "This stops {}: the engine keeps what it has saved.",
+                    job.describe
+                ),
+                None => "It finishes the current step, saves a checkpoint and ends.".into(),
+            };
             let text = vec![
-                Line::raw("It finishes the current step, saves a checkpoint and ends."),
+                Line::raw(what),
                 Line::raw(""),
                 Line::from(vec![
                     Span::styled("y", theme::key()),
@@ -387,7 +400,8 @@ fn render_dialogs(frame: &mut Frame, area: Rect, app: &App) {
                     Span::raw(" cancel"),
                 ]),
             ];
-            let r = dialog_area(frame, area, 62, 5);
+            // A job's description wraps to more lines.
+            let r = dialog_area(frame, area, 62, if job.is_some() { 7 } else { 5 });
             frame.render_widget(
                 Paragraph::new(text)
                     .block(dialog_block(&format!("Stop {run}?")))
