@@ -692,3 +692,76 @@ done
         "{events:?}"
     );
 }
+
+/// What `x` does to a launched run, through the real engine link: `Stop` to a watched run
+/// stops its job (here a local process), and the job's end comes back as the run's.
+#[test]
+fn stop_to_a_watched_run_stops_its_local_job() {
+    use rlft::engine::events::{Command as RunCommand, RunStatus};
+    use rlft::engine::launch::{LaunchSpec, Target, launch};
+    use rlft::tui::engine_link::{Engine as _, SessionEngine};
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sleeper = tmp.path().join("python");
+    std::fs::write(&sleeper, "#!/bin/sh\nsleep 60\n").expect("write");
+    std::fs::set_permissions(&sleeper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let run_dir = tmp.path().join("runs/slow-trl");
+    let spec = LaunchSpec {
+        name: "slow-trl".into(),
+        script_dir: tmp.path().to_path_buf(),
+        run_dir: run_dir.clone(),
+        python: sleeper.display().to_string(),
+        sbatch_args: vec![],
+        engine: Some("trl".into()),
+    };
+    let job = launch(&spec, &Target::Local).expect("launch");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut engine = SessionEngine::new(
+        tx,
+        tmp.path().join("runs"),
+        rlft::engine::device::DeviceChoice::Cpu,
+    );
+    assert_eq!(engine.watch(&run_dir, "slow-trl").expect("watch"), "trl");
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &dyn Fn(&Event) -> bool, seen: &mut Vec<Event>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(ev) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                let hit = what(&ev);
+                seen.push(ev);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("not seen: {seen:?}");
+    };
+    wait_for(
+        &|e| matches!(e, Event::Job { job, .. } if job.state == "running"),
+        &mut seen,
+    );
+    engine.send("slow-trl", RunCommand::Stop).expect("stop");
+    wait_for(
+        &|e| {
+            matches!(
+                e,
+                Event::Finished {
+                    status: RunStatus::Stopped,
+                    ..
+                }
+            )
+        },
+        &mut seen,
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Job { job, .. } if job.state == "stopped"))
+    );
+    assert!(seen.iter().any(
+        |e| matches!(e, Event::Log { message, .. } if message.starts_with("stopping local process"))
+    ));
+    assert_eq!(job.state(&run_dir).expect("state"), JobState::Stopped);
+    // Pause is rlft's own: a watched run says so.
+    let e = engine.send("slow-trl", RunCommand::Pause).unwrap_err();
+    assert!(e.to_string().contains("can only stop its job"), "{e}");
+}
