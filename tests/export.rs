@@ -48,9 +48,38 @@ fn what_does_not_carry_over_is_listed_and_other_methods_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let report = to_trl(&cfg, root(), tmp.path()).unwrap();
     let text = std::fs::read_to_string(tmp.path().join("NOT_CARRIED.md")).unwrap();
-    for want in ["rlft convert", "dynamic_sampling", "chat", "[[rewards]]"] {
+    for want in ["rlft convert", "dynamic_sampling", "chat"] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
+    // The numeric checkers carry over as Python.
+    let script = std::fs::read_to_string(tmp.path().join("train.py")).unwrap();
+    assert!(script.contains("def final_answer(completion):"));
+    assert!(script.contains("reward_funcs=[exact_match, format]"));
+    // A reward rlft cannot write in Python (here the sentiment scorer) is listed, and an
+    // engine that needs one refuses the config.
+    let sentiment_toml = std::fs::read_to_string(root().join("configs/grpo.toml"))
+        .unwrap()
+        .replace(
+            "type = \"exact_match\"\n\n[[rewards]]\ntype = \"format\"\nweight = 0.1",
+            "type = \"sentiment\"",
+        );
+    let sentiment: RunConfig = toml::from_str(&sentiment_toml).unwrap();
+    let r = to_trl(&sentiment, root(), &tmp.path().join("s")).unwrap();
+    assert!(
+        r.not_carried
+            .iter()
+            .any(|n| n.contains("[[rewards]]") && n.contains("sentiment")),
+        "{:?}",
+        r.not_carried
+    );
+    let e = rlft::engine::export::export(
+        rlft::engine::export::Engine::Verl,
+        &sentiment,
+        root(),
+        &tmp.path().join("v"),
+    )
+    .unwrap_err();
+    assert!(e.contains("verl needs a reward function"), "{e}");
     assert_eq!(
         report.not_carried.len(),
         text.lines().filter(|l| l.starts_with("- ")).count()
@@ -441,6 +470,114 @@ print("REWARDS_OK")
         .unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("REWARDS_OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The numeric checkers written as Python (for the word-problems configs) read the same final
+/// answers as rlft's: the same number from every completion below, the same format verdict,
+/// the same exact-match score. `RLFT_PYTHON` (any Python 3).
+#[test]
+#[ignore = "needs RLFT_PYTHON"]
+fn numeric_checkers_in_python_agree_with_rlft() {
+    use rlft::engine::export::{Engine, export};
+    use rlft::engine::tasks::{ends_with_final_answer, extract_final_answer, numbers_equal};
+    let python = std::env::var("RLFT_PYTHON").expect("RLFT_PYTHON");
+    let cases = [
+        "She has 3 + 4 = 7 apples.\n#### 7",
+        "#### 1,234",
+        "#### 1,234,567.50",
+        "#### $18.00.",
+        "#### -3",
+        "#### The answer is 42 apples",
+        "####42",
+        "##### 42",
+        "so \\boxed{12} and then 13",
+        "\\boxed{\\frac{1}{2}}",
+        "\\boxed{-\\dfrac{3}{4}}",
+        "\\boxed{x = 5}",
+        "\\boxed{\\frac{1}{0}} 9",
+        "The answer is $18.00.",
+        "10-4",
+        "x -3",
+        "(3)-2",
+        "a-7",
+        "-7",
+        "1,2 apples",
+        "1,2345",
+        "12,345,678",
+        "1234,567",
+        "0.5",
+        "1/3 of 9",
+        "3.14.",
+        "5.",
+        "no numbers here",
+        "",
+        "1234567890123456789012345678901 then 4",
+        "**Answer: 56**",
+        "4 2",
+        "She sold 48/2 = 24 clips.\n#### 72\n",
+        "#### 7\n#### 8",
+        "####\n\n 15 after a blank line",
+        "\\boxed{1,000}",
+        "worth \\$5",
+        "٣ then 4",
+        "then 3 \\boxed{4",
+        "#### 12 is the answer.\nThen some text",
+    ];
+    let answers = [
+        "7", "1234", "18", "-3", "42", "0.5", "4", "72", "1,000", "1/3",
+    ];
+    let cfg = RunConfig::from_file(&root().join("configs/grpo_gsm_smollm2.toml")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    export(Engine::Verl, &cfg, root(), &tmp.path().join("verl")).unwrap();
+    let mut rows = Vec::new();
+    for c in cases {
+        let answer = answers
+            .iter()
+            .find(|a| numbers_equal(a, &extract_final_answer(c).unwrap_or_default()))
+            .copied()
+            .unwrap_or("7");
+        rows.push(serde_json::json!({
+            "completion": c,
+            "final": extract_final_answer(c),
+            "format": ends_with_final_answer(c, Some(24)),
+            "answer": answer,
+            "exact": extract_final_answer(c).is_some_and(|f| numbers_equal(&f, answer)),
+        }));
+    }
+    let cases_file = tmp.path().join("cases.json");
+    std::fs::write(&cases_file, serde_json::to_string(&rows).unwrap()).unwrap();
+    let check = format!(
+        r#"
+import importlib.util, json
+from fractions import Fraction
+spec = importlib.util.spec_from_file_location("reward", "{r}")
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+bad = []
+for row in json.load(open("{c}")):
+    got = m.final_answer(row["completion"])
+    want = None if row["final"] is None else Fraction(row["final"])
+    if got != want:
+        bad.append(("final", row["completion"], str(got), row["final"]))
+    if (m.format_one(row["completion"]) == 1.0) != row["format"]:
+        bad.append(("format", row["completion"]))
+    if (m.exact_match_one(row["completion"], row["answer"]) == 1.0) != row["exact"]:
+        bad.append(("exact", row["completion"], row["answer"]))
+print(json.dumps(bad))
+"#,
+        r = tmp.path().join("verl/reward.py").display(),
+        c = cases_file.display()
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &check])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "[]",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -723,7 +723,7 @@ fn stop_to_a_watched_run_stops_its_local_job() {
     );
     assert_eq!(engine.watch(&run_dir, "slow-trl").expect("watch"), "trl");
     let mut seen = Vec::new();
-    let mut wait_for = |what: &dyn Fn(&Event) -> bool, seen: &mut Vec<Event>| {
+    let wait_for = |what: &dyn Fn(&Event) -> bool, seen: &mut Vec<Event>| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
             if let Ok(ev) = rx.recv_timeout(std::time::Duration::from_millis(200)) {

@@ -215,6 +215,21 @@ pub(crate) fn checkers(cfg: &RunConfig, not_carried: &mut Vec<String>) -> Checke
                 code.push_str(EXACT_MATCH);
                 weights.push(("exact_match".to_string(), c.weight));
             }
+            RewardConfig::ExactMatch(c) if c.check == AnswerKind::Numeric => {
+                add_numeric(&mut code);
+                code.push_str(EXACT_MATCH_NUMERIC);
+                weights.push(("exact_match".to_string(), c.weight));
+            }
+            RewardConfig::Format(c) if c.check == AnswerKind::Numeric => {
+                add_numeric(&mut code);
+                code.push_str(&FORMAT_NUMERIC.replace(
+                    "MAX_CHARS",
+                    &c.max_chars
+                        .unwrap_or(AnswerKind::Numeric.default_max_chars())
+                        .to_string(),
+                ));
+                weights.push(("format".to_string(), c.weight));
+            }
             RewardConfig::Format(c)
                 if matches!(c.check, AnswerKind::Auto | AnswerKind::Integer) =>
             {
@@ -234,6 +249,164 @@ pub(crate) fn checkers(cfg: &RunConfig, not_carried: &mut Vec<String>) -> Checke
     }
     Checkers { code, weights }
 }
+
+/// Adds the numeric parser once.
+fn add_numeric(code: &mut String) {
+    if !code.contains("def final_answer(") {
+        code.push_str(NUMERIC);
+    }
+}
+
+/// rlft's numeric answers (`src/engine/tasks/numeric.rs`) in Python: the same tokens
+/// (thousands groups, decimals, `a/b`, a sign unless it follows a letter, digit or `)`), the
+/// same order (`####`, then the last `\boxed{}`, then the last number), exact fractions.
+const NUMERIC: &str = r######"
+import re as _re
+from fractions import Fraction as _Fraction
+
+_MAX_DIGITS = 30
+_TOKEN = _re.compile(r"([0-9]{1,3}(?:,[0-9]{3}(?![0-9]))+|[0-9]+)(?:\.([0-9]+)|/([0-9]+))?")
+
+
+def _value(int_digits, frac_digits, den_digits):
+    if len(int_digits) + len(frac_digits) > _MAX_DIGITS or len(den_digits) > _MAX_DIGITS:
+        return None
+    mantissa = int(int_digits + frac_digits)
+    den = int(den_digits) if den_digits else 10 ** len(frac_digits)
+    return None if den == 0 else _Fraction(mantissa, den)
+
+
+def _scan_numbers(text):
+    out = []
+    i = 0
+    while i < len(text):
+        if not text[i].isdigit() or not text[i].isascii():
+            i += 1
+            continue
+        m = _TOKEN.match(text, i)
+        value = _value(m.group(1).replace(",", ""), m.group(2) or "", m.group(3) or "")
+        if value is not None:
+            sign = i > 0 and text[i - 1] == "-" and (i < 2 or not (text[i - 2].isascii() and (text[i - 2].isalnum() or text[i - 2] == ")")))
+            out.append(-value if sign else value)
+        i = m.end()
+    return out
+
+
+def _braced(s):
+    depth = 0
+    for i, c in enumerate(s):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            if depth == 0:
+                return s[:i]
+            depth -= 1
+    return None
+
+
+def _strip_decoration(s):
+    kept = [c for c in s if c not in "$*"]
+    out = ""
+    for i, c in enumerate(kept):
+        if c.isspace():
+            after = next((a for a in kept[i:] if not a.isspace()), None)
+            between = out[-1:].isdigit() and after is not None and after.isdigit()
+            if not between or out.endswith(" "):
+                continue
+            out += " "
+        else:
+            out += c
+    return out
+
+
+def _parse_frac(s):
+    negative = s.startswith("-")
+    if negative:
+        s = s[1:]
+    for prefix in ("\\frac{", "\\dfrac{", "\\tfrac{"):
+        if s.startswith(prefix):
+            rest = s[len(prefix):]
+            break
+    else:
+        return None
+    top = _braced(rest)
+    if top is None or not rest[len(top) + 1:].startswith("{"):
+        return None
+    rest = rest[len(top) + 2:]
+    bottom = _braced(rest)
+    if bottom is None or len(rest) != len(bottom) + 1:
+        return None
+    a, b = parse_number(top), parse_number(bottom)
+    if a is None or b is None or b == 0:
+        return None
+    return -(a / b) if negative else a / b
+
+
+def parse_number(s):
+    """One number, the whole of `s` once `$`, `*`, spaces and a final `.` are dropped."""
+    clean = s.replace("\\$", "").replace("\\,", "").replace("\\!", "")
+    clean = _strip_decoration(clean)
+    if clean.endswith("."):
+        clean = clean[:-1]
+    value = _parse_frac(clean)
+    if value is not None:
+        return value
+    numbers = _scan_numbers(clean)
+    start = 1 if clean.startswith("-") else 0
+    m = _TOKEN.match(clean, start)
+    if len(numbers) == 1 and m is not None and m.end() == len(clean):
+        return numbers[0]
+    return None
+
+
+def final_answer(completion):
+    """`#### n` (the first number after the last marker), else the last `\\boxed{}`, else the
+    last number."""
+    for m in reversed(list(_re.finditer("####", completion))):
+        rest = completion[m.start() + 4:].lstrip("#")
+        line = next((l for l in rest.split("\n") if l.strip()), None)
+        if line is not None:
+            numbers = _scan_numbers(line)
+            if numbers:
+                return numbers[0]
+    for m in reversed(list(_re.finditer(r"\\boxed\{", completion))):
+        content = _braced(completion[m.end():])
+        if content is not None:
+            value = parse_number(content)
+            if value is None:
+                numbers = _scan_numbers(content)
+                value = numbers[-1] if numbers else None
+            if value is not None:
+                return value
+    numbers = _scan_numbers(completion)
+    return numbers[-1] if numbers else None
+"######;
+
+const EXACT_MATCH_NUMERIC: &str = r#"
+def exact_match_one(completion, answer):
+    """rlft's `exact_match` with `check = "numeric"`: the final answer equals the answer."""
+    want = parse_number(str(answer).strip())
+    return 1.0 if want is not None and final_answer(completion) == want else 0.0
+"#;
+
+const FORMAT_NUMERIC: &str = r######"
+def format_one(completion, answer=None):
+    """rlft's `format` with `check = "numeric"`: the last non-blank line is `#### <number>` or
+    holds `\\boxed{<number>}`, the answer's text at most MAX_CHARS characters."""
+    lines = [l for l in completion.split("\n") if l.strip()]
+    if not lines:
+        return 0.0
+    last = lines[-1]
+    i = last.rfind("####")
+    if i >= 0:
+        text = last[i + 4:].lstrip("#")
+    else:
+        j = last.rfind("\\boxed{")
+        text = _braced(last[j + len("\\boxed{"):]) if j >= 0 else None
+    if text is None or len(text.strip()) > MAX_CHARS or parse_number(text) is None:
+        return 0.0
+    return 1.0
+"######;
 
 const EXACT_MATCH: &str = r#"
 def exact_match_one(completion, answer):
