@@ -35,6 +35,10 @@ use crate::engine::tensorboard::{EventFileReader, Logged, event_files, values_of
 /// How often a watched run's files are looked at again. TensorBoard's writers flush every
 /// few seconds at most (PyTorch: 120 s by default, TRL's callback at every log).
 pub const POLL: Duration = Duration::from_millis(500);
+/// Pairs proposed for labelling from each step of a watched run's samples (two answers to
+/// the same prompt), as `[pairs] per_step` does for rlft's runs.
+pub const WATCH_PAIRS_PER_STEP: usize = 2;
+
 /// How often a launched job's state is asked for (an HTTP request to a Ray head, `squeue`).
 pub const JOB_POLL: Duration = Duration::from_secs(2);
 
@@ -199,6 +203,7 @@ pub fn spawn(path: &Path, id: String, events: Sender<Event>) -> Result<Watch, St
                 model: None,
             });
             let mut tail = Tail::new(thread_source.clone());
+            tail.propose_pairs(WATCH_PAIRS_PER_STEP);
             if let Source::RlftFolder(dir) = &thread_source {
                 match read_alerts(dir) {
                     Ok(Some(cfg)) => tail.alert_on(crate::engine::alerts::Alerter::new(
@@ -284,6 +289,19 @@ pub struct Tail {
     last_step: usize,
     /// `[alerts]` of the config `rlft launch` started (the folder's `alerts.toml`).
     alerts: Option<crate::engine::alerts::Alerter>,
+    /// Pairs for people to label, from the run's samples.
+    pairs: Option<WatchPairs>,
+}
+
+/// Pairs proposed from a watched run's samples, queued in the run's folder (`pairs.jsonl`,
+/// where the workbench finds them again after a restart).
+struct WatchPairs {
+    builder: crate::engine::labels::PairBuilder,
+    per_step: usize,
+    file: PathBuf,
+    /// Pairs already in the file: reading the run again after a restart proposes them again.
+    known: std::collections::HashSet<String>,
+    warned: bool,
 }
 
 impl Tail {
@@ -302,6 +320,81 @@ impl Tail {
             job_seen: None,
             last_step: 0,
             alerts: None,
+            pairs: None,
+        }
+    }
+
+    /// Proposes up to `per_step` pairs from each step's samples for people to label.
+    pub fn propose_pairs(&mut self, per_step: usize) {
+        let Some(folder) = self.folder() else {
+            return;
+        };
+        let file = folder.join(crate::engine::labels::RUN_PAIRS_FILE);
+        let known = crate::engine::labels::read_proposed(&file)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.pair.id)
+            .collect();
+        self.pairs = Some(WatchPairs {
+            builder: crate::engine::labels::PairBuilder::new(),
+            per_step,
+            file,
+            known,
+            warned: false,
+        });
+    }
+
+    /// The folder the watched run's files are in.
+    fn folder(&self) -> Option<PathBuf> {
+        match &self.source {
+            Source::RlftFolder(dir) => Some(dir.clone()),
+            Source::VerlJsonl { file, .. } => file.parent().map(Path::to_path_buf),
+            Source::TensorBoard(p) if p.is_file() => p.parent().map(Path::to_path_buf),
+            Source::TensorBoard(p) => Some(p.clone()),
+        }
+    }
+
+    /// Pairs from the samples among `out`, saved to the queue file and sent.
+    fn pairs_from_samples(&mut self, id: &str, out: &mut Vec<Event>) {
+        let Some(wp) = self.pairs.as_mut() else {
+            return;
+        };
+        let mut new = Vec::new();
+        for ev in out.iter() {
+            if let Event::Samples { step, samples, .. } = ev {
+                let pairs = wp.builder.propose(id, *step, samples, wp.per_step);
+                if !pairs.is_empty() {
+                    new.push((*step, pairs));
+                }
+            }
+        }
+        for (step, pairs) in new {
+            // Saved once; sent every time (the queue takes each pair once), so pairs of a
+            // folder outside the runs folder come back after a restart too.
+            let fresh: Vec<_> = pairs
+                .iter()
+                .filter(|p| wp.known.insert(p.pair.id.clone()))
+                .cloned()
+                .collect();
+            if !fresh.is_empty()
+                && let Err(e) = crate::engine::labels::append_proposed(&wp.file, &fresh)
+                && !wp.warned
+            {
+                wp.warned = true;
+                out.push(log(
+                    id,
+                    LogLevel::Warn,
+                    format!(
+                        "{}: {e}: pairs to label are kept until rlft quits",
+                        wp.file.display()
+                    ),
+                ));
+            }
+            out.push(Event::Pairs {
+                run: id.to_string(),
+                step,
+                pairs,
+            });
         }
     }
 
@@ -505,6 +598,7 @@ impl Tail {
         if let Some(dir) = self.run_dir() {
             self.poll_job(&dir, id, &mut out);
         }
+        self.pairs_from_samples(id, &mut out);
         let mut alerts = Vec::new();
         for ev in &out {
             if let Event::Metrics { step, values, .. } = ev {
@@ -798,6 +892,55 @@ fn log(id: &str, level: LogLevel, message: String) -> Event {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A watched run's samples become pairs to label (two per step), saved once in its folder
+    /// and proposed again after a restart without being saved twice.
+    #[test]
+    fn a_watched_run_s_samples_become_pairs_to_label() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(
+            dir.join("metrics.jsonl"),
+            "{\"step\": 1, \"wall_time\": 0.1, \"reward\": 0.5}\n",
+        )
+        .unwrap();
+        let samples: String = ["179", "178", "17", "179\n3"]
+            .iter()
+            .map(|c| {
+                serde_json::json!({"step": 1, "prompt": "82+97=", "completion": c, "rewards": {}})
+                    .to_string()
+                    + "\n"
+            })
+            .collect();
+        std::fs::write(dir.join("samples.jsonl"), samples).unwrap();
+        let pairs_of = |events: &[Event]| -> Vec<String> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Pairs { pairs, .. } => Some(pairs.iter().map(|p| p.pair.id.clone())),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        let mut tail = Tail::new(Source::detect(dir).unwrap());
+        tail.propose_pairs(WATCH_PAIRS_PER_STEP);
+        let first = pairs_of(&tail.poll("trl"));
+        assert_eq!(first.len(), 2);
+        let file = dir.join(crate::engine::labels::RUN_PAIRS_FILE);
+        assert_eq!(
+            crate::engine::labels::read_proposed(&file).unwrap().len(),
+            2
+        );
+        // rlft restarts and reads the run again.
+        let mut again = Tail::new(Source::detect(dir).unwrap());
+        again.propose_pairs(WATCH_PAIRS_PER_STEP);
+        assert_eq!(pairs_of(&again.poll("trl")), first);
+        assert_eq!(
+            crate::engine::labels::read_proposed(&file).unwrap().len(),
+            2
+        );
+    }
 
     /// A launched run's `alerts.toml`: the watcher sends the alert when the job's metrics
     /// raise a warning; a broken file is named.
