@@ -330,3 +330,72 @@ fn the_workbench_and_rlft_label_share_one_queue_in_tmux() {
         standing.iter().map(|d| d.annotator.as_str()).collect();
     assert_eq!(by, ["ann", "bob"].into(), "both labelled");
 }
+
+/// `rlft launch` in a real terminal: the workbench opens on the launched job (here a local
+/// "python" that writes metrics as rlft's TRL callback does, until it is stopped), the Runs
+/// pane says the job runs, `x` asks what it stops and `y` stops the process; the run ends
+/// as stopped.
+#[test]
+fn a_launched_job_is_watched_and_x_stops_it_in_tmux() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("\n========== SKIPPED: tmux is not installed ==========\n");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::Builder::new()
+        .prefix("rlft-e2e-launch-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir_all(tmp.path().join("configs")).unwrap();
+    std::os::unix::fs::symlink(root.join("assets"), tmp.path().join("assets")).unwrap();
+    std::fs::copy(
+        root.join("configs/grpo_lora.toml"),
+        tmp.path().join("configs/grpo_lora.toml"),
+    )
+    .unwrap();
+    let python = tmp.path().join("python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\nout=\"$3\"\nmkdir -p \"$out\"\ni=0\nwhile true; do i=$((i+1)); echo \"{\\\"step\\\": $i, \\\"wall_time\\\": $i, \\\"reward\\\": 0.$i}\" >> \"$out/metrics.jsonl\"; sleep 0.3; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let session = "rlft-e2e-launch";
+    let _ = tmux(&["kill-session", "-t", session]);
+    open(
+        session,
+        tmp.path(),
+        &format!(
+            "{} launch configs/grpo_lora.toml --python {} 2>>stderr.log",
+            env!("CARGO_BIN_EXE_rlft"),
+            python.display()
+        ),
+    );
+    wait_for(session, "the job running", Duration::from_secs(30), |s| {
+        s.contains("job running · x stops it · local process")
+    });
+    wait_for(
+        session,
+        "metrics from the job",
+        Duration::from_secs(30),
+        |s| step_on(s).is_some_and(|n| n >= 3),
+    );
+    tmux(&["send-keys", "-t", session, "1"]);
+    tmux(&["send-keys", "-t", session, "x"]);
+    wait_for(session, "the stop question", Duration::from_secs(10), |s| {
+        s.contains("This stops local process")
+    });
+    tmux(&["send-keys", "-t", session, "y"]);
+    let screen = wait_for(session, "the job stopped", Duration::from_secs(30), |s| {
+        s.contains("job stopped")
+    });
+    let _ = tmux(&["kill-session", "-t", session]);
+    assert!(screen.contains("stopped"), "{screen}");
+    let run = tmp.path().join("runs/grpo-arith-lora-trl");
+    let job = rlft::engine::launch::Job::read(&run).unwrap().unwrap();
+    assert_eq!(
+        job.state(&run).unwrap(),
+        rlft::engine::launch::JobState::Stopped
+    );
+}
