@@ -621,6 +621,19 @@ impl RayJobs {
 mod tests {
     use super::*;
 
+    /// The job's state once it has ended (waiting up to 4 s).
+    fn final_state(job: &Job, run_dir: &Path) -> JobState {
+        let mut state = job.state(run_dir).unwrap();
+        for _ in 0..200 {
+            if state.is_final() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            state = job.state(run_dir).unwrap();
+        }
+        state
+    }
+
     #[test]
     fn targets_parse_and_bad_ones_are_named() {
         assert_eq!("local".parse::<Target>().unwrap(), Target::Local);
@@ -675,14 +688,7 @@ mod tests {
         };
         let job = launch(&spec, &Target::Local).unwrap();
         assert_eq!(Job::read(&spec.run_dir).unwrap().unwrap(), job);
-        let mut state = job.state(&spec.run_dir).unwrap();
-        for _ in 0..200 {
-            if state.is_final() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            state = job.state(&spec.run_dir).unwrap();
-        }
+        let state = final_state(&job, &spec.run_dir);
         assert_eq!(state, JobState::Failed("exited with status 3".into()));
         let log = job.log_tail(&spec.run_dir, 5).unwrap();
         assert!(log.contains("args: train.py --out"), "{log}");
@@ -707,14 +713,7 @@ mod tests {
         let job = launch(&spec, &Target::Local).unwrap();
         assert_eq!(job.state(&spec.run_dir).unwrap(), JobState::Running);
         job.stop(&spec.run_dir).unwrap();
-        let mut state = job.state(&spec.run_dir).unwrap();
-        for _ in 0..200 {
-            if state.is_final() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            state = job.state(&spec.run_dir).unwrap();
-        }
+        let state = final_state(&job, &spec.run_dir);
         assert_eq!(state, JobState::Stopped);
     }
 }

@@ -125,6 +125,26 @@ pub(crate) fn sampling(cfg: &RunConfig) -> Sampling {
     }
 }
 
+/// GRPO settings neither verl's nor OpenRLHF's actor has: said once, in the engine's name.
+pub(crate) fn grpo_gaps(
+    g: &crate::engine::config::methods::GrpoSection,
+    engine: &str,
+    out: &mut Vec<String>,
+) {
+    if g.sft_coef > 0.0 {
+        out.push(format!(
+            "[grpo] sft_coef: {engine}'s actor has no demonstration term"
+        ));
+    }
+    if g.top_entropy_quantile
+        != crate::engine::config::methods::GrpoSection::default().top_entropy_quantile
+    {
+        out.push(format!(
+            "[grpo] top_entropy_quantile: not in {engine}'s actor"
+        ));
+    }
+}
+
 /// A config path made absolute against the config's folder.
 pub(crate) fn resolve(config_dir: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {

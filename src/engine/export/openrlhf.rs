@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{Exported, checkers, model_path, not_carried_text, py_f, resolve, write};
-use crate::engine::config::{Method, RunConfig, methods, setting_name};
+use crate::engine::config::{Method, RunConfig, setting_name};
 use crate::engine::reward::RewardConfig;
 
 /// Writes `out/run.sh`, `out/data/`, `out/reward.py` (RL) and `out/NOT_CARRIED.md`.
@@ -318,16 +318,10 @@ fn grpo_args(cfg: &RunConfig, a: &mut Vec<String>, not_carried: &mut Vec<String>
             g.overlong_buffer_len.to_string(),
         );
     }
-    let d = methods::GrpoSection::default();
     if setting_name(&g.policy_loss) == "cispo" {
         not_carried.push("[grpo] policy_loss = \"cispo\": OpenRLHF has ppo and gspo losses".into());
     }
-    if g.sft_coef > 0.0 {
-        not_carried.push("[grpo] sft_coef: OpenRLHF's actor has no demonstration term".into());
-    }
-    if g.top_entropy_quantile != d.top_entropy_quantile {
-        not_carried.push("[grpo] top_entropy_quantile: not in OpenRLHF".into());
-    }
+    super::grpo_gaps(&g, "OpenRLHF", not_carried);
     if g.mask_truncated_completions {
         not_carried.push("[grpo] mask_truncated_completions: OpenRLHF penalises instead (reward.stop_properly_penalty_coef)".into());
     }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{Exported, checkers, model_path, not_carried_text, py_f, resolve, write};
-use crate::engine::config::{Method, RunConfig, methods, setting_name};
+use crate::engine::config::{Method, RunConfig, setting_name};
 use crate::engine::reward::RewardConfig;
 
 /// A chat template that is the prompt itself: rlft's tasks prompt base models with plain
@@ -334,16 +334,10 @@ fn grpo_overrides(cfg: &RunConfig, v: &mut Vec<String>, not_carried: &mut Vec<St
             g.max_sampling_rounds.to_string(),
         );
     }
-    let d = methods::GrpoSection::default();
     if g.overlong_buffer_len > 0 {
         not_carried.push("[grpo] overlong_buffer_len: verl has it in its DAPO reward manager (reward_model.overlong_buffer), not main_ppo's".into());
     }
-    if g.sft_coef > 0.0 {
-        not_carried.push("[grpo] sft_coef: verl's actor has no demonstration term".into());
-    }
-    if g.top_entropy_quantile != d.top_entropy_quantile {
-        not_carried.push("[grpo] top_entropy_quantile: not in verl's actor".into());
-    }
+    super::grpo_gaps(&g, "verl", not_carried);
     if g.mask_truncated_completions {
         not_carried.push("[grpo] mask_truncated_completions: not in verl's actor".into());
     }
