@@ -220,6 +220,19 @@ fn overrides(
         Method::Ppo => ppo_overrides(cfg, config_dir, &mut v, not_carried),
         _ => grpo_overrides(cfg, &mut v, not_carried),
     }
+    trainer_overrides(cfg, epochs, &mut v, not_carried);
+    v
+}
+
+/// The reward function, logging, checkpoints, evaluation and length of the run.
+fn trainer_overrides(
+    cfg: &RunConfig,
+    epochs: usize,
+    v: &mut Vec<String>,
+    not_carried: &mut Vec<String>,
+) {
+    let t = &cfg.train;
+    let o = &cfg.optim;
     let mut set = |k: &str, val: String| v.push(format!("{k}={val}"));
     set(
         "reward.custom_reward_function.path",
@@ -268,7 +281,6 @@ fn overrides(
             setting_name(&o.lr_scheduler_type)
         ));
     }
-    v
 }
 
 fn grpo_overrides(cfg: &RunConfig, v: &mut Vec<String>, not_carried: &mut Vec<String>) {
