@@ -374,41 +374,7 @@ fn render_dialogs(frame: &mut Frame, area: Rect, app: &App) {
                 r,
             );
         }
-        Some(Modal::ConfirmStop(run)) => {
-            // A launched job is stopped by its launcher; rlft's own run checkpoints first.
-            let job = app
-                .runs
-                .index_of(run)
-                .and_then(|i| app.runs.get(i))
-                .and_then(|r| r.job.as_ref());
-            let what = match job {
-                Some(job) => format!(
-                    "This stops {}: the engine keeps what it has saved.",
-                    job.describe
-                ),
-                None => "It finishes the current step, saves a checkpoint and ends.".into(),
-            };
-            let text = vec![
-                Line::raw(what),
-                Line::raw(""),
-                Line::from(vec![
-                    Span::styled("y", theme::key()),
-                    Span::raw(" stop   "),
-                    Span::styled("n", theme::key()),
-                    Span::raw(" / "),
-                    Span::styled("Esc", theme::key()),
-                    Span::raw(" cancel"),
-                ]),
-            ];
-            // A job's description wraps to more lines.
-            let r = dialog_area(frame, area, 62, if job.is_some() { 7 } else { 5 });
-            frame.render_widget(
-                Paragraph::new(text)
-                    .block(dialog_block(&format!("Stop {run}?")))
-                    .wrap(Wrap { trim: true }),
-                r,
-            );
-        }
+        Some(Modal::ConfirmStop(run)) => render_stop_dialog(frame, area, app, run),
         Some(Modal::NewRun { configs, selected }) => {
             let mut lines: Vec<Line> = configs
                 .iter()
@@ -493,6 +459,42 @@ fn render_dialogs(frame: &mut Frame, area: Rect, app: &App) {
             );
         }
     }
+}
+
+/// "Stop RUN?": rlft's own run checkpoints first; a launched job is stopped by its launcher.
+fn render_stop_dialog(frame: &mut Frame, area: Rect, app: &App, run: &str) {
+    let job = app
+        .runs
+        .index_of(run)
+        .and_then(|i| app.runs.get(i))
+        .and_then(|r| r.job.as_ref());
+    let what = match job {
+        Some(job) => format!(
+            "This stops {}: the engine keeps what it has saved.",
+            job.describe
+        ),
+        None => "It finishes the current step, saves a checkpoint and ends.".into(),
+    };
+    let text = vec![
+        Line::raw(what),
+        Line::raw(""),
+        Line::from(vec![
+            Span::styled("y", theme::key()),
+            Span::raw(" stop   "),
+            Span::styled("n", theme::key()),
+            Span::raw(" / "),
+            Span::styled("Esc", theme::key()),
+            Span::raw(" cancel"),
+        ]),
+    ];
+    // A job's description wraps to more lines.
+    let r = dialog_area(frame, area, 62, if job.is_some() { 7 } else { 5 });
+    frame.render_widget(
+        Paragraph::new(text)
+            .block(dialog_block(&format!("Stop {run}?")))
+            .wrap(Wrap { trim: true }),
+        r,
+    );
 }
 
 /// Lines of a config's description shown in the run picker.
