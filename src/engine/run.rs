@@ -421,6 +421,25 @@ impl RunContext {
 
     /// Also writes every metrics row to a TensorBoard event file in the run folder (a new
     /// file per start, as TensorBoard's writers do; it reads them all in order).
+    /// What the config asks of the run folder and its events: pairs to label, the best
+    /// checkpoint, TensorBoard files, alerts.
+    pub fn configure(&mut self, cfg: &crate::engine::config::RunConfig) {
+        self.pairs_per_step = cfg.pairs_per_step();
+        if let Some(metric) = &cfg.train.keep_best {
+            self.keep_best(metric, cfg.train.greater_is_better);
+        }
+        if cfg
+            .train
+            .report_to
+            .contains(&crate::engine::config::ReportTo::Tensorboard)
+        {
+            self.report_to_tensorboard();
+        }
+        if let Some(a) = &cfg.alerts {
+            self.alert_on(a.clone());
+        }
+    }
+
     /// Sends `[alerts]` when the run's health warnings appear.
     pub fn alert_on(&mut self, cfg: crate::engine::alerts::AlertsSection) {
         self.alerts = Some(crate::engine::alerts::Alerter::new(

@@ -95,20 +95,7 @@ pub fn launch(
         .spawn(move || {
             let mut ctx = RunContext::new(dir, thread_events, rx);
             ctx.resume_from = resume_from;
-            ctx.pairs_per_step = cfg.pairs_per_step();
-            if let Some(metric) = &cfg.train.keep_best {
-                ctx.keep_best(metric, cfg.train.greater_is_better);
-            }
-            if cfg
-                .train
-                .report_to
-                .contains(&crate::engine::config::ReportTo::Tensorboard)
-            {
-                ctx.report_to_tensorboard();
-            }
-            if let Some(a) = &cfg.alerts {
-                ctx.alert_on(a.clone());
-            }
+            ctx.configure(&cfg);
             ctx.status(RunStatus::Starting);
             let record = |ctx: &RunContext, status: RunStatus, error: Option<String>| {
                 let state = RunState {
