@@ -109,6 +109,10 @@ pub enum Job {
     Local {
         pid: u32,
         command: String,
+        /// When the process started (Linux: clock ticks since boot), so a later process that
+        /// got the same pid is not taken for the job.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<u64>,
     },
     Ray {
         address: String,
@@ -204,7 +208,7 @@ impl Job {
     /// Asks the launcher for the job's state.
     pub fn state(&self, run_dir: &Path) -> Result<JobState, LaunchError> {
         match self {
-            Job::Local { pid, .. } => Ok(local_state(*pid, run_dir)),
+            Job::Local { pid, started, .. } => Ok(local_state(*pid, *started, run_dir)),
             Job::Ray {
                 address,
                 submission_id,
@@ -216,13 +220,17 @@ impl Job {
     /// Stops the job: SIGTERM to a local process group, Ray's stop, or `scancel`.
     pub fn stop(&self, run_dir: &Path) -> Result<(), LaunchError> {
         match self {
-            Job::Local { pid, .. } => {
+            Job::Local { pid, started, .. } => {
                 let marker = run_dir.join(STOPPED_FILE);
                 std::fs::write(&marker, b"").map_err(io(&marker))?;
+                if !local_alive(*pid, *started) {
+                    // Ended already (or its pid is another process's now): nothing to signal.
+                    return Ok(());
+                }
                 let pgid = i32::try_from(*pid).unwrap_or(i32::MAX);
                 // SAFETY: kill(2) on a process group rlft started; no memory is shared.
                 let r = unsafe { libc::kill(-pgid, libc::SIGTERM) };
-                if r != 0 && local_alive(*pid) {
+                if r != 0 && local_alive(*pid, *started) {
                     return Err(LaunchError::CommandFailed {
                         command: format!("kill -TERM -{pid}"),
                         output: std::io::Error::last_os_error().to_string(),
@@ -347,29 +355,52 @@ fn launch_local(spec: &LaunchSpec) -> Result<Job, LaunchError> {
         .spawn(move || {
             let _ = child.wait();
         });
-    Ok(Job::Local { pid, command })
+    Ok(Job::Local {
+        pid,
+        command,
+        started: process_start(pid),
+    })
 }
 
-fn local_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+/// The fields of `/proc/PID/stat` after the command name (state first), on Linux.
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the fields follow its last `)`.
+    let rest = stat.rsplit(')').next()?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn process_start(pid: u32) -> Option<u64> {
+    proc_stat(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether the job's process still runs: alive, not a zombie, and (where its start time was
+/// recorded) the same process, not a later one that got the pid.
+fn local_alive(pid: u32, started: Option<u64>) -> bool {
+    let Some(fields) = proc_stat(pid) else {
+        if std::path::Path::new("/proc/self/stat").exists() {
+            return false;
+        }
         // No /proc (not Linux): ask the kernel.
         let pid = i32::try_from(pid).unwrap_or(i32::MAX);
         // SAFETY: signal 0 only checks that the process exists.
         return unsafe { libc::kill(pid, 0) } == 0;
     };
-    // The state follows the command name in parentheses; Z is a zombie (ended, not reaped).
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().next());
-    !matches!(state, Some("Z" | "X"))
+    // Z is a zombie (ended, not reaped).
+    let running = !matches!(fields.first().map(String::as_str), Some("Z" | "X"));
+    let same = match (started, fields.get(19).and_then(|s| s.parse::<u64>().ok())) {
+        (Some(want), Some(now)) => want == now,
+        _ => true,
+    };
+    running && same
 }
 
-fn local_state(pid: u32, run_dir: &Path) -> JobState {
+fn local_state(pid: u32, started: Option<u64>, run_dir: &Path) -> JobState {
     let exit = std::fs::read_to_string(run_dir.join(EXIT_FILE)).ok();
     let stopped = run_dir.join(STOPPED_FILE).exists();
     match exit {
-        None if local_alive(pid) => JobState::Running,
+        None if local_alive(pid, started) => JobState::Running,
         _ if stopped => JobState::Stopped,
         Some(code) if code.trim() == "0" => JobState::Succeeded,
         Some(code) => JobState::Failed(format!("exited with status {}", code.trim())),
@@ -632,6 +663,28 @@ mod tests {
             state = job.state(run_dir).unwrap();
         }
         state
+    }
+
+    /// A job whose pid now belongs to another process (a different start time) has ended.
+    #[test]
+    fn a_reused_pid_is_not_the_job() {
+        let own = std::process::id();
+        let started = process_start(own);
+        assert!(started.is_some());
+        assert!(local_alive(own, started));
+        assert!(!local_alive(own, started.map(|t| t + 1)));
+        let tmp = tempfile::tempdir().unwrap();
+        let job = Job::Local {
+            pid: own,
+            command: "python train.py".into(),
+            started: started.map(|t| t + 1),
+        };
+        assert!(matches!(
+            job.state(tmp.path()).unwrap(),
+            JobState::Failed(_)
+        ));
+        // Stopping it signals nothing (it would have been this test's process group).
+        job.stop(tmp.path()).unwrap();
     }
 
     #[test]
