@@ -633,7 +633,8 @@ fn a_launched_verl_run_is_followed_from_its_logs() {
         script_dir.join("run.sh"),
         r#"set -e
 [ "$1" = "--out" ] && OUT="$2"
-mkdir -p "$OUT/rollouts" "$OUT/checkpoints/global_step_2/actor"
+mkdir -p "$OUT/rollouts" "$OUT/checkpoints/global_step_2/actor" "$OUT/final"
+echo '{}' > "$OUT/final/config.json"
 for s in 1 2; do
   echo "{\"step\": $s, \"data\": {\"critic/score/mean\": 0.$s, \"actor/pg_loss\": -0.0$s}}" >> "$OUT/verl.jsonl"
   echo "{\"input\": \"82+97=\", \"output\": \"179\", \"gts\": \"179\", \"score\": 1.0, \"step\": $s}" > "$OUT/rollouts/$s.jsonl"

@@ -510,7 +510,22 @@ impl Tail {
             run: id.to_string(),
             job: view,
         });
-        if !state.is_final() || self.ended {
+        if !state.is_final() {
+            return;
+        }
+        // OpenRLHF saves the trained model (or adapter) to `final/` as it ends: whole now.
+        let last = dir.join("final");
+        if state == JobState::Succeeded
+            && (last.join("config.json").is_file() || last.join("adapter_config.json").is_file())
+            && self.checkpoints.insert(last.clone())
+        {
+            out.push(Event::Checkpoint {
+                run: id.to_string(),
+                step: self.last_step,
+                path: last,
+            });
+        }
+        if self.ended {
             return;
         }
         // The callback's status.json may land just after the process ends: look once more.
