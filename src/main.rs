@@ -477,17 +477,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             engine,
             out,
-        }) => {
-            let cfg = RunConfig::from_file(&config)?;
-            let report = export_for(&engine, &cfg, &config, &out)?;
-            for f in &report.files {
-                println!("wrote {}", f.display());
-            }
-            for n in &report.not_carried {
-                println!("not carried over: {n}");
-            }
-            Ok(())
-        }
+        }) => export(&config, &engine, &out),
         Some(Cmd::Launch {
             config,
             engine,
@@ -506,20 +496,7 @@ fn run(cli: Cli) -> Result<()> {
             detach,
             runs: &cli.runs,
         }),
-        Some(Cmd::Stop { run }) => {
-            let job = rlft::engine::launch::Job::read(&run)
-                .with_context(|| {
-                    format!(
-                        "{}: no job.json: rlft launch did not start this run",
-                        run.display()
-                    )
-                })?
-                .map_err(anyhow::Error::msg)?;
-            job.stop(&run)
-                .with_context(|| format!("stopping {}", job.describe()))?;
-            println!("asked {} to stop", job.describe());
-            Ok(())
-        }
+        Some(Cmd::Stop { run }) => stop_job(&run),
         Some(Cmd::ExportMetrics {
             run,
             csv,
@@ -965,6 +942,35 @@ fn train(
         Some(e) => bail!("run {} failed: {e}", handle.id),
         None => Ok(()),
     }
+}
+
+/// `rlft export`: writes the script and says what it wrote and what did not carry over.
+fn export(config: &std::path::Path, engine: &str, out: &std::path::Path) -> Result<()> {
+    let cfg = RunConfig::from_file(config)?;
+    let report = export_for(engine, &cfg, config, out)?;
+    for f in &report.files {
+        println!("wrote {}", f.display());
+    }
+    for n in &report.not_carried {
+        println!("not carried over: {n}");
+    }
+    Ok(())
+}
+
+/// `rlft stop RUN`: stops the job `rlft launch` recorded in the run folder.
+fn stop_job(run: &std::path::Path) -> Result<()> {
+    let job = rlft::engine::launch::Job::read(run)
+        .with_context(|| {
+            format!(
+                "{}: no job.json: rlft launch did not start this run",
+                run.display()
+            )
+        })?
+        .map_err(anyhow::Error::msg)?;
+    job.stop(run)
+        .with_context(|| format!("stopping {}", job.describe()))?;
+    println!("asked {} to stop", job.describe());
+    Ok(())
 }
 
 /// `rlft export`'s work: the config as `engine`'s script in `out`.

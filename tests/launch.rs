@@ -59,6 +59,12 @@ fn only_run(runs: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 /// What the fake head was asked: method, URL and body of each request.
 type Requests = Arc<Mutex<Vec<(String, String, String)>>>;
 
@@ -121,10 +127,7 @@ fn fake_ray() -> (String, Requests) {
 
 #[test]
 fn the_ray_client_names_an_unreachable_head_an_unknown_job_and_a_server_error() {
-    // A port nothing listens on.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let address = format!("http://{}", free.local_addr().expect("addr"));
-    drop(free);
+    let address = format!("http://127.0.0.1:{}", closed_port());
     let e = RayJobs::new(&address).status("x").unwrap_err();
     assert!(matches!(e, LaunchError::Unreachable { .. }), "{e}");
     assert!(
@@ -222,9 +225,7 @@ fn launch_on_ray_submits_follows_and_reports_a_failed_job() {
 
 #[test]
 fn launch_on_an_unreachable_ray_head_says_so_and_leaves_no_run_folder() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = free.local_addr().expect("addr").port();
-    drop(free);
+    let port = closed_port();
     let tmp = tempfile::tempdir().expect("tmp");
     let runs = tmp.path().join("runs");
     let out = rlft(
@@ -583,11 +584,7 @@ fn real_trl_grpo_launched_locally_and_as_a_ray_job() {
 
     let local = launch_and_follow(work.path(), &python, "local");
 
-    let free = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let (gcs, dashboard) = (free(), free());
+    let (gcs, dashboard) = (closed_port(), closed_port());
     let started = Command::new(&ray)
         .args(["start", "--head", "--port", &gcs.to_string()])
         .args([
